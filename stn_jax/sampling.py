@@ -1,0 +1,278 @@
+"""The differentiable sampler: read an image at the (normalised) points of a grid.
+
+Numbers follow ``torch.nn.functional.grid_sample``: the same unnormalisation, padding
+(``zeros``, ``border``, ``reflection``, including where PyTorch clips the gradient) and
+interpolation kernels (bilinear with floor and fractional part; nearest with
+round-half-to-even; bicubic with A = -0.75, whose taps are padded one by one).
+
+All taps of one output point are read with a *single* gather, so reverse-mode
+differentiation w.r.t. the image is a single scatter-add and the gradient w.r.t. the
+grid needs no scatter at all.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from stn_jax import _checks
+
+METHODS = ("bilinear", "nearest", "bicubic")
+PADDINGS = ("zeros", "border", "reflection")
+
+_CUBIC_A = -0.75
+
+
+def _unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
+    if align_corners:
+        return (coord + 1) * ((size - 1) / 2)
+    return (coord + 1) * (size / 2) - 0.5
+
+
+def _clip(coord: jax.Array, size: int) -> jax.Array:
+    # Nested `where` rather than `clip`: at the limits PyTorch's gradient is 0, and the
+    # selected branch of `where` is a constant there.
+    limit = size - 1
+    return jnp.where(coord <= 0, jnp.zeros_like(coord), jnp.where(coord >= limit, limit, coord).astype(coord.dtype))
+
+
+def _reflect(coord: jax.Array, twice_low: int, twice_high: int) -> jax.Array:
+    if twice_low == twice_high:
+        return jnp.zeros_like(coord)
+    low = twice_low / 2
+    span = (twice_high - twice_low) / 2
+    coord = coord - low
+    coord = jnp.where(coord < 0, -coord, coord)
+    extra = jnp.fmod(coord, span)
+    flips = jnp.floor(coord / span)
+    even = jnp.fmod(flips, 2) == 0
+    return jnp.where(even, extra + low, span - extra + low)
+
+
+def _pad_coordinate(coord: jax.Array, size: int, padding: str, align_corners: bool) -> jax.Array:
+    if padding == "border":
+        return _clip(coord, size)
+    if padding == "reflection":
+        if align_corners:
+            return _reflect(coord, 0, 2 * (size - 1))
+        return _clip(_reflect(coord, -1, 2 * size - 1), size)
+    return coord
+
+
+def _cubic_weights(t: jax.Array) -> list[jax.Array]:
+    a = _CUBIC_A
+    # Same float operations as PyTorch's get_cubic_upsample_coefficients.
+    x0, x1, x2 = t + 1, t, 1 - t
+    x3 = x2 + 1
+    return [
+        ((a * x0 - 5 * a) * x0 + 8 * a) * x0 - 4 * a,
+        ((a + 2) * x1 - (a + 3)) * x1 * x1 + 1,
+        ((a + 2) * x2 - (a + 3)) * x2 * x2 + 1,
+        ((a * x3 - 5 * a) * x3 + 8 * a) * x3 - 4 * a,
+    ]
+
+
+def _check_inputs(image, grid, method: str) -> tuple[jax.Array, jax.Array]:
+    image = jnp.asarray(image)
+    grid = jnp.asarray(grid)
+    if grid.ndim < 2 or grid.shape[-1] not in (1, 2, 3):
+        raise ValueError(
+            f"grid must have shape (*out_spatial, n) with n = 1, 2 or 3 coordinates, got shape {grid.shape}"
+        )
+    n = grid.shape[-1]
+    if grid.ndim != n + 1:
+        raise ValueError(
+            f"grid with {n} coordinates must have {n} spatial axes plus the coordinate axis, "
+            f"i.e. rank {n + 1}, got shape {grid.shape}"
+        )
+    if image.ndim != n + 1:
+        raise ValueError(
+            f"image must have rank {n + 1} ({n} spatial axes then channels) to match a grid with {n} "
+            f"coordinates, got image shape {image.shape} and grid shape {grid.shape}"
+        )
+    if any(s == 0 for s in image.shape):
+        raise ValueError(f"image must not have empty axes, got shape {image.shape}")
+    if not jnp.issubdtype(grid.dtype, jnp.floating):
+        raise TypeError(f"grid must have a floating dtype, got {grid.dtype}")
+    if not jnp.issubdtype(image.dtype, jnp.floating):
+        if method != "nearest" or jnp.issubdtype(image.dtype, jnp.complexfloating):
+            raise TypeError(
+                f"image must have a floating dtype for method={method!r} (integer images are "
+                f"accepted only by method='nearest'), got {image.dtype}"
+            )
+    if method == "bicubic" and n != 2:
+        raise ValueError(f"method='bicubic' needs a 2-D image and grid, got a grid with {n} coordinates")
+    return image, grid
+
+
+def sample(
+    image: ArrayLike,
+    grid: ArrayLike,
+    *,
+    method: str = "bilinear",
+    padding: str = "zeros",
+    align_corners: bool = False,
+) -> jax.Array:
+    """Samples ``image`` at the normalised points of ``grid`` (one example; vmap for batches).
+
+    ``grid[..., 0]`` is x (the last spatial axis of ``image``), ``grid[..., 1]`` is y and
+    ``grid[..., 2]`` is z, each in ``[-1, 1]`` with PyTorch's ``align_corners`` meaning.
+    Every channel is warped by the same grid. The output spatial shape is the grid's,
+    so the output may be smaller or larger than the input.
+
+    Points with a non-finite coordinate (NaN or ±inf) read 0 whatever the padding, and
+    pass a zero gradient back to the grid; this holds under ``jit`` too.
+
+    Args:
+      image: ``(W, C)``, ``(H, W, C)`` or ``(D, H, W, C)``. Floating, or any integer
+        dtype with ``method="nearest"``.
+      grid: ``(Wo, 1)``, ``(Ho, Wo, 2)`` or ``(Do, Ho, Wo, 3)``, floating.
+      method: ``"bilinear"`` (linear/trilinear in 1-D/3-D), ``"nearest"`` or
+        ``"bicubic"`` (2-D only).
+      padding: value read outside the image: ``"zeros"``, ``"border"`` (nearest edge
+        pixel) or ``"reflection"`` (mirrored at the edges).
+      align_corners: PyTorch's meaning.
+
+    Returns:
+      ``(*grid.shape[:-1], C)`` in ``image``'s dtype (half precision accumulates in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, stn_jax
+      >>> image = jnp.arange(12.0).reshape(3, 4, 1)
+      >>> flip = stn_jax.affine_grid(jnp.array([[-1.0, 0, 0], [0, 1, 0]]), (3, 4))
+      >>> stn_jax.sample(image, flip)[..., 0]
+      Array([[ 3.,  2.,  1.,  0.],
+             [ 7.,  6.,  5.,  4.],
+             [11., 10.,  9.,  8.]], dtype=float32)
+    """
+    method = _checks.check_option("method", method, METHODS)
+    padding = _checks.check_option("padding", padding, PADDINGS)
+    align_corners = _checks.check_bool("align_corners", align_corners)
+    image, grid = _check_inputs(image, grid, method)
+
+    n = grid.shape[-1]
+    spatial = image.shape[:n]
+    channels = image.shape[-1]
+    out_spatial = grid.shape[:-1]
+    if jnp.issubdtype(image.dtype, jnp.floating):
+        dtype = jnp.promote_types(_checks.compute_dtype(image.dtype), _checks.compute_dtype(grid.dtype))
+    else:
+        dtype = _checks.compute_dtype(grid.dtype)
+
+    points = grid.reshape(-1, n).astype(dtype)
+    finite = jnp.all(jnp.isfinite(points), axis=-1)
+    points = jnp.where(finite[:, None], points, 0)
+    # Image axes are (z, y, x); grid coordinates are (x, y, z).
+    sizes = spatial[::-1]
+    coords = [_unnormalize(points[:, d], sizes[d], align_corners) for d in range(n)]
+
+    if method == "bicubic":
+        taps, weights = _bicubic_taps(coords, sizes, padding, align_corners)
+    else:
+        coords = [_pad_coordinate(c, s, padding, align_corners) for c, s in zip(coords, sizes)]
+        if method == "nearest":
+            taps, weights = _nearest_taps(coords, sizes)
+        else:
+            taps, weights = _linear_taps(coords, sizes)
+
+    # One gather for all taps: rows of the (pixels, C) image.
+    strides = [1]
+    for s in sizes[:-1]:
+        strides.append(strides[-1] * s)
+    flat_index = []
+    for tap in taps:
+        index, valid = tap
+        flat = sum(i * st for i, st in zip(index, strides))
+        flat_index.append((flat, valid))
+    indices = jnp.concatenate([f for f, _ in flat_index])
+    rows = image.reshape(-1, channels).at[indices].get(mode="promise_in_bounds")
+    rows = rows.reshape(len(taps), -1, channels)
+
+    if method == "nearest" and not jnp.issubdtype(image.dtype, jnp.floating):
+        valid = flat_index[0][1] & finite
+        out = jnp.where(valid[:, None], rows[0], jnp.zeros((), image.dtype))
+        return out.reshape(*out_spatial, channels)
+
+    masks = [(valid & finite).astype(dtype) for _, valid in flat_index]
+    if method == "bicubic":
+        # PyTorch reads out-of-bounds taps as 0 before weighting them.
+        rows = rows.astype(dtype) * jnp.stack(masks)[:, :, None]
+    else:
+        rows = rows.astype(dtype)
+        weights = [w * m for w, m in zip(weights, masks)]
+    out = _combine(rows, weights, method)
+    return out.reshape(*out_spatial, channels).astype(image.dtype)
+
+
+def _combine(rows: jax.Array, weights: list, method: str) -> jax.Array:
+    if method == "bicubic":
+        # Interpolate each row in x, then the rows in y, as PyTorch's cubic_interp1d does.
+        wx, wy = weights
+        out = None
+        for r in range(4):
+            row = rows[4 * r] * wx[0][:, None]
+            for c in range(1, 4):
+                row = row + rows[4 * r + c] * wx[c][:, None]
+            term = row * wy[r][:, None]
+            out = term if out is None else out + term
+        return out
+    out = rows[0] * weights[0][:, None]
+    for k in range(1, len(weights)):
+        out = out + rows[k] * weights[k][:, None]
+    return out
+
+
+def _axis_index(coord: jax.Array, size: int):
+    """Integer index (clipped into range, for the gather) and its in-bounds mask."""
+    valid = (coord >= 0) & (coord <= size - 1)
+    return jnp.clip(coord, 0, size - 1).astype(jnp.int32), valid
+
+
+def _nearest_taps(coords, sizes):
+    index, valid = [], True
+    for c, s in zip(coords, sizes):
+        i, v = _axis_index(jnp.round(c), s)
+        index.append(i)
+        valid = valid & v
+    return [(index, valid)], [jnp.ones_like(coords[0])]
+
+
+def _linear_taps(coords, sizes):
+    per_axis = []
+    for c, s in zip(coords, sizes):
+        low = jnp.floor(c)
+        frac = c - low
+        per_axis.append([(*_axis_index(low, s), 1 - frac), (*_axis_index(low + 1, s), frac)])
+    return _outer_taps(per_axis)
+
+
+def _bicubic_taps(coords, sizes, padding, align_corners):
+    """16 taps (y outer, x inner), each padded on its own; weights returned per axis."""
+    per_axis, axis_weights = [], []
+    for c, s in zip(coords, sizes):
+        low = jnp.floor(c)
+        axis_weights.append(_cubic_weights(c - low))
+        low = jax.lax.stop_gradient(low)
+        per_axis.append([_axis_index(_pad_coordinate(low + k - 1, s, padding, align_corners), s) for k in range(4)])
+    (x_taps, y_taps) = per_axis
+    taps = [([ix, iy], vx & vy) for (iy, vy) in y_taps for (ix, vx) in x_taps]
+    return taps, axis_weights
+
+
+def _outer_taps(per_axis):
+    """All combinations of per-axis taps, slowest axis (z, then y) first."""
+    taps, weights = [], []
+    for combo in itertools.product(*per_axis[::-1]):
+        combo = combo[::-1]  # back to (x, y, z)
+        index = [i for i, _, _ in combo]
+        valid = combo[0][1]
+        weight = combo[0][2]
+        for _, v, w in combo[1:]:
+            valid = valid & v
+            weight = weight * w
+        taps.append((index, valid))
+        weights.append(weight)
+    return taps, weights

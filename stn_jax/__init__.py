@@ -6,19 +6,37 @@ grid, :func:`sample` reads an image at the grid's points. Batch with ``jax.vmap`
 
 from stn_jax.grids import TRANSFORMS, affine_grid, affine_matrix, grid, identity_grid, identity_params, num_params
 from stn_jax.sampling import METHODS, PADDINGS, sample
+from stn_jax.transforms import (
+    AffineParams,
+    affine_from_params,
+    affine_to_params,
+    compose_affine,
+    invert_affine,
+    normalized_to_pixel,
+    pixel_to_normalized,
+    transform_points,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AffineParams",
     "METHODS",
     "PADDINGS",
     "TRANSFORMS",
     "__version__",
+    "affine_from_params",
     "affine_grid",
     "affine_matrix",
+    "affine_to_params",
+    "compose_affine",
     "grid",
     "identity_grid",
     "identity_params",
+    "invert_affine",
+    "normalized_to_pixel",
     "num_params",
+    "pixel_to_normalized",
     "sample",
+    "transform_points",
 ]

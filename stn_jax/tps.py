@@ -43,7 +43,7 @@ def _radial_basis(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _inverse_system(num_control_points: int) -> np.ndarray:
+def inverse_system(num_control_points: int) -> np.ndarray:
     """Inverse of the ``(K+3, K+3)`` TPS system matrix ``[[U, P], [Pᵀ, 0]]``."""
     cp = control_points(num_control_points)
     k = cp.shape[0]
@@ -67,4 +67,4 @@ def offset_matrix(num_control_points: int, points_key: tuple) -> np.ndarray:
     cp = control_points(num_control_points)
     k = cp.shape[0]
     basis = np.concatenate([_radial_basis(points, cp), np.ones((points.shape[0], 1)), points], axis=1)
-    return basis @ _inverse_system(num_control_points)[:, :k]
+    return basis @ inverse_system(num_control_points)[:, :k]

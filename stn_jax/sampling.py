@@ -56,8 +56,9 @@ def _pad_coordinate(coord: jax.Array, size: int, padding: str, align_corners: bo
     if padding == "border":
         return _clip(coord, size)
     if padding == "reflection":
+        # PyTorch clips after reflecting in both modes, so the gradient is 0 exactly on the edges.
         if align_corners:
-            return _reflect(coord, 0, 2 * (size - 1))
+            return _clip(_reflect(coord, 0, 2 * (size - 1)), size)
         return _clip(_reflect(coord, -1, 2 * size - 1), size)
     return coord
 

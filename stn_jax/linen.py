@@ -82,7 +82,11 @@ class SpatialTransformer(nn.Module, kw_only=True):
       out_shape: spatial output shape; ``None``: the input's spatial shape.
       transform: a name of :data:`stn_jax.TRANSFORMS`.
       localisation: any Linen module mapping the inputs to features ``(B, ...)``;
-        default :class:`MLPLocalisation` with ``hidden`` widths.
+        default :class:`MLPLocalisation` with ``hidden`` widths. Inside a parent's
+        ``@nn.compact`` method create it with ``parent=None`` (e.g.
+        ``SpatialTransformer(localisation=MyNet(parent=None))``) so that the transformer
+        adopts it as its ``localisation`` submodule; otherwise the parent owns its
+        parameters and :func:`localisation_labels` cannot tell them apart.
       hidden: widths of the default localisation network.
       num_control_points: K for ``"tps"`` (a perfect square).
       constraints: fix entries of θ (``None`` = regressed, number = fixed).

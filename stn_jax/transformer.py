@@ -218,8 +218,6 @@ class TransformerConfig:
             object.__setattr__(self, "out_shape", shape)
         if self.transform == "tps":
             check_num_control_points(self.num_control_points)
-        if self.constraints is not None and self.out_shape is None and self.transform not in _PLANAR_ONLY:
-            raise ValueError("constraints need an explicit out_shape (they fix the rank of theta)")
         _checks.check_option("theta_init", self.theta_init, INITS)
         _check_int("num_transformers", self.num_transformers, minimum=1)
         _checks.check_option("combine", self.combine, COMBINES)
@@ -228,8 +226,7 @@ class TransformerConfig:
         _checks.check_bool("align_corners", self.align_corners)
         if self.method == "bicubic" and self.out_shape is not None and len(self.out_shape) != 2:
             raise ValueError(f"method='bicubic' needs a 2-D out_shape, got {self.out_shape!r}")
-        if self.out_shape is not None or self.transform in _PLANAR_ONLY:
-            self._template(2 if self.out_shape is None else len(self.out_shape))
+        self._template(self._ndim(None))
 
     # -- shapes -----------------------------------------------------------------------
     def _template(self, ndim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,6 +244,12 @@ class TransformerConfig:
             return ndim
         if self.out_shape is not None:
             return len(self.out_shape)
+        if self.constraints is not None:  # the constraints' shape tells the rank
+            shape = np.array(self.constraints, dtype=object).shape
+            for n in (2, 1, 3):
+                if n == 2 or self.transform not in _PLANAR_ONLY:
+                    if self.theta_shape(n) == shape:
+                        return n
         return 2
 
     def free_params(self, ndim: int | None = None) -> int:
@@ -272,9 +275,10 @@ class TransformerConfig:
         """Initialiser of the regression bias: the identity transform's free entries, tiled."""
         free, _ = self._template(self._ndim(ndim))
         ndim = self._ndim(ndim)
-        identity = np.asarray(
-            stn_jax.identity_params(self.transform, ndim=ndim, num_control_points=self.num_control_points)
-        )
+        with jax.ensure_compile_time_eval():  # concrete even when called under jit
+            identity = np.asarray(
+                stn_jax.identity_params(self.transform, ndim=ndim, num_control_points=self.num_control_points)
+            )
         values = np.tile(identity[free], self.num_transformers)
 
         def init(key, shape, dtype=jnp.float32):

@@ -1,0 +1,154 @@
+"""stn_jax.linen.SpatialTransformer: identity at init, parity with NNX, training, errors."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import stn_jax
+from stn_jax import linen as stn_linen
+from stn_jax import nnx as stn_nnx
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _identity_resample(x, out_shape):
+    grid = stn_jax.identity_grid(out_shape)
+    return jax.vmap(lambda image: stn_jax.sample(image, grid))(x)
+
+
+def _images(shape, seed=0):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+@pytest.mark.parametrize(
+    "shape,kwargs",
+    [
+        ((6, 6, 2), dict()),
+        ((6, 6, 2), dict(transform="tps", num_control_points=9, out_shape=(4, 5))),
+        ((12, 3), dict(out_shape=(6,))),
+        ((4, 4, 4, 1), dict(transform="attention")),
+    ],
+)
+def test_identity_at_init(shape, kwargs):
+    x = _images((2, *shape))
+    st = stn_linen.SpatialTransformer(hidden=(4,), return_theta=True, **kwargs)
+    variables = st.init(jax.random.key(0), x)
+    out, theta = st.apply(variables, x)
+    out_shape = kwargs.get("out_shape", shape[:-1])
+    assert out.shape == (2, *out_shape, shape[-1])
+    np.testing.assert_allclose(out, _identity_resample(x, out_shape), atol=1e-5)
+    identity = stn_jax.identity_params(kwargs.get("transform", "affine"), ndim=len(shape) - 1, num_control_points=9)
+    np.testing.assert_array_equal(theta, jnp.broadcast_to(identity, theta.shape))
+
+
+PARITY_CASES = [
+    dict(),
+    dict(transform="projective", out_shape=(5, 7)),
+    dict(transform="tps", num_control_points=9, method="bicubic", padding="border"),
+    dict(num_transformers=2, transform="similarity", align_corners=True),
+    dict(constraints=stn_nnx.affine_constraints(shear=False)),
+]
+
+
+@pytest.mark.parametrize("kwargs", PARITY_CASES)
+def test_nnx_and_linen_agree_given_the_same_parameters(kwargs):
+    x = _images((3, 6, 6, 2))
+    nnx_st = stn_nnx.SpatialTransformer(
+        (6, 6, 2), hidden=(8,), theta_init="random", return_theta=True, rngs=nnx.Rngs(1), **kwargs
+    )
+    params = nnx.state(nnx_st, nnx.Param).to_pure_dict()
+    linen_st = stn_linen.SpatialTransformer(hidden=(8,), theta_init="random", return_theta=True, **kwargs)
+    linen_params = linen_st.init(jax.random.key(0), x)["params"]
+    assert jax.tree.structure(linen_params) == jax.tree.structure(params)
+    assert jax.tree.map(jnp.shape, linen_params) == jax.tree.map(jnp.shape, params)
+    out_nnx, theta_nnx = nnx_st(x)
+    out_linen, theta_linen = linen_st.apply({"params": params}, x)
+    np.testing.assert_allclose(theta_linen, theta_nnx, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out_linen, out_nnx, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out_nnx, _identity_resample(x, out_nnx.shape[1:-1]) if out_nnx.shape[-1] == 2 else 0)
+
+
+class _ConvLocalisation(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.relu(nn.Conv(4, (3, 3))(x))
+
+
+class _Classifier(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        # parent=None: the transformer adopts the net as its "localisation" submodule.
+        x = stn_linen.SpatialTransformer(localisation=_ConvLocalisation(parent=None))(x)
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def test_custom_localisation_jit_and_optax_step_with_localisation_lr():
+    x = _images((4, 6, 6, 1))
+    labels = jnp.array([0, 1, 2, 0])
+    model = _Classifier()
+    params = model.init(jax.random.key(0), x)["params"]
+    st_params = params["SpatialTransformer_0"]
+    assert set(st_params) == {"localisation", "localisation_head"}
+    assert st_params["localisation_head"]["kernel"].shape == (6 * 6 * 4, 6)
+    tx = stn_linen.with_localisation_lr(optax.sgd(0.1), multiplier=0.1)
+    opt_state = tx.init(params)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    @jax.jit
+    def step(p, s):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss, grads, updates
+
+    new_params, opt_state, loss0, grads, updates = step(params, opt_state)
+    head_grad = grads["SpatialTransformer_0"]["localisation_head"]["bias"]
+    assert np.all(np.isfinite(head_grad)) and np.abs(head_grad).max() > 0
+    np.testing.assert_allclose(
+        updates["SpatialTransformer_0"]["localisation_head"]["bias"], -0.01 * head_grad, rtol=1e-5, atol=1e-9
+    )
+    np.testing.assert_allclose(updates["Dense_0"]["bias"], -0.1 * grads["Dense_0"]["bias"], rtol=1e-5)
+    losses = [float(loss0)]
+    for _ in range(5):
+        new_params, opt_state, loss, _, _ = step(new_params, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+
+
+def test_list_output_of_parallel_transformers():
+    x = _images((2, 6, 6, 1))
+    st = stn_linen.SpatialTransformer(num_transformers=3, combine="list", hidden=(4,))
+    out = st.apply(st.init(jax.random.key(0), x), x)
+    assert isinstance(out, list) and len(out) == 3 and out[2].shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(transform="warp"), ValueError, "transform"),
+        (dict(out_shape=(4, 4, 4, 4)), ValueError, "out_shape"),
+        (dict(transform="tps", out_shape=(4,)), ValueError, "out_shape"),
+        (dict(transform="tps", num_control_points=12), ValueError, "num_control_points"),
+        (dict(theta_init="normal"), ValueError, "theta_init"),
+        (dict(hidden=(0,)), ValueError, "hidden"),
+        (dict(return_theta=None), TypeError, "return_theta"),
+    ],
+)
+def test_bad_construction_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        stn_linen.SpatialTransformer(**kwargs)
+
+
+def test_options_are_keyword_only_and_inputs_checked_at_call():
+    with pytest.raises(TypeError):
+        stn_linen.SpatialTransformer((4, 4))
+    st = stn_linen.SpatialTransformer(out_shape=(4, 4))
+    with pytest.raises(ValueError, match="out_shape"):
+        st.init(jax.random.key(0), jnp.ones((1, 6, 1)))

@@ -217,3 +217,28 @@ def test_two_processes_read_their_own_shards_into_one_global_batch(prepared, tmp
     for result in outputs:
         assert result["shape"] == [8, 28, 28, 1] and result["devices"] == 4
         assert result["sums"] == expected.tolist()
+
+
+def test_show_data_writes_one_png_per_distortion(prepared, tmp_path, monkeypatch):
+    """The plumbing of show_data; the distortions themselves are tested in test_distortions.py
+    (here a NumPy stand-in avoids compiling all seven kinds again for another batch shape)."""
+    from PIL import Image
+
+    from train import distortions, show_data
+
+    calls = []
+
+    def padded(kind, key, images, labels):
+        calls.append((kind, images.shape))
+        h, w, c = distortions.OUTPUT_SHAPES[kind]
+        x = np.pad(np.asarray(images, np.float32) / 255, ((0, 0), (0, h - 28), (0, w - 28), (0, 0)))
+        return np.repeat(x, c, axis=-1), labels
+
+    monkeypatch.setattr(distortions, "distort", padded)
+    data_dir, _, _ = prepared
+    assert show_data.main(["--data_dir", str(data_dir), "--out", str(tmp_path), "--count", "6"]) == 0
+    assert calls == [(kind, (6, 28, 28, 1)) for kind in distortions.KINDS]
+    for kind in distortions.KINDS:
+        with Image.open(tmp_path / f"{kind}.png") as png:
+            assert png.format == "PNG" and png.width > 200 and png.height > 200
+            assert len(np.unique(np.asarray(png.convert("L")))) > 10  # an image, not a blank page

@@ -1,0 +1,187 @@
+"""stn_jax.models: shapes of every model, identity at init, gradients, a train step, counts, errors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import stn_jax
+from stn_jax import models
+from stn_jax.models import MODEL_NAMES, build_model, count_params
+from stn_jax.transformer import with_localisation_lr
+
+# (input_shape, num_classes, kwargs) per model: the paper's sizes, checked abstractly (no compile).
+SHAPES = {
+    "fcn": ((28, 28, 1), 10, {}),
+    "cnn": ((60, 60, 1), 10, {}),
+    "st_fcn_affine": ((42, 42, 1), 10, {}),
+    "st_fcn_projective": ((28, 28, 1), 10, {}),
+    "st_fcn_tps": ((28, 28, 1), 10, {}),
+    "st_cnn_affine": ((60, 60, 1), 10, {}),
+    "st_cnn_projective": ((42, 42, 1), 10, {}),
+    "st_cnn_tps": ((28, 28, 1), 10, {}),
+    "st_fcn_addition": ((42, 42, 2), 19, {}),
+    "svhn_cnn": ((32, 32, 3), 10, {}),
+    "svhn_st_cnn_single": ((64, 64, 3), 10, {"max_digits": 5}),
+    "svhn_st_cnn_multi": ((64, 64, 3), 10, {"max_digits": 5}),
+    "colour_cnn": ((32, 32, 3), 10, {}),
+    "colour_stn": ((32, 32, 3), 10, {}),
+    "cnn_1d": ((128, 1), 5, {}),
+    "st_1d": ((128, 3), 5, {}),
+}
+
+
+def test_every_model_is_covered():
+    assert set(SHAPES) == set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_and_transform_shapes(name):
+    input_shape, num_classes, kwargs = SHAPES[name]
+    model = nnx.eval_shape(
+        lambda: build_model(name, num_classes=num_classes, input_shape=input_shape, rngs=nnx.Rngs(0), **kwargs)
+    )
+    x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    out = nnx.eval_shape(lambda m, x: m(x, train=True), model, x)
+    if "max_digits" in kwargs:
+        assert out["length"].shape == (2, kwargs["max_digits"] + 2)
+        assert out["digits"].shape == (2, kwargs["max_digits"], num_classes)
+    else:
+        assert out.shape == (2, num_classes)
+    counts = count_params(model)
+    assert counts["total"] == counts["localisation"] + counts["classifier"] > 0
+    assert (counts["localisation"] > 0) == model.has_transformer
+    if not model.has_transformer:
+        with pytest.raises(TypeError, match="transformer"):
+            model.transform(jnp.zeros((2, *input_shape)))
+        return
+    warped, theta = nnx.eval_shape(lambda m, x: m.transform(x), model, x)
+    n_st = 2 if name == "st_fcn_addition" else 1
+    assert warped.shape == (2, *input_shape[:-1], n_st * input_shape[-1])
+    ndim = len(input_shape) - 1
+    transform = name.rsplit("_", 1)[-1] if name.startswith(("st_fcn_", "st_cnn_")) else "affine"
+    expected = stn_jax.identity_params(transform if transform in stn_jax.TRANSFORMS else "affine", ndim=ndim).shape
+    assert theta.shape == (2, *(() if n_st == 1 else (n_st,)), *expected)
+
+
+def _build(name, **kwargs):
+    """Builds a model with its initialisers in one jitted computation (one compile, not one per layer)."""
+    return nnx.jit(lambda: build_model(name, rngs=nnx.Rngs(0), **kwargs))()
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _identity_resample(x, out_shape):
+    grid = stn_jax.identity_grid(out_shape)
+    return jax.vmap(lambda image: stn_jax.sample(image, grid))(x)
+
+
+@pytest.mark.parametrize(
+    "name,input_shape,num_classes",
+    [("st_cnn_tps", (28, 28, 1), 10), ("st_fcn_addition", (20, 20, 2), 19), ("st_1d", (32, 2), 3)],
+)
+def test_identity_at_init(name, input_shape, num_classes):
+    model = _build(name, num_classes=num_classes, input_shape=input_shape)
+    x = jax.random.uniform(jax.random.key(1), (2, *input_shape))
+    warped, theta = nnx.jit(lambda m, x: m.transform(x))(model, x)
+    ident = _identity_resample(x, input_shape[:-1])
+    n_st = warped.shape[-1] // input_shape[-1]
+    np.testing.assert_allclose(warped, jnp.concatenate([ident] * n_st, axis=-1), atol=1e-5)
+    transform = "tps" if name == "st_cnn_tps" else "affine"
+    identity = stn_jax.identity_params(transform, ndim=len(input_shape) - 1)
+    np.testing.assert_array_equal(theta, jnp.broadcast_to(identity, theta.shape))
+    # The classifier sees exactly the identity-resampled input.
+    logits = nnx.jit(lambda m, x: m(x))(model, x)
+    expected = nnx.jit(lambda m, x: m.classifier(x))(model, jnp.concatenate([ident] * n_st, axis=-1))
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_svhn_multi_has_a_transformer_before_each_of_the_first_four_convs():
+    model = nnx.eval_shape(
+        lambda: build_model("svhn_st_cnn_multi", num_classes=10, input_shape=(64, 64, 3), rngs=nnx.Rngs(0))
+    )
+    shapes = [getattr(model, f"st_{i}").input_shape for i in range(4)]
+    assert shapes == [(64, 64, 3), (32, 32, 12), (32, 32, 16), (16, 16, 32)]
+    assert not hasattr(model, "st_4")
+    assert count_params(model)["localisation"] == sum(count_params(getattr(model, f"st_{i}"))["total"] for i in range(4))
+
+
+def test_train_step_reaches_localisation():
+    model = _build("st_cnn_affine", num_classes=10, input_shape=(28, 28, 1))
+    x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1))
+    labels = jnp.arange(8) % 10
+    opt = nnx.Optimizer(model, with_localisation_lr(optax.adam(1e-3)), wrt=nnx.Param)
+
+    def loss_fn(m):
+        return optax.softmax_cross_entropy_with_integer_labels(m(x, train=True), labels).mean()
+
+    @nnx.jit
+    def step(m, o):
+        loss, grads = nnx.value_and_grad(loss_fn)(m)
+        o.update(m, grads)
+        return loss, grads
+
+    loss, grads = step(model, opt)
+    head = grads["transformers"][0]["localisation_head"]
+    assert np.all(np.isfinite(head["kernel"][...])) and np.abs(head["kernel"][...]).max() > 0
+    losses = [float(loss)] + [float(step(model, opt)[0]) for _ in range(4)]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    theta = nnx.jit(lambda m, x: m.transform(x)[1])(model, x)
+    assert not np.allclose(theta, jnp.eye(2, 3))  # the transformer has moved
+
+
+def test_sequence_loss_and_accuracy():
+    digits = jax.nn.one_hot(jnp.array([[3, 9], [4, 5]]), 10) * 20
+    outputs = {"length": jax.nn.one_hot(jnp.array([1, 2]), 4) * 20, "digits": digits}
+    labels = jnp.array([[1, 3, 7], [2, 4, 5]])  # the 7 lies past length 1: ignored
+    assert float(models.sequence_loss(outputs, labels)) < 1e-6
+    assert float(models.sequence_accuracy(outputs, labels)) == 1.0
+    wrong = jnp.array([[1, 2, 7], [2, 4, 5]])
+    assert float(models.sequence_accuracy(outputs, wrong)) == 0.5
+    assert float(models.sequence_loss(outputs, wrong)) > 5
+
+
+def test_dropout_only_in_training():
+    model = _build("colour_cnn", num_classes=10, input_shape=(32, 32, 3))
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    call = nnx.jit(lambda m, x, train: m(x, train=train), static_argnames="train")
+    np.testing.assert_array_equal(call(model, x, False), call(model, x, False))
+    assert not np.allclose(call(model, x, True), call(model, x, False))
+
+
+@pytest.mark.parametrize("input_shape", [(28, 28, 1), (42, 42, 1), (60, 60, 1)])
+def test_parameter_counts_are_comparable(input_shape):
+    table = models.param_count_table(
+        ["fcn", "st_fcn_affine", "st_fcn_tps", "cnn", "st_cnn_affine", "st_cnn_projective"], input_shape=input_shape
+    )
+    assert table["fcn"]["total"] == models._fcn_params(input_shape, 10, (128, 128))
+    assert table["cnn"]["total"] == models._cnn_params(input_shape, 10, (32, 32))
+    for st, base in [("st_fcn_affine", "fcn"), ("st_fcn_tps", "fcn"), ("st_cnn_affine", "cnn"), ("st_cnn_projective", "cnn")]:
+        assert 0.9 * table[base]["total"] <= table[st]["total"] <= table[base]["total"]
+        assert table[st]["localisation"] > 0
+
+
+def test_documented_counts():
+    table = models.param_count_table(["colour_stn"], input_shape=(32, 32, 3))
+    assert table["colour_stn"] == {"total": 1585008, "localisation": 740486, "classifier": 844522}
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(name="resnet"), ValueError, "name"),
+        (dict(input_shape=(28, 28)), ValueError, "input_shape"),
+        (dict(name="st_1d", input_shape=(28, 28, 1)), ValueError, "input_shape"),
+        (dict(num_classes=0), ValueError, "num_classes"),
+        (dict(name="st_cnn_tps", num_control_points=10), ValueError, "num_control_points"),
+        (dict(name="svhn_cnn", max_digits=0), ValueError, "max_digits"),
+        (dict(name="fcn", bogus=1), TypeError, "bogus"),
+    ],
+)
+def test_build_model_errors(kwargs, error, match):
+    args = dict(name="cnn", num_classes=10, input_shape=(28, 28, 1)) | kwargs
+    with pytest.raises(error, match=match):
+        nnx.eval_shape(lambda: build_model(args.pop("name"), rngs=nnx.Rngs(0), **args))

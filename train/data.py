@@ -43,6 +43,7 @@ from pathlib import Path
 import grain
 import jax
 import numpy as np
+from etils import epath
 
 log = logging.getLogger("train.data")
 
@@ -83,7 +84,7 @@ def _fingerprint(source) -> str:
     digest = hashlib.sha256(repr(source.split).encode())
     for instruction in source.dataset_info.splits[source.split].file_instructions:
         digest.update(f"{instruction.skip}:{instruction.take}".encode())
-        with open(instruction.filename, "rb") as f:
+        with epath.Path(instruction.filename).open("rb") as f:  # local or remote (gs://) data_dir
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()[:32]
@@ -124,12 +125,14 @@ def load_split(
     source = _data_source(name, split, data_dir)
     indices = shard_indices(len(source), shard_index=shard_index, shard_count=shard_count, drop_remainder=drop_remainder)
     if cache_dir is None:
+        log.info("decoding %d examples of %s:%s", len(indices), TFDS_NAMES[name], split)
         return _decode(source, indices)
     cache_dir = Path(cache_dir)
     stem = f"{TFDS_NAMES[name]}-{_fingerprint(source)}-{indices[:1].sum()}-{len(indices)}"
     image_file, label_file = cache_dir / f"{stem}-images.npy", cache_dir / f"{stem}-labels.npy"
     if image_file.is_file() and label_file.is_file():
         return np.load(image_file), np.load(label_file)
+    log.info("decoding %d examples of %s:%s into the cache %s", len(indices), TFDS_NAMES[name], split, cache_dir)
     images, labels = _decode(source, indices)
     cache_dir.mkdir(parents=True, exist_ok=True)
     _save_atomic(image_file, images)

@@ -130,6 +130,22 @@ def test_restored_iterator_yields_the_same_next_batches(consumed):
     assert all(np.array_equal(a["label"], b["label"]) for a, b in zip(expected, _take(restored, 5)))
 
 
+def test_iterator_state_survives_an_orbax_checkpoint(tmp_path):
+    import grain
+    import orbax.checkpoint as ocp
+
+    images, labels = _arrays(23)
+    iterator = data.train_iterator(images, labels, batch_size=5, seed=4)
+    _take(iterator, 6)
+    with ocp.CheckpointManager(tmp_path) as manager:
+        manager.save(6, args=ocp.args.Composite(ds=grain.checkpoint.CheckpointSave(iterator)))
+        manager.wait_until_finished()
+        expected = _take(iterator, 3)
+        restored = data.train_iterator(images, labels, batch_size=5, seed=4)
+        manager.restore(6, args=ocp.args.Composite(ds=grain.checkpoint.CheckpointRestore(restored)))
+    assert all(np.array_equal(a["label"], b["label"]) for a, b in zip(expected, _take(restored, 3)))
+
+
 def test_iterator_and_eval_reject_bad_arguments():
     images, labels = _arrays(4)
     with pytest.raises(ValueError, match="batch_size"):

@@ -20,7 +20,9 @@ Public API::
         ``batch_size`` (per process): ``N // B`` batches per epoch, each epoch a fresh
         permutation drawn from (seed, epoch), so deterministic in ``seed``; ``num_epochs=None``
         repeats forever. ``it.get_state()`` is a small JSON-able dict, ``it.set_state(state)``
-        resumes exactly (also mid-epoch).
+        resumes exactly (also mid-epoch) on an iterator rebuilt from the same arrays, batch
+        size and seed. With orbax: ``ocp.args.Composite(..., ds=grain.checkpoint.CheckpointSave(it))``
+        to save, ``grain.checkpoint.CheckpointRestore(it)`` to restore (tested).
     eval_batches(images, labels, *, batch_size, num_batches=None) -> Iterator[dict]
         Every example once, in order; the last batch is zero-padded and
         {"mask": np.bool_ (B,)} marks real examples. ``num_batches`` pads with empty

@@ -88,6 +88,20 @@ def _staging(dataset: str, data_dir: Path) -> Iterator[Path]:
 
 
 # ---------------------------------------------------------------- builders on local files
+def _code_path(builder_cls) -> "epath.Path":
+    """The registered builder's source file, where TFDS looks for checksums and metadata.
+
+    Without it TFDS would look next to *our* module and, resolving that path on Python
+    >= 3.9, import ``importlib_resources``, which tensorflow-datasets 4.9.10 uses but does
+    not declare.
+    """
+    import inspect
+
+    from etils import epath
+
+    return epath.Path(inspect.getfile(builder_cls))
+
+
 def _local_mnist_builder(idx_dir: Path, counts: dict[str, int], data_dir: Path):
     import tensorflow_datasets as tfds
     from tensorflow_datasets.image_classification import mnist
@@ -96,6 +110,7 @@ def _local_mnist_builder(idx_dir: Path, counts: dict[str, int], data_dir: Path):
         """TFDS's MNIST builder reading uncompressed IDX files from ``idx_dir``."""
 
         name = "mnist"
+        code_path = _code_path(mnist.MNIST)
 
         def _split_generators(self, dl_manager):
             del dl_manager  # nothing to download
@@ -122,6 +137,7 @@ def _local_svhn_builder(files: dict[str, Path], data_dir: Path):
         """TFDS's svhn_cropped builder reading the official .mat files from local paths."""
 
         name = "svhn_cropped"
+        code_path = _code_path(svhn.Builder)
 
         def _split_generators(self, dl_manager):
             del dl_manager

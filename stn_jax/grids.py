@@ -308,5 +308,11 @@ def identity_params(transform: str = "affine", *, ndim: int = 2, num_control_poi
 
 
 def num_params(transform: str, *, ndim: int = 2, num_control_points: int = 16) -> int:
-    """Number of scalars in ``identity_params(transform, ...)`` (the regression layer's width)."""
+    """Number of scalars in ``identity_params(transform, ...)`` (the regression layer's width).
+
+    Example:
+      >>> import stn_jax
+      >>> stn_jax.num_params("affine"), stn_jax.num_params("tps", num_control_points=9)
+      (6, 18)
+    """
     return int(np.prod(identity_params(transform, ndim=ndim, num_control_points=num_control_points).shape))

@@ -1,0 +1,145 @@
+"""The Colab notebooks under colab/: stripped in git, and executed top to bottom with QUICK=1.
+
+Each notebook writes its figures and a ``metrics.json`` into ``$STN_NOTEBOOK_OUT/<name>/``;
+the checks below read them back, so a notebook that "runs" but produces nothing sensible
+fails too. The kernel is this interpreter (a kernel spec written for the test and put
+first on ``JUPYTER_PATH``), its working directory ``colab/``, so the notebooks find the
+local checkout the way a user's Jupyter would. MNIST comes through the training loop's
+own preparation (TFDS download, else the offline copy) into a directory kept between
+runs (pytest's cache, or ``$STN_NOTEBOOK_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+ROOT = Path(__file__).resolve().parents[1]
+COLAB = ROOT / "colab"
+NOTEBOOKS = sorted(p.stem for p in COLAB.glob("*.ipynb"))
+CELL_TIMEOUT_S = 900  # per cell; QUICK runs take seconds to a couple of minutes a cell
+BADGE = "https://colab.research.google.com/github/{org}/stn_jax/blob/main/colab/{name}.ipynb"
+
+
+def _read(name: str):
+    return nbformat.read(COLAB / f"{name}.ipynb", as_version=4)
+
+
+def _png(path: Path, *, max_kb: int = 1000) -> None:
+    assert path.is_file(), f"{path} was not written"
+    head = path.read_bytes()[:8]
+    assert head == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    size_kb = path.stat().st_size / 1024
+    assert 5 < size_kb < max_kb, f"{path}: {size_kb:.0f} KB"
+
+
+# -- static checks (fast) ----------------------------------------------------------------------
+
+
+def test_there_are_notebooks_and_each_has_checks():
+    assert NOTEBOOKS, f"no notebooks in {COLAB}"
+    assert set(NOTEBOOKS) <= set(CHECKS), f"notebooks without checks: {sorted(set(NOTEBOOKS) - set(CHECKS))}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_stripped(name):
+    nb = _read(name)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{name}: cell {i} has outputs; strip them before committing"
+            assert cell.execution_count is None, f"{name}: cell {i} has an execution count"
+        assert "execution" not in cell.metadata, f"{name}: cell {i} carries execution timing metadata"
+    assert "widgets" not in nb.metadata, f"{name}: widget state in the metadata"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_has_badge_colab_detection_and_quick(name):
+    nb = _read(name)
+    text = "\n".join(cell.source for cell in nb.cells)
+    badge = re.escape(BADGE.format(org="ORG", name=name)).replace("ORG", "[^/]+")
+    assert re.search(badge, nb.cells[0].source), f"{name}: the first cell lacks its Colab badge"
+    assert '"google.colab" in sys.modules' in text
+    assert 'os.environ.get("QUICK"' in text
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    # The pip cell runs only in Colab.
+    setup = next(cell.source for cell in nb.cells if "pip" in cell.source and cell.cell_type == "code")
+    assert re.search(r"^if IN_COLAB:\n\s+subprocess.run\(\[sys.executable, \"-m\", \"pip\"", setup, re.M)
+
+
+# -- execution -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kernel_path(tmp_path_factory) -> Path:
+    """A ``python3`` kernel spec that runs this interpreter, whatever else is installed."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Python 3", "language": "python"}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_dir(request, tmp_path_factory) -> Path:
+    if value := os.environ.get("STN_NOTEBOOK_DATA_DIR"):
+        return Path(value)
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("stn_jax_notebook_tfds") if cache is not None else tmp_path_factory.mktemp("tfds")
+
+
+def execute(name: str, out: Path, data: Path, kernel_path: Path, monkeypatch) -> float:
+    """Runs the notebook in a fresh kernel; raises (with the failing cell's traceback) on any error."""
+    monkeypatch.setenv("QUICK", "1")
+    monkeypatch.setenv("STN_NOTEBOOK_OUT", str(out))
+    monkeypatch.setenv("STN_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join([str(kernel_path), os.environ.get("JUPYTER_PATH", "")]))
+    nb = _read(name)
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(COLAB)}}
+    )
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{name}: {errors}"
+    return seconds
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_top_to_bottom(name, tmp_path, data_dir, kernel_path, monkeypatch):
+    seconds = execute(name, tmp_path, data_dir, kernel_path, monkeypatch)
+    out = tmp_path / name
+    metrics = json.loads((out / "metrics.json").read_text())
+    CHECKS[name](out, metrics)
+    print(f"{name}: {seconds:.0f} s with QUICK=1")
+
+
+# -- what each notebook must have produced ------------------------------------------------------
+
+
+def check_quickstart(out: Path, m: dict) -> None:
+    for figure in ("photo", "digit", "gallery", "timeseries", "volume"):
+        _png(out / f"{figure}.png")
+    assert m["photo_identity_max_abs_error"] < 1e-3  # identity grid samples the photo back
+    assert m["digit_roundtrip_mean_abs_error"] < 0.05  # distortion undone by the inverse transform
+    assert set(m["gallery_transforms"]) == {"affine", "attention", "translation", "similarity", "projective", "tps"}
+    assert m["timeseries_theta_error"] < 0.02  # grad-based registration found the warp
+    assert m["volume_shape"] == [40, 40, 40, 1] and 0.2 < m["volume_mass_ratio"] < 1.2
+    assert m["vmap_batch_shape"] == [8, 64, 64, 3] and m["grad_theta_finite_nonzero"]
+    if "torch_max_abs_difference" in m:
+        assert m["torch_max_abs_difference"] < 1e-4
+
+
+CHECKS = {"01_quickstart": check_quickstart}

@@ -142,4 +142,18 @@ def check_quickstart(out: Path, m: dict) -> None:
         assert m["torch_max_abs_difference"] < 1e-4
 
 
-CHECKS = {"01_quickstart": check_quickstart}
+def check_train_mnist(out: Path, m: dict) -> None:
+    _png(out / "curves.png")
+    _png(out / "transformed.png")
+    for label, config in (("ST-CNN", "mnist_rts_st_cnn_affine"), ("CNN", "mnist_rts_cnn")):
+        run = m[label]
+        assert run["config"] == config and run["steps"] == m["ST-CNN"]["steps"]  # trained the same way
+        assert run["test_examples"] >= 500
+        assert run["test_error"] < 0.85, f"{label} learned nothing (chance is 0.9): {run}"
+        assert (out / "runs" / config / "metrics.jsonl").is_file()
+    assert m["theta_shape"] == [8, 2, 3] and m["warped_shape"] == [8, 42, 42, 1]
+    assert m["theta_moved_from_identity"] > 1e-4  # the localisation net trained (it starts at the identity)
+    assert m["samples"], "the loop saved no inputs-vs-transformer figures"
+
+
+CHECKS = {"01_quickstart": check_quickstart, "02_train_mnist": check_train_mnist}

@@ -1,0 +1,328 @@
+"""The training loop end to end: every config, devices, hosts, kill-and-resume, NaN, bad configs, real MNIST.
+
+Runs that need their own JAX set-up (fake devices, several processes, SIGKILL) are
+subprocesses; the rest call the loop in this process on tiny prepared datasets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    import tensorflow_datasets  # noqa: F401  (in CI a missing `train` extra fails, never skips)
+else:
+    pytest.importorskip("tensorflow_datasets")
+
+import jax  # noqa: E402
+
+import data_fixtures as fx  # noqa: E402
+from train import __main__ as cli  # noqa: E402
+from train import checkpoints, configs, errors, prepare  # noqa: E402
+from train import train as train_lib  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parent / "train_worker.py"
+
+# Narrow versions of every model, so that a smoke run compiles and steps quickly.
+TINY_MODEL_KWARGS = {
+    "cnn": {"channels": (4, 4)},
+    "st_cnn_affine": {"channels": (4, 4)},
+    "st_cnn_projective": {"channels": (4, 4)},
+    "st_cnn_tps": {"channels": (4, 4)},
+    "fcn": {"hidden": (8, 8)},
+    "st_fcn_addition": {"hidden": (8, 8)},
+    "svhn_cnn": {"width": 0.03},
+    "svhn_st_cnn_multi": {"width": 0.03},
+    "colour_stn": {},
+}
+TINY = ["steps=4", "batch_size=8", "eval_batch_size=8", "eval_every=2", "checkpoint_every=2",
+        "log_every=1", "warmup_steps=1", "num_show=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Tiny genuine TFDS datasets: mnist (64 train, 24 test) and svhn_cropped (40, 20)."""
+    root = tmp_path_factory.mktemp("train_data")
+    prepare.prepare_mnist_arrays(fx.mnist_arrays(64, 24), data_dir=root / "tfds")
+    prepare.prepare_svhn(root / "tfds", source=fx.write_svhn_dir(root / "mat", fx.svhn_arrays(40, 20)))
+    return root / "tfds"
+
+
+def tiny_config(name: str, data_dir: Path, *overrides: str):
+    config = configs.get_config(name)
+    cli.apply_overrides(config, cli.parse_overrides([*TINY, *overrides]))
+    config.model_kwargs = TINY_MODEL_KWARGS[config.model]
+    config.data_dir = str(data_dir)
+    return config
+
+
+def run_cli(args: list[str], *, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def flat_params(workdir: Path) -> list[np.ndarray]:
+    return jax.tree.leaves(train_lib.final_params(workdir))
+
+
+def assert_same_params(a: list[np.ndarray], b: list[np.ndarray], **tol) -> None:
+    assert len(a) == len(b) and len(a) > 0
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, **tol)
+
+
+# -- every config ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", configs.NAMES)
+def test_every_config_trains_at_tiny_size(name, data_dir, tmp_path):
+    summary = train_lib.train_and_evaluate(tiny_config(name, data_dir), tmp_path)
+    test_split = configs.get_config(name).test_split
+    expected = {"test": 24, "test[20%:]": 16}[test_split]
+    assert summary["steps"] == 4 and summary["test_examples"] == expected
+    assert 0.0 <= summary["test_error"] <= 1.0 and np.isfinite(summary["test_loss"])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "val"] == [2, 4]
+    assert json.loads((tmp_path / "summary.json").read_text())["test_error"] == summary["test_error"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    samples = sorted(p.name for p in (tmp_path / "samples").glob("*.png")) if (tmp_path / "samples").exists() else []
+    model = train_lib.build(tiny_config(name, data_dir))
+    assert samples == (["step_000002.png", "step_000004.png"] if model.has_transformer else [])
+    assert checkpoints.Checkpoints(tmp_path / "checkpoints", keep=2).latest_step() == 4
+
+
+def test_unknown_config_names_the_known_ones():
+    with pytest.raises(configs.UnknownConfigError, match="mnist_rts_st_cnn_affine"):
+        configs.get_config("mnist_rts_resnet")
+
+
+def test_paper_schedule_and_localisation_rate():
+    from train import optim
+
+    config = configs.get_config("mnist_rts_st_cnn_affine_paper")
+    lr = optim.schedule(config)
+    half, three_quarters = config.steps // 2, 3 * config.steps // 4
+    np.testing.assert_allclose([lr(0), lr(half - 1), lr(half), lr(three_quarters)], [0.01, 0.01, 0.001, 0.0001], rtol=1e-6)
+    model = train_lib.build(configs.get_config("tiny"))
+    from flax import nnx
+
+    params = nnx.state(model, nnx.Param)
+    tx = optim.optimizer(configs.get_config("mnist_rts_st_cnn_affine_paper"))
+    grads = jax.tree.map(np.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(updates)}
+    loc = [v for k, v in flat.items() if "localisation" in k]
+    rest = [v for k, v in flat.items() if "localisation" not in k]
+    assert loc and rest
+    np.testing.assert_allclose(np.concatenate([v.ravel() for v in loc]), -0.001, rtol=1e-6)
+    np.testing.assert_allclose(np.concatenate([v.ravel() for v in rest]), -0.01, rtol=1e-6)
+
+
+# -- devices and hosts -------------------------------------------------------------------------------
+
+
+def test_one_and_eight_devices_reach_the_same_parameters(data_dir, tmp_path):
+    args = ["--config", "tiny", "--data_dir", str(data_dir), "--set", "steps=5", "eval_every=5"]
+    one = run_cli([*args, "--workdir", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    eight = run_cli([*args, "--workdir", str(tmp_path / "eight"), "--num_cpu_devices", "8"])
+    assert eight.returncode == 0, eight.stderr[-3000:]
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "eight")]
+    assert [s["devices"] for s in summaries] == [1, 8]
+    assert_same_params(flat_params(tmp_path / "one"), flat_params(tmp_path / "eight"), rtol=2e-4, atol=2e-6)
+    initial = jax.tree.leaves(train_lib.nnx.state(train_lib.build(configs.get_config("tiny")), train_lib.nnx.Param))
+    moved = sum(float(np.abs(np.asarray(a) - b).max()) for a, b in zip(initial, flat_params(tmp_path / "one")))
+    assert moved > 1e-3  # the comparison above is about trained parameters
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_end_with_identical_parameters(data_dir, tmp_path):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    procs = []
+    for i in range(2):
+        argv = ["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(tmp_path / "run"),
+                "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i),
+                "--set", "steps=5", "eval_every=5"]  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / f"p{i}.npz"), *argv], cwd=REPO,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    results = [np.load(tmp_path / f"p{i}.npz") for i in range(2)]
+    assert [int(r["process_index"]) for r in results] == [0, 1]
+    assert all(int(r["process_count"]) == 2 and int(r["devices"]) == 2 for r in results)
+    leaves = [[r[f"arr_{k}"] for k in range(len(r.files) - 4)] for r in results]
+    assert len(leaves[0]) > 0
+    for a, b in zip(*leaves):
+        np.testing.assert_array_equal(a, b)
+    assert float(results[0]["test_error"]) == float(results[1]["test_error"])
+    # Written once, by process 0; the checkpoint restores to the same parameters.
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) > 0
+    assert_same_params(flat_params(tmp_path / "run"), leaves[0], rtol=0, atol=0)
+
+
+# -- reliability ---------------------------------------------------------------------------------------
+
+
+def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(data_dir, tmp_path):
+    args = ["--config", "tiny", "--data_dir", str(data_dir), "--set", "steps=1200", "checkpoint_every=40",
+            "eval_every=1000", "log_every=100"]  # fmt: skip
+    reference = run_cli([*args, "--workdir", str(tmp_path / "reference")])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    workdir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--workdir", str(workdir)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    manager = None
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            steps = [int(p.name) for p in (workdir / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
+            if steps and max(steps) >= 200:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (workdir / "summary.json").exists()
+    manager = checkpoints.Checkpoints(workdir / "checkpoints", keep=2)
+    killed_at = manager.latest_step()
+    manager.close()
+    assert killed_at is not None and 200 <= killed_at < 1200
+
+    resumed = run_cli([*args, "--workdir", str(workdir)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from the checkpoint of step {killed_at}" in resumed.stderr
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["resumed_from"] == killed_at
+    assert_same_params(flat_params(workdir), flat_params(tmp_path / "reference"), rtol=0, atol=0)
+    # The metrics file describes one history: no step logged twice.
+    train_steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [s for s, l in zip(train_steps, (workdir / "metrics.jsonl").read_text().splitlines())
+                   if json.loads(l)["split"] == "train"]  # fmt: skip
+    assert train_steps == sorted(set(train_steps))
+
+
+def test_nan_loss_stops_with_exit_code_3_and_the_last_good_checkpoint_restores(data_dir, tmp_path, capsys):
+    # SGD at 1e30 after a zero-rate first step: step 1 is finite, the loss blows up afterwards.
+    code = cli.main(["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(tmp_path),
+                     "--set", "optimizer=sgd", "schedule=cosine", "warmup_steps=3", "learning_rate=1e30",
+                     "steps=20", "checkpoint_every=1", "eval_every=100"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == errors.EXIT_NONFINITE == 3
+    assert "non-finite loss" in err and "last good checkpoint is step" in err
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    bad_step = int(err.split("gradients at step ")[1].split(":")[0])
+    manager = checkpoints.Checkpoints(tmp_path / "checkpoints", keep=2)
+    assert manager.latest_step() == bad_step - 1 >= 1
+    manager.close()
+    params = flat_params(tmp_path)
+    assert all(np.isfinite(p).all() for p in params)
+    assert all(np.isfinite(r["loss"]) for r in records if r["split"] == "train")
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_nan_loss_skip_mode_skips_steps_and_finishes(data_dir, tmp_path):
+    config = tiny_config("tiny", data_dir, "optimizer=sgd", "schedule=constant", "learning_rate=1e30", "steps=6",
+                         "nonfinite=skip")  # fmt: skip
+    summary = train_lib.train_and_evaluate(config, tmp_path)
+    assert summary["skipped_steps"] >= 1
+    assert all(np.isfinite(p).all() for p in flat_params(tmp_path))
+
+
+@pytest.fixture
+def compilations():
+    """Counts XLA compilations while the test runs."""
+    events = []
+
+    def listener(name, *args, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            events.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield events
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--config", "mnist_rts_resnet"], "unknown experiment 'mnist_rts_resnet'"),
+        (["--config", "tiny", "--set", "batch_sise=8"], "unknown config key 'batch_sise'"),
+        (["--config", "tiny", "--set", "steps=many"], "steps"),
+        (["--config", "tiny", "--set", "model=resnet"], "model must be one of"),
+        (["--config", "tiny", "--set", "distortion=swirl"], "distortion must be one of"),
+        (["--config", "tiny", "--set", "optimizer=adagrad"], "optimizer must be one of"),
+        (["--config", "tiny", "--set", "steps=0"], "steps must be a positive int"),
+        (["--config", "tiny", "--set", "model_kwargs.depth=3"], "model_kwargs"),
+        (["--config", "tiny", "--data_dir", "/nonexistent/stn/data"], "data_dir /nonexistent/stn/data does not exist"),
+        (["--config", "svhn_cnn", "--data_dir", "{tmp}/absent"], "does not exist"),
+        (["--config", "tiny", "--data_dir", ""], "no data_dir"),
+    ],
+)
+def test_bad_configuration_fails_at_start_with_exit_code_2(argv, message, data_dir, tmp_path, capsys, compilations,
+                                                            monkeypatch):  # fmt: skip
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if "--data_dir" not in argv:
+        argv += ["--data_dir", str(data_dir)]
+    code = cli.main([*argv, "--workdir", str(tmp_path / "w")])
+    assert code == errors.EXIT_CONFIG == 2
+    assert message in capsys.readouterr().err
+    assert compilations == []
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_batch_not_divisible_by_device_count_fails_before_compiling(data_dir, tmp_path):
+    result = run_cli(["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(tmp_path),
+                      "--num_cpu_devices", "8", "--set", "batch_size=12"])  # fmt: skip
+    assert result.returncode == 2
+    assert "batch_size=12 must be divisible by the number of devices (8)" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_svhn_without_prepared_data_exits_4(tmp_path, capsys):
+    code = cli.main(["--config", "svhn_cnn", "--data_dir", str(tmp_path), "--workdir", str(tmp_path / "w")])
+    assert code == errors.EXIT_DATA == 4
+    assert "python -m train.prepare svhn" in capsys.readouterr().err
+
+
+# -- real data ------------------------------------------------------------------------------------------
+
+
+def test_real_mnist_reaches_well_under_5_percent_test_error(tmp_path):
+    """Real MNIST through the offline fallback (prepared once into a cached temp dir)."""
+    cache = Path(os.environ.get("STN_JAX_MNIST_DIR", Path(tempfile.gettempdir()) / "stn_jax_mnist_tfds"))
+    started = time.monotonic()
+    result = run_cli(["--config", "mnist_cnn", "--data_dir", str(cache), "--workdir", str(tmp_path),
+                      "--set", "steps=400", "eval_every=400", "log_every=100", "checkpoint_every=400"],
+                     timeout=1200)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["test_examples"] == 10_000
+    assert summary["test_error"] < 0.03, summary
+    print(f"real MNIST: {summary}, {time.monotonic() - started:.0f} s with preparation")

@@ -1,0 +1,146 @@
+"""Command line: ``python -m train --config NAME --workdir DIR [--data_dir DIR] [--set key=value ...]``.
+
+Examples::
+
+    python -m train --config mnist_rts_st_cnn_affine --workdir runs/rts --data_dir data
+    python -m train --config tiny --workdir /tmp/t --data_dir data --set steps=20 batch_size=16
+    python -m train --list                              # every experiment
+
+Rerunning the same command resumes from the latest checkpoint in ``--workdir``.
+``--set`` values are Python literals (``steps=2000``, ``lr_drops=(0.3,0.6)``,
+``model_kwargs.channels=(8,8)``), anything else is a string; unknown keys and values
+of the wrong type are configuration errors.
+
+Devices and hosts:
+
+* ``--num_cpu_devices N`` splits the CPU into N devices (testing data parallelism);
+* several hosts: ``--coordinator HOST:PORT --num_processes N --process_id I`` on each
+  (or ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``), or
+  ``--distributed`` to let ``jax.distributed.initialize()`` detect the cluster
+  (SLURM, Cloud TPU, ...). CPU processes exchange data with gloo collectives.
+
+Exit codes: 0 success; 1 unexpected error; 2 bad configuration or command line
+(found before any compile); 3 non-finite loss (the last good checkpoint is the
+latest one); 4 dataset missing and not preparable; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import os
+import sys
+
+from train import errors  # exit codes and errors; train.train is imported after JAX's set-up
+
+EXIT_CODE_HELP = ", ".join(f"{code} {what}" for code, what in errors.EXIT_CODES.items())
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise errors.ConfigError(f"--set expects key=value, got {pair!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a bare word: a string
+        out[key.strip()] = value
+    return out
+
+
+def apply_overrides(config, overrides: dict[str, object]) -> None:
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            if part not in node:
+                raise errors.ConfigError(f"unknown config key {key!r}")
+            node = node[part]
+        if leaf not in node and not (parents and parents[-1] == "model_kwargs"):
+            raise errors.ConfigError(f"unknown config key {key!r}; keys: {', '.join(sorted(config.keys()))}")
+        try:
+            if leaf in node and isinstance(node[leaf], tuple) and isinstance(value, list):
+                value = tuple(value)
+            node[leaf] = value
+        except (TypeError, ValueError, KeyError) as err:
+            raise errors.ConfigError(f"--set {key}={value!r}: {err}") from err
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train the Spatial Transformer Network experiments.",
+        epilog=f"exit codes: {EXIT_CODE_HELP}",
+    )
+    parser.add_argument("--config", help="experiment name (see --list)")
+    parser.add_argument("--workdir", help="checkpoints, metrics and figures go here; reruns resume")
+    parser.add_argument("--data_dir", help="TFDS data dir (default: config's data_dir, else $TFDS_DATA_DIR)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--num_cpu_devices", type=int, default=None, help="split the CPU into N devices")
+    parser.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with auto-detection")
+    parser.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"), help="HOST:PORT")
+    parser.add_argument("--num_processes", type=int, default=_env_int("JAX_NUM_PROCESSES"))
+    parser.add_argument("--process_id", type=int, default=_env_int("JAX_PROCESS_ID"))
+    return parser
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def init_jax(args: argparse.Namespace) -> None:
+    """Device and multi-process set-up; must run before anything initialises JAX's backends."""
+    import jax
+
+    if args.num_cpu_devices:
+        jax.config.update("jax_num_cpu_devices", args.num_cpu_devices)
+    if args.distributed or args.coordinator:
+        # Harmless on GPU/TPU hosts; on CPU hosts it is what makes cross-process collectives work.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        if args.coordinator:
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        else:
+            jax.distributed.initialize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from train import configs
+
+    if args.list:
+        print("\n".join(configs.NAMES))
+        return errors.EXIT_OK
+    try:
+        if not args.config or not args.workdir:
+            raise errors.ConfigError("--config and --workdir are required (see --help)")
+        config = configs.get_config(args.config)
+        apply_overrides(config, parse_overrides(args.set))
+        if args.data_dir:
+            config.data_dir = args.data_dir
+        init_jax(args)
+        from train.train import train_and_evaluate  # imports JAX-using modules: after init_jax
+
+        train_and_evaluate(config, args.workdir)
+    except (errors.ConfigError, configs.UnknownConfigError) as err:
+        print(f"error: bad configuration: {err}", file=sys.stderr)
+        return errors.EXIT_CONFIG
+    except errors.NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return errors.EXIT_NONFINITE
+    except errors.DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return errors.EXIT_DATA
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the latest checkpoint", file=sys.stderr)
+        return errors.EXIT_INTERRUPTED
+    return errors.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

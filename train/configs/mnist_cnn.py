@@ -1,0 +1,7 @@
+"""Baseline CNN on undistorted MNIST."""
+
+from train.configs import base
+
+
+def get_config():
+    return base.mnist("none", "cnn")

@@ -1,0 +1,7 @@
+"""CNN on elastically distorted MNIST (E)."""
+
+from train.configs import base
+
+
+def get_config():
+    return base.mnist("E", "cnn")

@@ -1,0 +1,7 @@
+"""CNN on projectively distorted MNIST (P)."""
+
+from train.configs import base
+
+
+def get_config():
+    return base.mnist("P", "cnn")

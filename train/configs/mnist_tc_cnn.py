@@ -1,0 +1,7 @@
+"""CNN on translated and cluttered MNIST (TC, 60×60)."""
+
+from train.configs import base
+
+
+def get_config():
+    return base.mnist("TC", "cnn")

@@ -1,0 +1,31 @@
+"""Exit codes of ``python -m train`` and the errors that map to them (no JAX import here:
+the command line must set devices and hosts up before anything touches JAX)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # an unexpected exception (a bug, a crashed peer, ...)
+EXIT_CONFIG = 2  # bad configuration or command line, found before any compile
+EXIT_NONFINITE = 3  # NaN/inf loss with nonfinite="stop"; the last good checkpoint is the latest
+EXIT_DATA = 4  # the dataset is missing and could not be prepared
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); checkpoints already written stay valid
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_ERROR: "unexpected error",
+    EXIT_CONFIG: "bad configuration",
+    EXIT_NONFINITE: "non-finite loss",
+    EXIT_DATA: "dataset unavailable",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run (exit code 2)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradients became NaN/inf (exit code 3)."""
+
+
+class DataError(RuntimeError):
+    """The dataset is missing and could not be prepared (exit code 4)."""

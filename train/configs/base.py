@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.nonfinite = "stop"
     # Evaluation, logging, checkpoints.
     c.eval_every = 500
-    c.eval_batch_size = 500
+    c.eval_batch_size = 512  # divisible by common device counts
     c.log_every = 50
     c.checkpoint_every = 500
     c.keep_checkpoints = 3

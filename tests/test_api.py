@@ -41,3 +41,15 @@ def test_import_is_light():
     code = "import sys, stn_jax; print(any(m.split('.')[0] in ('tensorflow', 'torch', 'flax', 'optax') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_imports_do_not_start_a_jax_backend():
+    # The training CLI chooses devices (fake CPU devices, jax.distributed) after imports;
+    # a backend started by an import would make that impossible.
+    import subprocess
+    import sys
+
+    modules = "stn_jax, stn_jax.nnx, stn_jax.linen, stn_jax.models, train.distortions, train.data, train.train"
+    code = f"import {modules}; from jax._src import xla_bridge; print(sorted(xla_bridge._backends))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

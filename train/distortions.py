@@ -128,7 +128,9 @@ def _homography(src: jax.Array, dst: jax.Array) -> jax.Array:
     return jnp.append(h, 1.0).reshape(3, 3)
 
 
-_CORNERS = jnp.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+# NumPy, not jnp: a module-level jnp array would start the JAX backend at import time,
+# before the CLI has chosen the devices.
+_CORNERS = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], np.float32)
 
 
 def projective(

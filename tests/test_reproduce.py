@@ -1,0 +1,52 @@
+"""Bookkeeping of benchmarks/reproduce.py: records -> RESULTS.md, finished cells skipped (no training)."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import reproduce  # noqa: E402
+
+
+def _record(cell, error, steps=100, batch=8):
+    distortion, model = reproduce.parse_cell(cell)
+    return {
+        "cell": cell, "distortion": distortion, "model": model, "label": reproduce.LABELS[model],
+        "config": reproduce.config_name(cell), "paper_error_pct": reproduce.paper_error(cell),
+        "test_error": error, "test_error_pct": round(100 * error, 2), "test_examples": 10_000,
+        "steps": steps, "batch_size": batch, "images_seen": steps * batch, "epochs": 0.01,
+        "wall_time_s": 61.0, "train_images_per_s": 500.0, "last_val_error": error,
+        "command": f"python -m train --config {reproduce.config_name(cell)}", "finished": "2026-01-01T00:00:00",
+        "pictures": {"samples": f"{cell}_samples.png"} if model.startswith("st_") else {},
+    }  # fmt: skip
+
+
+def test_cells_parse_and_have_configs():
+    from train import configs
+
+    for cell in reproduce.DEFAULT_ORDER:
+        assert reproduce.config_name(cell) in configs.NAMES
+        assert reproduce.paper_error(cell) is not None
+
+
+def test_table_regenerated_from_records(tmp_path):
+    records = [_record("rts_st_cnn_affine", 0.0091), _record("rts_cnn", 0.0123),
+               _record("rts_st_cnn_affine", 0.02, steps=10)]  # fmt: skip
+    for r in records:
+        (tmp_path / f"{reproduce.run_stem(r['cell'], r['steps'], r['batch_size'])}.json").write_text(json.dumps(r))
+    text = reproduce.render_results(reproduce.load_records(tmp_path))
+    assert "| ST-CNN Aff | — (0.7) | **0.91** (0.5) | — (0.8) | — (1.2) |" in text  # most images seen wins
+    assert "| CNN | — (1.2) | **1.23** (0.8) |" in text
+    assert "RTS, 100 steps × 8: ST-CNN Aff 0.91% vs CNN 1.23% — ST-CNN better" in text
+    assert "ST-CNN Aff on RTS ≤ 1.0%: met (0.91%)" in text
+    assert "rts_st_cnn_affine_samples.png" in text
+    assert text.count("| rts_st_cnn_affine |") == 2  # both runs listed
+
+
+def test_finished_cells_are_skipped(tmp_path):
+    todo = reproduce.plan(["rts_st_cnn_affine", "rts_cnn"], 100, 8)
+    assert reproduce.pending(todo, tmp_path) == todo
+    reproduce.record_path(tmp_path, "rts_cnn", 100, 8).write_text(json.dumps(_record("rts_cnn", 0.01)))
+    assert reproduce.pending(todo, tmp_path) == [("rts_st_cnn_affine", 100, 8)]
+    assert reproduce.pending(reproduce.plan(["rts_cnn"], 200, 8), tmp_path) == [("rts_cnn", 200, 8)]  # new budget

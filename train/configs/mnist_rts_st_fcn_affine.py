@@ -1,0 +1,7 @@
+"""ST-FCN (affine) on RTS MNIST (42×42)."""
+
+from train.configs import base
+
+
+def get_config():
+    return base.mnist("RTS", "st_fcn_affine")

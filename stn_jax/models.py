@@ -138,9 +138,25 @@ def _flat_size(module: Callable, input_shape: tuple[int, ...]) -> int:
 
 
 def _pool(x: jax.Array, size: int, *, kind: str = "max", stride: int | None = None) -> jax.Array:
-    """Pools the spatial axes of ``(B, *spatial, C)`` (1-D or 2-D) by ``size``."""
+    """Pools the spatial axes of ``(B, *spatial, C)`` (1-D or 2-D) by ``size``.
+
+    Non-overlapping windows (``stride == size``, VALID: trailing rows that do not fill a
+    window are dropped) are a crop, a reshape and a max/mean over the window axes:
+    the same values as ``nnx.max_pool``/``nnx.avg_pool``, but a much cheaper backward
+    pass on XLA CPU, where ``reduce_window``'s gradient (select-and-scatter) is lowered to
+    iota/scatter fusions that took a third of the CNN's training step (BENCHMARKS.md,
+    "Training step: what we tried"). The max's gradient splits evenly between tied
+    maxima (select-and-scatter gives it to one of them); both are valid subgradients.
+    """
     n = x.ndim - 2
     stride = size if stride is None else stride
+    if stride == size and size > 1 and all(s >= size for s in x.shape[1:-1]):
+        crop = tuple(s - s % size for s in x.shape[1:-1])
+        x = x[(slice(None), *(slice(0, c) for c in crop))]
+        windows = [d for c in crop for d in (c // size, size)]
+        x = x.reshape(x.shape[0], *windows, x.shape[-1])
+        axes = tuple(2 + 2 * i for i in range(n))
+        return jnp.max(x, axis=axes) if kind == "max" else jnp.mean(x, axis=axes)
     pool = nnx.max_pool if kind == "max" else nnx.avg_pool
     padding = "SAME" if stride == 1 else "VALID"
     return pool(x, (size,) * n, strides=(stride,) * n, padding=padding)

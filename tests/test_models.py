@@ -185,3 +185,23 @@ def test_build_model_errors(kwargs, error, match):
     args = dict(name="cnn", num_classes=10, input_shape=(28, 28, 1)) | kwargs
     with pytest.raises(error, match=match):
         nnx.eval_shape(lambda: build_model(args.pop("name"), rngs=nnx.Rngs(0), **args))
+
+
+@pytest.mark.parametrize("shape", [(3, 21, 21, 4), (2, 42, 42, 1), (2, 11, 10, 3), (2, 9, 5)])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_matches_flax_pooling(shape, kind):
+    """The reshape pooling (fast backward on CPU) equals nnx.max_pool/avg_pool (VALID), values and gradients."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+    n = x.ndim - 2
+    flax_pool = nnx.max_pool if kind == "max" else nnx.avg_pool
+
+    def ours(x):
+        return models._pool(x, 2, kind=kind)
+
+    def ref(x):
+        return flax_pool(x, (2,) * n, strides=(2,) * n, padding="VALID")
+
+    np.testing.assert_array_equal(ours(x), ref(x))
+    loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))  # noqa: E731
+    np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(ref))(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(models._pool(x, 2, kind=kind, stride=1), flax_pool(x, (2,) * n, padding="SAME"))

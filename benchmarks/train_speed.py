@@ -1,0 +1,423 @@
+"""Training-step speed: the ST-CNN (affine) and the CNN of ``stn_jax.models`` vs the same nets in PyTorch.
+
+One *training step* = forward, cross-entropy loss, backward, optimiser update (AdamW,
+localisation parameters at 0.1× the rate, as ``train.optim`` builds it), on a fixed
+batch of 256 random images with random labels. Ours is the training loop's step without
+its on-device distortion: the models ``train`` builds (``stn_jax.models.build_model``)
+merged from their parameters inside one jitted function with ``jax.value_and_grad`` and
+the Optax update (parameters and optimiser state donated). PyTorch 2.13 (CPU,
+``torch.set_num_threads(2)``) runs the same architectures — conv widths, kernels, SAME
+padding, pooling order, the localisation net on the 2×-average-pooled input,
+``affine_grid`` + ``grid_sample`` (bilinear, zeros, ``align_corners=False``), the
+transformer output average-pooled by 2 above 32 px — with ``torch.optim.AdamW`` in two
+parameter groups; channels-first (NCHW) and channels_last are both timed and the faster
+one is compared.
+
+Each figure is the median over ``--repeats`` rounds after warm-up; in every round each
+implementation runs ``--steps_per_round`` steps, interleaved, so a load change hits all
+alike. Compile = JAX lower + compile of our step. Ratio = torch time / ours (> 1: ours
+is faster).
+
+``--profile`` prints where our step's time goes instead: each part of the ST-CNN step
+timed on its own (forward + backward of the classifier, of the localisation net, of the
+sampler, the optimiser update), and the per-operation totals of a
+``jax.profiler`` trace of the whole step.
+
+Run: ``PYTHONPATH=. python benchmarks/train_speed.py`` (``--no-write`` to only print).
+The table is written into BENCHMARKS.md between the markers below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from stn_jax.models import build_model
+from stn_jax.transformer import with_localisation_lr
+
+BEGIN = "<!-- BEGIN benchmarks/train_speed.py (generated, do not edit by hand) -->"
+END = "<!-- END benchmarks/train_speed.py -->"
+BATCH = 256
+SIDES = (28, 42, 60)
+MODELS = ("st_cnn_affine", "cnn")
+LR = 1e-3
+
+
+# -- ours -------------------------------------------------------------------------------------------
+
+
+def jax_step(name: str, side: int, batch: int = BATCH, *, dtype=jnp.float32):
+    """(step, params, opt_state, images, labels, model): ``step(params, opt_state, x, y) -> (params, opt_state, loss)``."""
+    model = build_model(name, num_classes=10, input_shape=(side, side, 1), rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = with_localisation_lr(optax.adamw(LR, weight_decay=1e-4), multiplier=0.1)
+    opt_state = tx.init(params)
+
+    def step(params, opt_state, x, y):
+        def loss_fn(p):
+            logits = nnx.merge(graphdef, p, rest)(x.astype(dtype), train=True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((batch, side, side, 1), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
+    return jax.jit(step, donate_argnums=(0, 1)), params, opt_state, x, y, model
+
+
+def compile_ours(name, side, batch=BATCH):
+    step, params, opt_state, x, y, model = jax_step(name, side, batch)
+    t0 = time.perf_counter()
+    compiled = step.lower(params, opt_state, x, y).compile()
+    compile_s = time.perf_counter() - t0
+    state = {"params": params, "opt": opt_state}
+
+    def run():
+        state["params"], state["opt"], loss = compiled(state["params"], state["opt"], x, y)
+        loss.block_until_ready()
+
+    return run, compile_s, model
+
+
+# -- PyTorch ------------------------------------------------------------------------------------------
+
+
+def torch_nets(torch):
+    nn, F = torch.nn, torch.nn.functional
+
+    class CNN(nn.Module):
+        """conv 9×9 → max-pool 2 → ReLU → conv 7×7 → max-pool 2 → ReLU → linear (SAME padding)."""
+
+        def __init__(self, side, channels=(32, 32), classes=10):
+            super().__init__()
+            self.conv0 = nn.Conv2d(1, channels[0], 9, padding=4)
+            self.conv1 = nn.Conv2d(channels[0], channels[1], 7, padding=3)
+            self.out = nn.Linear((side // 2 // 2) ** 2 * channels[1], classes)
+
+        def forward(self, x):
+            x = F.relu(F.max_pool2d(self.conv0(x), 2))
+            x = F.relu(F.max_pool2d(self.conv1(x), 2))
+            return self.out(torch.flatten(x, 1))
+
+    class STCNN(nn.Module):
+        """Localisation (avg-pool 2, conv 5×5 20 → pool → conv 5×5 20 → pool → FC 50 → 6) → sampler → CNN."""
+
+        def __init__(self, side, channels, classes=10):
+            super().__init__()
+            self.side, self.pool = side, 2 if side > 32 else 1
+            self.loc0 = nn.Conv2d(1, 20, 5, padding=2)
+            self.loc1 = nn.Conv2d(20, 20, 5, padding=2)
+            self.loc_fc = nn.Linear((side // 2 // 2 // 2) ** 2 * 20, 50)
+            self.loc_head = nn.Linear(50, 6)
+            nn.init.zeros_(self.loc_head.weight)
+            with torch.no_grad():
+                self.loc_head.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
+            self.cnn = CNN(side // self.pool, channels, classes)
+
+        def forward(self, x):
+            h = F.avg_pool2d(x, 2)
+            h = F.relu(F.max_pool2d(self.loc0(h), 2))
+            h = F.relu(F.max_pool2d(self.loc1(h), 2))
+            theta = self.loc_head(F.relu(self.loc_fc(torch.flatten(h, 1)))).view(-1, 2, 3)
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            if self.pool > 1:
+                warped = F.avg_pool2d(warped, self.pool)
+            return self.cnn(warped)
+
+    return CNN, STCNN
+
+
+def torch_step(torch, name, side, channels, *, channels_last, batch=BATCH):
+    CNN, STCNN = torch_nets(torch)
+    torch.manual_seed(0)
+    model = STCNN(side, channels) if name == "st_cnn_affine" else CNN(side, channels)
+    loc = [p for n, p in model.named_parameters() if n.startswith("loc")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("loc")]
+    groups = [{"params": rest, "lr": LR}] + ([{"params": loc, "lr": 0.1 * LR}] if loc else [])
+    opt = torch.optim.AdamW(groups, lr=LR, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((batch, 1, side, side), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, batch))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def classifier_channels(model) -> tuple[int, int]:
+    features = model.classifier.features if hasattr(model, "classifier") else model.features
+    return features.conv_0.out_features, features.conv_1.out_features
+
+
+# -- timing -------------------------------------------------------------------------------------------
+
+
+def time_interleaved(runs: dict, repeats: int, steps_per_round: int, warmup: int = 2) -> dict[str, float]:
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, run in runs.items():
+            t0 = time.perf_counter()
+            for _ in range(steps_per_round):
+                run()
+            times[k].append((time.perf_counter() - t0) / steps_per_round)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; Python "
+            f"{platform.python_version()}, jax {jax.__version__}, torch {torch.__version__}")  # fmt: skip
+
+
+def benchmark(args) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(2)
+    rows = []
+    for side in args.sides:
+        for name in args.models:
+            ours, compile_s, model = compile_ours(name, side, args.batch)
+            channels = classifier_channels(model)
+            runs = {
+                "ours": ours,
+                "torch NCHW": torch_step(torch, name, side, channels, channels_last=False, batch=args.batch),
+                "torch channels_last": torch_step(torch, name, side, channels, channels_last=True, batch=args.batch),
+            }
+            med = time_interleaved(runs, args.repeats, args.steps_per_round)
+            layout = "NCHW" if med["torch NCHW"] <= med["torch channels_last"] else "channels_last"
+            t_torch = med[f"torch {layout}"]
+            row = dict(model=name, side=side, channels=channels, ours=med["ours"], torch=t_torch, layout=layout,
+                       other=med["torch channels_last" if layout == "NCHW" else "torch NCHW"],
+                       ratio=t_torch / med["ours"], compile=compile_s, batch=args.batch)  # fmt: skip
+            rows.append(row)
+            print(f"{name:14s} {side}×{side}  ours {1e3 * row['ours']:8.1f} ms ({args.batch / row['ours']:6.0f} img/s)  "
+                  f"torch {1e3 * t_torch:8.1f} ms ({args.batch / t_torch:6.0f} img/s, {layout})  "
+                  f"ratio {row['ratio']:.2f}  compile {compile_s:.2f} s", flush=True)  # fmt: skip
+    return rows
+
+
+def render(rows, args, load_before, load_after) -> str:
+    cmd = "PYTHONPATH=. python benchmarks/train_speed.py" + (f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else "")
+    lines = [
+        "## Training step: ST-CNN and CNN (`stn_jax.models`) vs the same nets in PyTorch",
+        "",
+        f"Command: `{cmd}`  ",
+        f"Machine: {machine()}  ",
+        f"Load average (1 min) before/after: {load_before:.2f} / {load_after:.2f}; batch {args.batch}, float32, "
+        f"medians of {args.repeats} interleaved rounds of {args.steps_per_round} steps after warm-up; one step = "
+        "forward, cross-entropy, backward, AdamW update (localisation at 0.1×). torch: 2 threads, faster of NCHW "
+        "and channels_last. ST-CNN classifier widths as `build_model` matches them to the CNN's parameter count.",
+        "",
+        "Ratio = torch time / ours (above 1: ours is faster). Compile = JAX lower + compile of our step.",
+        "",
+        "| model | input | ours ms | ours img/s | torch ms (layout) | torch img/s | **ratio** | compile s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        label = "ST-CNN (affine)" if r["model"] == "st_cnn_affine" else "CNN"
+        lines.append(
+            f"| {label} {r['channels'][0]}-{r['channels'][1]} | {r['side']}×{r['side']}×1 | {1e3 * r['ours']:.1f} | "
+            f"{r['batch'] / r['ours']:.0f} | {1e3 * r['torch']:.1f} ({r['layout']}) | {r['batch'] / r['torch']:.0f} | "
+            f"**{r['ratio']:.2f}** | {r['compile']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, table: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{table}{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        text = head + block + ("\n" + tail if tail else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+# -- profile ------------------------------------------------------------------------------------------
+
+
+def _timed(fn, *args, repeats=7):
+    compiled = jax.jit(fn).lower(*args).compile()
+    for _ in range(2):
+        jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def profile(args) -> None:
+    """Parts of the ST-CNN step timed alone, then a profiler trace of the whole step, per op."""
+    import stn_jax
+
+    for side in args.sides:
+        model = build_model("st_cnn_affine", num_classes=10, input_shape=(side, side, 1), rngs=nnx.Rngs(0))
+        cnn = build_model("cnn", num_classes=10, input_shape=(side, side, 1), rngs=nnx.Rngs(0))
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.random((args.batch, side, side, 1), dtype=np.float32))
+        y = jnp.asarray(rng.integers(0, 10, args.batch), jnp.int32)
+        st = model.transformers[0]
+        g_loc, p_loc, r_loc = nnx.split(st.localisation, nnx.Param, ...)
+        g_cls, p_cls, r_cls = nnx.split(model.classifier, nnx.Param, ...)
+        g_cnn, p_cnn, r_cnn = nnx.split(cnn, nnx.Param, ...)
+        pool = model.output_pool
+        warped_shape = (args.batch, side // pool, side // pool, 1)
+        xw = jnp.asarray(rng.random(warped_shape, dtype=np.float32))
+
+        def cls_loss(p, xw):
+            return optax.softmax_cross_entropy_with_integer_labels(nnx.merge(g_cls, p, r_cls)(xw), y).mean()
+
+        def cnn_loss(p, x):
+            return optax.softmax_cross_entropy_with_integer_labels(nnx.merge(g_cnn, p, r_cnn)(x), y).mean()
+
+        def loc_loss(p, x):
+            return jnp.sum(nnx.merge(g_loc, p, r_loc)(x) ** 2)
+
+        theta = jnp.tile(jnp.array([[0.9, 0.1, 0.05], [-0.1, 0.9, 0.0]], jnp.float32), (args.batch, 1, 1))
+
+        def sampler_loss(theta, x):
+            def one(img, th):
+                return stn_jax.sample(img, stn_jax.affine_grid(th, (side, side)))
+
+            out = jax.vmap(one)(x, theta)
+            if pool > 1:
+                out = nnx.avg_pool(out, (pool, pool), strides=(pool, pool))
+            return jnp.sum(out**2)
+
+        tx = with_localisation_lr(optax.adamw(LR, weight_decay=1e-4), multiplier=0.1)
+        params = nnx.state(model, nnx.Param)
+        opt_state = tx.init(params)
+
+        def update(params, opt_state, grads):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        step, sp, so, sx, sy, _ = jax_step("st_cnn_affine", side, args.batch)
+        full = _timed(lambda p, o: step(p, o, sx, sy), *jax.tree.map(jnp.copy, (sp, so)))
+        parts = {
+            "whole ST-CNN step": full,
+            "classifier CNN fwd+bwd (on the warped input)": _timed(jax.grad(cls_loss), p_cls, xw),
+            "localisation net fwd+bwd": _timed(jax.grad(loc_loss), p_loc, x),
+            "grid + sampler (+ output pool) fwd+bwd w.r.t. θ": _timed(jax.grad(sampler_loss), theta, x),
+            "AdamW update": _timed(update, params, opt_state, params),
+            "(baseline CNN fwd+bwd on the full input)": _timed(jax.grad(cnn_loss), p_cnn, x),
+        }
+        print(f"\n{side}×{side}, batch {args.batch}:")
+        for k, v in parts.items():
+            print(f"  {k:55s} {1e3 * v:8.1f} ms  ({100 * v / full:5.1f}% of the step)")
+        if args.trace:
+            trace_ops(step, sp, so, sx, sy, side)
+
+
+def trace_ops(step, params, opt_state, x, y, side, steps=5) -> None:
+    """Sums the XLA CPU thunk times of a ``jax.profiler`` trace of ``steps`` steps, by op name."""
+    import glob
+    import gzip
+    import json
+    import re
+    import tempfile
+
+    compiled = step.lower(params, opt_state, x, y).compile()
+    p, o = jax.tree.map(jnp.copy, (params, opt_state))
+    for _ in range(2):
+        p, o, loss = compiled(p, o, x, y)
+    loss.block_until_ready()
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            for _ in range(steps):
+                p, o, loss = compiled(p, o, x, y)
+            loss.block_until_ready()
+        (path,) = glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)
+        events = json.load(gzip.open(path))["traceEvents"]
+    totals: dict[str, float] = {}
+    hlo = compiled.as_text()
+    for e in events:
+        if e.get("ph") != "X" or "dur" not in e:
+            continue
+        name = e.get("name", "")
+        if name.startswith(("PjRt", "Thunk", "ThunkExecutor", "$")) or "Execute" in name:
+            continue
+        totals[name] = totals.get(name, 0.0) + e["dur"] / 1e3 / steps
+    kinds: dict[str, float] = {}
+    for name, ms in totals.items():
+        m = re.search(rf"%{re.escape(name)} = \S+ (\w[\w-]*)\(", hlo)
+        kind = m.group(1) if m else "?"
+        if kind == "fusion":
+            body = re.search(rf"%{re.escape(name)} = .*calls=(%[\w.-]+)", hlo)
+            kind = f"fusion ({body.group(1)})" if body else kind
+        kinds[kind.split(" (")[0]] = kinds.get(kind.split(" (")[0], 0.0) + ms
+    print(f"  profiler trace, {side}×{side}: top ops (ms per step)")
+    for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:25]:
+        m = re.search(rf"%{re.escape(name)} = (\S+) (\w[\w-]*)\(", hlo)
+        print(f"    {ms:8.2f}  {name}  {m.group(2) + ' ' + m.group(1) if m else ''}")
+    print("  by HLO op kind:", {k: round(v, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])})
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps_per_round", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--sides", type=lambda s: tuple(int(v) for v in s.split(",")), default=SIDES)
+    parser.add_argument("--models", type=lambda s: tuple(s.split(",")), default=MODELS)
+    parser.add_argument("--profile", action="store_true", help="where our ST-CNN step's time goes (no table)")
+    parser.add_argument("--trace", action="store_true", help="with --profile: also a jax.profiler trace, per op")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    if args.profile:
+        profile(args)
+        return
+    load_before = os.getloadavg()[0]
+    rows = benchmark(args)
+    table = render(rows, args, load_before, os.getloadavg()[0])
+    print()
+    print(table)
+    if not args.no_write:
+        write_section(Path(args.output), table)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,10 @@ timed on its own (forward + backward of the classifier, of the localisation net,
 sampler, the optimiser update), and the per-operation totals of a
 ``jax.profiler`` trace of the whole step.
 
+Ours runs with the XLA flag the training command sets (``train/xla_cpu.py``: convolutions
+and reductions on XLA's own CPU kernels rather than YNNPACK); ``--xla_default`` times XLA's
+defaults instead.
+
 Run: ``PYTHONPATH=. python benchmarks/train_speed.py`` (``--no-write`` to only print).
 The table is written into BENCHMARKS.md between the markers below.
 """
@@ -45,6 +49,7 @@ from flax import nnx
 
 from stn_jax.models import build_model
 from stn_jax.transformer import with_localisation_lr
+from train import xla_cpu
 
 BEGIN = "<!-- BEGIN benchmarks/train_speed.py (generated, do not edit by hand) -->"
 END = "<!-- END benchmarks/train_speed.py -->"
@@ -237,6 +242,9 @@ def render(rows, args, load_before, load_after) -> str:
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {machine()}  ",
+        f"XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}` ("
+        + ("XLA's defaults" if args.xla_default else "as `python -m train` sets them, see `train/xla_cpu.py`")
+        + ")  ",
         f"Load average (1 min) before/after: {load_before:.2f} / {load_after:.2f}; batch {args.batch}, float32, "
         f"medians of {args.repeats} interleaved rounds of {args.steps_per_round} steps after warm-up; one step = "
         "forward, cross-entropy, backward, AdamW update (localisation at 0.1×). torch: 2 threads, faster of NCHW "
@@ -403,9 +411,13 @@ def main(argv=None):
     parser.add_argument("--models", type=lambda s: tuple(s.split(",")), default=MODELS)
     parser.add_argument("--profile", action="store_true", help="where our ST-CNN step's time goes (no table)")
     parser.add_argument("--trace", action="store_true", help="with --profile: also a jax.profiler trace, per op")
+    parser.add_argument("--xla_default", action="store_true",
+                        help="leave XLA's CPU defaults (YNNPACK convolutions) instead of the training command's flag")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
+    if not args.xla_default:  # before JAX's backend starts: as `python -m train` runs
+        xla_cpu.use_xla_convolutions()
     if args.profile:
         profile(args)
         return

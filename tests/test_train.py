@@ -28,7 +28,7 @@ import jax  # noqa: E402
 
 import data_fixtures as fx  # noqa: E402
 from train import __main__ as cli  # noqa: E402
-from train import checkpoints, configs, errors, prepare  # noqa: E402
+from train import checkpoints, configs, errors, prepare, xla_cpu  # noqa: E402
 from train import train as train_lib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +41,7 @@ TINY_MODEL_KWARGS = {
     "st_cnn_projective": {"channels": (4, 4)},
     "st_cnn_tps": {"channels": (4, 4)},
     "fcn": {"hidden": (8, 8)},
+    "st_fcn_affine": {"hidden": (8, 8)},
     "st_fcn_addition": {"hidden": (8, 8)},
     "svhn_cnn": {"width": 0.03},
     "svhn_st_cnn_multi": {"width": 0.03},
@@ -192,6 +193,44 @@ def test_two_processes_end_with_identical_parameters_and_both_restore(data_dir, 
     assert_same_params(flat_params(workdir), leaves[0], rtol=0, atol=0)
     moved = max(float(np.abs(a - b).max()) for a, b in zip(leaves[0], [first[0][f"arr_{k}"] for k in range(len(leaves[0]))]))
     assert moved > 0  # steps 4 and 5 really ran after the restore
+
+
+def test_xla_cpu_flag_is_added_once_and_never_overrides_the_user():
+    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    assert xla_cpu.use_xla_convolutions(env)
+    assert env["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {xla_cpu.YNN_FLAG}={xla_cpu.YNN_OFF}"
+    assert not xla_cpu.use_xla_convolutions(env)  # already there: unchanged
+    assert env["XLA_FLAGS"].count(xla_cpu.YNN_FLAG) == 1
+    user = {"XLA_FLAGS": f"{xla_cpu.YNN_FLAG}=LIBRARY_FUSION_TYPE_DOT"}
+    assert not xla_cpu.use_xla_convolutions(user)
+    assert user["XLA_FLAGS"] == f"{xla_cpu.YNN_FLAG}=LIBRARY_FUSION_TYPE_DOT"
+
+
+CONV_GRAD = """
+import jax, jax.numpy as jnp, numpy as np
+x = jnp.asarray(np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32))
+w = jnp.asarray(np.random.default_rng(1).standard_normal((9, 9, 1, 8), dtype=np.float32))
+def loss(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.sin(y).mean(axis=-1))
+gx, gw = jax.grad(loss, argnums=(0, 1))(x, w)
+print(float(jnp.sum(gx ** 2)), float(jnp.sum(gw ** 2)))
+"""
+
+
+def test_xla_cpu_flag_is_known_to_this_jaxlib_and_keeps_the_numbers():
+    """XLA aborts on a flag it does not know: this fails if a JAX upgrade drops it."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    runs = []
+    for tuned in (False, True):
+        run_env = dict(env)
+        if tuned:
+            assert xla_cpu.use_xla_convolutions(run_env)
+        out = subprocess.run([sys.executable, "-c", CONV_GRAD], env=run_env, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append([float(v) for v in out.stdout.split()])
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
 
 
 # -- reliability ---------------------------------------------------------------------------------------

@@ -95,6 +95,9 @@ def _env_int(name: str) -> int | None:
 
 def init_jax(args: argparse.Namespace) -> None:
     """Device and multi-process set-up; must run before anything initialises JAX's backends."""
+    from train import xla_cpu
+
+    xla_cpu.use_xla_convolutions()
     import jax
 
     if args.num_cpu_devices:

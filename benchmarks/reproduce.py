@@ -53,6 +53,9 @@ RUNS_DIR = ROOT / "out" / "reproduce"  # gitignored: checkpoints and whole workd
 RESULTS_MD = ROOT / "RESULTS.md"
 TRAIN_EXAMPLES = 55_200  # train[:92%]
 TEST_EXAMPLES = 10_000
+# From then on `python -m train` set its XLA CPU flag (train/xla_cpu.py); records from
+# before the summaries noted `xla_flags` are told apart by when they finished.
+XLA_FLAG_SINCE = "2026-11-25T14:16"
 
 DISTORTIONS = ("R", "RTS", "P", "E", "TC")
 # Row label of Table 1 -> model name of stn_jax.models.
@@ -294,6 +297,7 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
         "attempts": len(attempts),
         "train_images_per_s": summary.get("images_per_s"),
         "devices": summary.get("devices"),
+        "xla_flags": summary.get("xla_flags"),  # absent from runs before the training command set any
         "command": shlex.join(shown),
         "git_commit": _git_commit(),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -389,7 +393,8 @@ def render_results(records: list[dict], *, results_link: str = "benchmarks/resul
         "Every recorded run (`benchmarks/results/<cell>__s<steps>_b<batch>.json`). Wall time is the driver's, "
         "summed over attempts, and includes data loading, compilation and evaluation; img/s is the training "
         "loop's own rate. The machine was shared with other jobs (test suites) at times, so wall times are "
-        "upper bounds.",
+        "upper bounds. img/s marked * ran before the training command set its XLA CPU flag "
+        "(`train/xla_cpu.py`), about 2× slower per step.",
         "",
         "| cell | ours % | paper % | steps × batch | images seen (epochs) | wall time | train img/s | last val % "
         "| pictures | command |",
@@ -400,6 +405,7 @@ def render_results(records: list[dict], *, results_link: str = "benchmarks/resul
         pics = " ".join(f"[{k}]({results_link}/{v})" for k, v in r.get("pictures", {}).items()) or "—"
         val = f"{100 * r['last_val_error']:.2f}" if r.get("last_val_error") is not None else "—"
         rate = f"{r['train_images_per_s']:.0f}" if r.get("train_images_per_s") else "—"
+        rate += "" if r.get("xla_flags") or r["finished"] >= XLA_FLAG_SINCE else "*"
         paper = r.get("paper_error_pct")
         lines.append(
             f"| {r['cell']} | {r['test_error_pct']:.2f} | {paper if paper is not None else '—'} | "

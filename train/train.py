@@ -443,6 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
         "images_per_s": rate * config.batch_size if rate == rate else None,
         "devices": jax.device_count(),
         "processes": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # speed depends on them (train/xla_cpu.py)
         "wall_time_s": time.perf_counter() - t_start,
     }
     writer.write(config.steps, "test", error=test["error"], loss=test["loss"])

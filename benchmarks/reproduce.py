@@ -321,6 +321,15 @@ def _config(cell: str, steps: int, batch: int) -> dict:
     return json.loads(config.to_json())
 
 
+def _difference_sigma(a: dict, b: dict) -> float:
+    """Binomial standard error of the difference of two test errors, as if independent.
+
+    Both models see the same distorted test digits, so this overstates the test-set noise
+    (conservative); run-to-run training noise is not in it.
+    """
+    return sum(r["test_error"] * (1 - r["test_error"]) / r["test_examples"] for r in (a, b)) ** 0.5
+
+
 # -- RESULTS.md ------------------------------------------------------------------------------------
 
 
@@ -376,9 +385,13 @@ def render_results(records: list[dict], *, results_link: str = "benchmarks/resul
         for budget in sorted(set(st) & set(cnn)):
             any_pair = True
             a, b = st[budget], cnn[budget]
-            verdict = "ST-CNN better" if a["test_error"] < b["test_error"] else "**ST-CNN not better**"
+            diff, sigma = b["test_error"] - a["test_error"], _difference_sigma(a, b)
+            verdict = "ST-CNN better" if diff > 0 else "**ST-CNN not better**"
+            if abs(diff) < 2 * sigma:
+                verdict += " (within 2σ: not significant)"
             lines.append(f"- {d}, {budget[0]} steps × {budget[1]}: ST-CNN Aff {a['test_error_pct']:.2f}% vs "
-                         f"CNN {b['test_error_pct']:.2f}% — {verdict}")  # fmt: skip
+                         f"CNN {b['test_error_pct']:.2f}%, difference {100 * diff:.2f} ± {100 * sigma:.2f} "
+                         f"points — {verdict}")  # fmt: skip
     if not any_pair:
         lines.append("- no pair measured yet")
     rts = best.get("rts_st_cnn_affine")

@@ -38,7 +38,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -46,6 +45,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -174,16 +175,6 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def _last_val(workdir: Path) -> float | None:
@@ -301,7 +292,7 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
         "command": shlex.join(shown),
         "git_commit": _git_commit(),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": report.cpu_name(),
         "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
         "pictures": pictures,
     }

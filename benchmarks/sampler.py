@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import report
 import stn_jax
 
 # (name, batch, (H, W, C) in, (Ho, Wo) out)
@@ -189,14 +190,6 @@ def time_interleaved(runs: dict, repeats: int) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
     versions = [f"Python {platform.python_version()}", f"jax {jax.__version__}", f"torch {torch.__version__}",
@@ -207,7 +200,7 @@ def machine() -> str:
         versions.append(f"dm-pix {dm_pix.__version__}")
     except ImportError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; " + ", ".join(versions)
+    return f"{report.cpu_name()}, {platform.system()} {platform.machine()}; " + ", ".join(versions)
 
 
 def main(argv=None):
@@ -260,7 +253,7 @@ def main(argv=None):
     print()
     print(table)
     if not args.no_write:
-        write_section(Path(args.output), table)
+        report.write_section(Path(args.output), table, begin=BEGIN, end=END)
         print(f"wrote {args.output}")
 
 
@@ -291,16 +284,6 @@ def render(rows, args, have_pix, load_before, load_after) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, table: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{table}{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + block + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
 
 
 if __name__ == "__main__":

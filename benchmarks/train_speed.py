@@ -47,6 +47,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+import report
 from stn_jax.models import build_model
 from stn_jax.transformer import with_localisation_lr
 from train import xla_cpu
@@ -194,17 +195,9 @@ def time_interleaved(runs: dict, repeats: int, steps_per_round: int, warmup: int
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; Python "
+    return (f"{report.cpu_name()}, {platform.system()} {platform.machine()}; Python "
             f"{platform.python_version()}, jax {jax.__version__}, torch {torch.__version__}")  # fmt: skip
 
 
@@ -265,16 +258,6 @@ def render(rows, args, load_before, load_after) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, table: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{table}{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + block + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
 
 
 # -- profile ------------------------------------------------------------------------------------------
@@ -427,7 +410,7 @@ def main(argv=None):
     print()
     print(table)
     if not args.no_write:
-        write_section(Path(args.output), table)
+        report.write_section(Path(args.output), table, begin=BEGIN, end=END)
         print(f"wrote {args.output}")
 
 

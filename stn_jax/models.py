@@ -496,11 +496,11 @@ def _st_cnn(input_shape, num_classes, *, rngs, transform="affine", channels=None
     return STClassifier([st], classifier, output_pool=pool)
 
 
-def _st_fcn_addition(input_shape, num_classes, *, rngs, transform="affine", hidden=None, output_pool=None):
+def _st_fcn_addition(input_shape, num_classes, *, rngs, transform="affine", hidden=None, output_pool=None, **st_kw):
     """2×ST-FCN; ``hidden=None`` matches an FCN baseline (hidden 128-128) on the same input."""
     pool = _auto_pool(input_shape, output_pool)
     sts = [
-        SpatialTransformer(input_shape, transform=transform, hidden=(32, 32), return_theta=True, rngs=rngs)
+        SpatialTransformer(input_shape, transform=transform, hidden=(32, 32), return_theta=True, rngs=rngs, **st_kw)
         for _ in range(2)
     ]
     out_shape = _downsampled((*input_shape[:-1], 2 * input_shape[-1]), pool)

@@ -205,3 +205,16 @@ def test_pool_matches_flax_pooling(shape, kind):
     loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))  # noqa: E731
     np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(ref))(x), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(models._pool(x, 2, kind=kind, stride=1), flax_pool(x, (2,) * n, padding="SAME"))
+
+
+@pytest.mark.parametrize("name", ["st_fcn_addition", "st_cnn_affine"])
+def test_theta_init_reaches_every_transformer(name):
+    """The init experiment (identity vs random regression layer) is expressible for the paper's ST models."""
+    shape, classes = ((12, 12, 2), 19) if name == "st_fcn_addition" else ((16, 16, 1), 10)
+    kernels = {}
+    for init in ("identity", "random"):
+        model = _build(name, num_classes=classes, input_shape=shape, theta_init=init)
+        kernels[init] = [np.asarray(st.localisation_head.kernel[...]) for st in model.transformers]
+    assert len(kernels["random"]) == (2 if name == "st_fcn_addition" else 1)
+    assert all(np.all(k == 0) for k in kernels["identity"])
+    assert all(np.std(k) > 0.01 for k in kernels["random"])

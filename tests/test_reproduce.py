@@ -12,7 +12,7 @@ import reproduce  # noqa: E402
 def _record(cell, error, steps=100, batch=8):
     distortion, model = reproduce.parse_cell(cell)
     return {
-        "cell": cell, "distortion": distortion, "model": model, "label": reproduce.LABELS[model],
+        "cell": cell, "distortion": distortion, "model": model, "label": reproduce.cell_label(cell),
         "config": reproduce.config_name(cell), "paper_error_pct": reproduce.paper_error(cell),
         "test_error": error, "test_error_pct": round(100 * error, 2), "test_examples": 10_000,
         "steps": steps, "batch_size": batch, "images_seen": steps * batch, "epochs": 0.01,
@@ -28,6 +28,17 @@ def test_cells_parse_and_have_configs():
     for cell in reproduce.DEFAULT_ORDER:
         assert reproduce.config_name(cell) in configs.NAMES
         assert reproduce.paper_error(cell) is not None
+    for cell in reproduce.ADDITION_CELLS:
+        assert reproduce.config_name(cell) in configs.NAMES
+
+
+def test_addition_variant_sets_its_override_on_the_command_and_in_the_config():
+    command = reproduce.train_command("addition_2st_fcn_random_init", 10, 8, workdir=Path("w"), data_dir=Path("d"))
+    assert command[command.index("--config") + 1] == "mnist_addition_2st_fcn"
+    assert "model_kwargs.theta_init=random" in command and "steps=10" in command
+    config = reproduce._config("addition_2st_fcn_random_init", 10, 8)
+    assert config["model_kwargs"]["theta_init"] == "random" and config["steps"] == 10
+    assert "theta_init" not in reproduce._config("addition_2st_fcn", 10, 8)["model_kwargs"]
 
 
 def test_table_regenerated_from_records(tmp_path):
@@ -43,6 +54,14 @@ def test_table_regenerated_from_records(tmp_path):
     assert "ST-CNN Aff on RTS ≤ 1.0%: met (0.91%)" in text
     assert "rts_st_cnn_affine_samples.png" in text
     assert text.count("| rts_st_cnn_affine |") == 2  # both runs listed
+
+
+def test_addition_table_shows_accuracy_beside_the_reported_figures(tmp_path):
+    r = _record("addition_2st_fcn_random_init", 0.25)
+    reproduce.record_path(tmp_path, r["cell"], 100, 8).write_text(json.dumps(r))
+    text = reproduce.render_results(reproduce.load_records(tmp_path))
+    assert "| 2×ST-FCN, random init | **75.00** (25.00) | — | 69 | — | 100 × 8 |" in text
+    assert "| CNN | — | 85.3 | 85 | 14.7 | — |" in text
 
 
 def test_finished_cells_are_skipped(tmp_path):

@@ -229,3 +229,11 @@ def test_bad_arguments_name_themselves():
         d.distort("addition", key, np.concatenate([images, images], -1), labels)
     with pytest.raises(TypeError, match="seed"):
         d.test_set("R", images, labels, seed=0.5)
+
+
+def test_rotate_by_quarter_turns_equal_numpy_rot90():
+    """rotate_by (the generalisation test sets) against np.rot90: clockwise as displayed, exact up to float."""
+    images, _ = _digits()
+    x = images[0].astype(np.float32) / 255.0
+    for degrees, k in ((90, -1), (-90, 1), (180, 2), (0, 0)):
+        np.testing.assert_allclose(d.rotate_by(jnp.asarray(x), degrees), np.rot90(x, k, axes=(0, 1)), atol=1e-5)

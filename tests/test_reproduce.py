@@ -70,3 +70,30 @@ def test_finished_cells_are_skipped(tmp_path):
     reproduce.record_path(tmp_path, "rts_cnn", 100, 8).write_text(json.dumps(_record("rts_cnn", 0.01)))
     assert reproduce.pending(todo, tmp_path) == [("rts_st_cnn_affine", 100, 8)]
     assert reproduce.pending(reproduce.plan(["rts_cnn"], 200, 8), tmp_path) == [("rts_cnn", 200, 8)]  # new budget
+
+
+def test_generalisation_rotates_alternately_by_exactly_the_angle():
+    import numpy as np
+
+    import generalisation
+
+    digits = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    x, y = generalisation.rotated_test_set(digits, np.arange(4), 90)
+    np.testing.assert_array_equal(y, np.arange(4))
+    for i in range(4):  # clockwise (as displayed) for even indices, anticlockwise for odd
+        expected = np.rot90(digits[i] / 255.0, -1 if i % 2 == 0 else 1, axes=(0, 1))
+        np.testing.assert_allclose(x[i], expected, atol=1e-5)
+
+
+def test_generalisation_table_is_rendered_into_results(tmp_path):
+    import generalisation
+
+    r = _record("rts28_st_cnn_affine", 0.02)
+    reproduce.record_path(tmp_path, r["cell"], 100, 8).write_text(json.dumps(r))
+    result = {"cell": r["cell"], "label": r["label"], "run": "x", "steps": 100, "batch_size": 8,
+              "test_examples": 10000, "in_distribution_error_pct": 2.0, "finished": "2026-01-01T00:00:00",
+              "accuracy_pct": {"45": 97.5, "60": 90.25, "75": 70.0, "90": 40.0}}  # fmt: skip
+    generalisation.result_path(tmp_path, "x").write_text(json.dumps(result))
+    out = tmp_path / "RESULTS.md"
+    reproduce.write_results(tmp_path, out)
+    assert "| ST-CNN Aff | 97.50 | 90.25 | 70.00 | 40.00 | 2.00 | 100 × 8 |" in out.read_text()

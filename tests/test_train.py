@@ -104,6 +104,9 @@ def test_every_config_trains_at_tiny_size(name, data_dir, tmp_path):
     model = train_lib.build(tiny_config(name, data_dir))
     assert samples == (["step_000002.png", "step_000004.png"] if model.has_transformer else [])
     assert checkpoints.Checkpoints(tmp_path / "checkpoints", keep=2).latest_step() == 4
+    restored = jax.tree.leaves(train_lib.nnx.state(train_lib.restore_model(tiny_config(name, data_dir), tmp_path),
+                                                   train_lib.nnx.Param))  # fmt: skip
+    assert_same_params(restored, flat_params(tmp_path), rtol=0, atol=0)
 
 
 def test_unknown_config_names_the_known_ones():

@@ -2,8 +2,8 @@
 
 Public API (all pure JAX; per-image functions are jit/vmap-able, keyed by a PRNG key)::
 
-    KINDS = ("none", "R", "RTS", "P", "E", "TC", "addition")
-    OUTPUT_SHAPES[kind] -> (H, W, C):  none/R/P/E (28, 28, 1), RTS (42, 42, 1),
+    KINDS = ("none", "R", "RTS", "P", "E", "TC", "addition", "RTS28")
+    OUTPUT_SHAPES[kind] -> (H, W, C):  none/R/P/E/RTS28 (28, 28, 1), RTS (42, 42, 1),
                                        TC (60, 60, 1), addition (42, 42, 2)
     NUM_CLASSES[kind]   -> 10, or 19 for "addition" (label = sum of two digits)
     P_SIGMA_PX = 3.0    # σ of the Gaussian corner noise of P, in pixels of the 28×28 image
@@ -20,6 +20,7 @@ Public API (all pure JAX; per-image functions are jit/vmap-able, keyed by a PRNG
 
     Per image (image: (28, 28, C) float32, output float32):
     rotate(key, image, *, max_degrees=90.0) -> (28, 28, C)
+    rotate_by(image, degrees) -> (28, 28, C)     (exactly that angle; clockwise as displayed, rows down)
     rotate_translate_scale(key, image, *, canvas=42, max_degrees=45.0, scale_range=(0.7, 1.2),
                            max_shift=None) -> (canvas, canvas, C)
     projective(key, image, *, scale_range=(0.75, 1.0), sigma_px=P_SIGMA_PX) -> (28, 28, C)
@@ -31,7 +32,11 @@ Public API (all pure JAX; per-image functions are jit/vmap-able, keyed by a PRNG
 
 Conventions: transforms are described forwards (how the digit moves) and turned into
 stn_jax's backward grids (output pixel → input point); ``align_corners=False``, bilinear,
-zero padding. Pixel distances are in pixels of the 28×28 input. Setting a range to a
+zero padding. Pixel distances are in pixels of the 28×28 input.
+
+RTS28 is not the paper's: it is the training distortion of the generalisation experiment
+(``benchmarks/generalisation.py``): rotation in ±45°, scale in [0.7, 1.3] and a shift of
+±0.1 in normalised units (1.4 px) per axis, on the 28×28 frame. Setting a range to a
 single point and σ to 0 gives the identity (tested).
 """
 
@@ -47,7 +52,7 @@ import numpy as np
 import stn_jax
 
 SIDE = 28
-KINDS = ("none", "R", "RTS", "P", "E", "TC", "addition")
+KINDS = ("none", "R", "RTS", "P", "E", "TC", "addition", "RTS28")
 OUTPUT_SHAPES = {
     "none": (28, 28, 1),
     "R": (28, 28, 1),
@@ -56,6 +61,7 @@ OUTPUT_SHAPES = {
     "E": (28, 28, 1),
     "TC": (60, 60, 1),
     "addition": (42, 42, 2),
+    "RTS28": (28, 28, 1),
 }
 NUM_CLASSES = {kind: 19 if kind == "addition" else 10 for kind in KINDS}
 # The paper gives no σ. These were chosen by eye from `train.show_data`'s PNGs: P tilts
@@ -92,6 +98,11 @@ def rotate(key: jax.Array, image: jax.Array, *, max_degrees: float = 90.0) -> ja
     """R: rotation by an angle uniform in ``[-max_degrees, max_degrees]`` about the centre."""
     angle = jnp.deg2rad(_uniform(key, -max_degrees, max_degrees))
     return _place(image, _rotation(angle), jnp.zeros(2), image.shape[0])
+
+
+def rotate_by(image: jax.Array, degrees) -> jax.Array:
+    """Rotation by exactly ``degrees`` about the centre (the generalisation experiment's test sets)."""
+    return _place(image, _rotation(jnp.deg2rad(jnp.asarray(degrees, jnp.float32))), jnp.zeros(2), image.shape[0])
 
 
 def rotate_translate_scale(
@@ -224,7 +235,8 @@ def _distort(kind: str, key: jax.Array, images: jax.Array, labels: jax.Array):
     if kind == "addition":
         partner = _partners(k_partner, n, (n,))
         return jax.vmap(add_pair)(keys, images, images[partner]), labels + labels[partner]
-    single = {"R": rotate, "RTS": rotate_translate_scale, "P": projective, "E": elastic}[kind]
+    rts28 = functools.partial(rotate_translate_scale, canvas=SIDE, scale_range=(0.7, 1.3), max_shift=0.1 * SIDE / 2)
+    single = {"R": rotate, "RTS": rotate_translate_scale, "P": projective, "E": elastic, "RTS28": rts28}[kind]
     return jax.vmap(single)(keys, images), labels
 
 

@@ -475,3 +475,19 @@ def final_params(workdir: os.PathLike | str, *, step: int | None = None) -> Any:
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=restore_args)))
     return restored["state"]["params"]
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: os.PathLike | str, *, step: int | None = None):
+    """The config's model with the parameters of a checkpoint in ``workdir`` (default: the latest)."""
+    model = build(config)
+    params = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(params, _unwrap_values(final_params(workdir, step=step)))
+    nnx.update(model, params)
+    return model
+
+
+def _unwrap_values(tree: Any) -> Any:
+    """Checkpointed ``nnx.State`` dicts hold each array under ``"value"``; pure dicts do not."""
+    if isinstance(tree, dict):
+        return tree["value"] if set(tree) == {"value"} else {k: _unwrap_values(v) for k, v in tree.items()}
+    return tree

@@ -357,6 +357,12 @@ def _best(records: list[dict]) -> dict[str, dict]:
     return best
 
 
+def _ours(record: dict | None) -> str:
+    if record is None:
+        return "—"
+    return f"**{record['test_error_pct']:.2f}** <sub>{record['steps']}×{record['batch_size']}</sub>"
+
+
 def _fmt_time(seconds: float) -> str:
     minutes, s = divmod(int(round(seconds)), 60)
     return f"{minutes}m{s:02d}s"
@@ -373,7 +379,8 @@ def render_results(records: list[dict], *, results_link: str = "benchmarks/resul
         "",
         "Percent test error on the full 10,000-image MNIST test split, distorted once with the fixed seed "
         "`test_seed=0` (`train.distortions.test_set`); training on `train[:92%]` (55,200 digits, distorted "
-        "afresh every step), AdamW with warm-up and cosine decay unless stated. Each entry: **ours** (paper). "
+        "afresh every step), AdamW with warm-up and cosine decay unless stated. Each entry: **ours** "
+        "<sub>steps×batch of that run</sub> (paper); the run with the most images seen per cell. "
         "The paper trained 150k steps of batch 256 on a GPU; our budgets (steps × batch, 2 CPU cores) are in "
         "the runs table below. Regenerate: `PYTHONPATH=. python benchmarks/reproduce.py --render`.",
         "",
@@ -385,13 +392,13 @@ def render_results(records: list[dict], *, results_link: str = "benchmarks/resul
         for d in ("R", "RTS", "P", "E"):
             paper = PAPER[label].get(d)
             r = best.get(cell_name(d, model))
-            ours = f"**{r['test_error_pct']:.2f}**" if r else "—"
+            ours = _ours(r)
             cells.append(f"{ours} ({paper})" if paper is not None else ours)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Translated cluttered MNIST (TC, 60×60):", "", "| model | TC |", "| --- | --- |"]
     for label in ("CNN", "ST-CNN Aff"):
         r = best.get(cell_name("TC", MODELS[label]))
-        ours = f"**{r['test_error_pct']:.2f}**" if r else "—"
+        ours = _ours(r)
         lines.append(f"| {label} | {ours} ({PAPER[label]['TC']}) |")
 
     lines += ["", "## Acceptance: ST-CNN Aff vs CNN with the same budget", ""]

@@ -47,8 +47,8 @@ def test_table_regenerated_from_records(tmp_path):
     for r in records:
         (tmp_path / f"{reproduce.run_stem(r['cell'], r['steps'], r['batch_size'])}.json").write_text(json.dumps(r))
     text = reproduce.render_results(reproduce.load_records(tmp_path))
-    assert "| ST-CNN Aff | — (0.7) | **0.91** (0.5) | — (0.8) | — (1.2) |" in text  # most images seen wins
-    assert "| CNN | — (1.2) | **1.23** (0.8) |" in text
+    assert "| ST-CNN Aff | — (0.7) | **0.91** <sub>100×8</sub> (0.5) | — (0.8) | — (1.2) |" in text  # most images
+    assert "| CNN | — (1.2) | **1.23** <sub>100×8</sub> (0.8) |" in text
     # sqrt(0.0091·0.9909/1e4 + 0.0123·0.9877/1e4) = 0.00145: 0.32 points is more than 2σ.
     assert "RTS, 100 steps × 8: ST-CNN Aff 0.91% vs CNN 1.23%, difference 0.32 ± 0.15 points — ST-CNN better\n" in text
     assert "ST-CNN Aff on RTS ≤ 1.0%: met (0.91%)" in text

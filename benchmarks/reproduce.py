@@ -467,7 +467,7 @@ def render_results(records: list[dict], *, results_link: str = "benchmarks/resul
         "(b) MNIST addition with two channels and (c) the regression layer's initialisation: two digits, "
         "each RTS-distorted, as the two channels of a 42×42 image; 19 classes (their sum). Percent test "
         "accuracy on 10,000 test pairs (fixed seed); the source documents' figures are accuracies, the "
-        "paper's (Table 2) errors.",
+        "paper's are errors.",
         "",
         "| model | ours: accuracy % (error %) | reported (b) | reported (c) | paper error % | steps × batch |",
         "| --- | ---: | ---: | ---: | ---: | --- |",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import sys
 from pathlib import Path
@@ -43,7 +44,9 @@ def rotated_test_set(images, labels, degrees: float):
     return rotate(images, signs * degrees), labels
 
 
-def accuracy(model, images, labels) -> float:
+@functools.cache
+def _count_correct():
+    """One jitted counter for every angle and model (a closure per call would recompile each time)."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -51,6 +54,11 @@ def accuracy(model, images, labels) -> float:
     def correct(model, x, y):
         return jnp.sum(jnp.argmax(model(x, train=False), -1) == y)
 
+    return correct
+
+
+def accuracy(model, images, labels) -> float:
+    correct = _count_correct()
     total = sum(int(correct(model, images[i : i + EVAL_BATCH], labels[i : i + EVAL_BATCH]))
                 for i in range(0, images.shape[0], EVAL_BATCH))  # fmt: skip
     return total / images.shape[0]

@@ -25,7 +25,7 @@ from jax.extend import core as jex_core
 from jax.interpreters import ad, batching, mlir
 from jax.typing import ArrayLike
 
-from stn_jax import _checks
+from stn_jax import _checks, _windows
 
 METHODS = ("bilinear", "nearest", "bicubic")
 PADDINGS = ("zeros", "border", "reflection")
@@ -307,20 +307,6 @@ def _linear_window(image, coords, sizes, finite, dtype, padding):
     return _interp(padded, starts, fracs, dtype)
 
 
-def _gather_window(padded, starts):
-    """(N, 2, ..., 2, C): the 2**n neighbours of each start, window axes in (z, y, x) order."""
-    n = starts.shape[-1]
-    return jax.lax.gather(
-        padded,
-        starts,
-        jax.lax.GatherDimensionNumbers(
-            offset_dims=tuple(range(1, n + 2)), collapsed_slice_dims=(), start_index_map=tuple(range(n))
-        ),
-        slice_sizes=(2,) * n + (padded.shape[-1],),
-        mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
-    )
-
-
 def _lerp(window, fracs, skip=None):
     """Interpolates window axes from x (the last) to z; axis ``skip`` is differentiated instead."""
     for d, f in enumerate(fracs):
@@ -347,7 +333,7 @@ def _tap_weights(fracs):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _interp(padded, starts, fracs, dtype):
-    return _lerp(_gather_window(padded, starts).astype(dtype), fracs)
+    return _lerp(_windows.read(padded, starts).astype(dtype), fracs)
 
 
 @functools.partial(_interp.defjvp, symbolic_zeros=True)
@@ -357,14 +343,14 @@ def _interp_jvp(dtype, primals, tangents):
     # grid tangent goes through `_spread_p`, whose transpose is one fused reduction.
     padded, starts, fracs = primals
     d_padded, _, d_fracs = tangents
-    window = _gather_window(padded, starts).astype(dtype)
+    window = _windows.read(padded, starts).astype(dtype)
     out = _lerp(window, fracs)
     tangent = jnp.zeros_like(out)
     if not isinstance(d_padded, SymbolicZero):
         # Weights times taps, then a sum: its transpose builds the scatter's updates in one
         # broadcast product (the transpose of `_lerp`'s slices was several padded copies).
         weights = _tap_weights(fracs)
-        taps = _gather_window(d_padded, starts).astype(dtype)
+        taps = _windows.read(d_padded, starts).astype(dtype)
         axes = tuple(range(1, len(fracs) + 1))
         tangent = tangent + jnp.sum(weights[..., None] * taps, axis=axes)
     if not all(isinstance(df, SymbolicZero) for df in d_fracs):
@@ -373,7 +359,7 @@ def _interp_jvp(dtype, primals, tangents):
         # first: each gather then fuses into its own consumer instead of the whole
         # (N, 2, 2, C) window being written out (2x faster grid gradients here).
         extra = jnp.pad(padded, [(0, 1)] * len(fracs) + [(0, 0)])
-        window = _gather_window(extra, starts).astype(dtype)
+        window = _windows.read(extra, starts).astype(dtype)
         slopes = jnp.stack([_lerp(window, fracs, skip=k) for k in range(len(fracs))])
         tangent = tangent + _spread_p.bind(slopes, d)
     return out, tangent

@@ -42,6 +42,8 @@ TINY_MODEL_KWARGS = {
     "st_cnn_tps": {"channels": (4, 4)},
     "fcn": {"hidden": (8, 8)},
     "st_fcn_affine": {"hidden": (8, 8)},
+    "st_fcn_projective": {"hidden": (8, 8)},
+    "st_fcn_tps": {"hidden": (8, 8)},
     "st_fcn_addition": {"hidden": (8, 8)},
     "svhn_cnn": {"width": 0.03},
     "svhn_st_cnn_multi": {"width": 0.03},
@@ -107,6 +109,16 @@ def test_every_config_trains_at_tiny_size(name, data_dir, tmp_path):
     restored = jax.tree.leaves(train_lib.nnx.state(train_lib.restore_model(tiny_config(name, data_dir), tmp_path),
                                                    train_lib.nnx.Param))  # fmt: skip
     assert_same_params(restored, flat_params(tmp_path), rtol=0, atol=0)
+
+
+def test_every_table1_cell_has_a_config_and_modules_take_precedence():
+    for distortion in ("R", "RTS", "P", "E"):
+        for model in ("fcn", "cnn", "st_fcn_tps", "st_cnn_projective"):
+            config = configs.get_config(f"mnist_{distortion.lower()}_{model}")
+            assert (config.distortion, config.model, config.dataset) == (distortion, model, "mnist")
+    # mnist_rts_st_cnn_affine is a module with its own (smaller) batch.
+    assert configs.get_config("mnist_rts_st_cnn_affine").batch_size == 64
+    assert configs.get_config("mnist_r_st_cnn_affine").batch_size == 128
 
 
 def test_unknown_config_names_the_known_ones():

@@ -1,7 +1,0 @@
-"""CNN on elastically distorted MNIST (E)."""
-
-from train.configs import base
-
-
-def get_config():
-    return base.mnist("E", "cnn")

@@ -1,7 +1,0 @@
-"""ST-CNN (thin-plate spline, 4×4) on elastically distorted MNIST (E)."""
-
-from train.configs import base
-
-
-def get_config():
-    return base.mnist("E", "st_cnn_tps")

@@ -1,7 +1,0 @@
-"""CNN on projectively distorted MNIST (P)."""
-
-from train.configs import base
-
-
-def get_config():
-    return base.mnist("P", "cnn")

@@ -1,7 +1,0 @@
-"""FCN baseline on RTS MNIST (42×42)."""
-
-from train.configs import base
-
-
-def get_config():
-    return base.mnist("RTS", "fcn")

@@ -1,6 +1,6 @@
 """Read and scatter-add the 2×…×2 windows of linear interpolation, as a transpose pair.
 
-``read(padded, starts)`` returns, for each start, the window ``padded[s0:s0+2, …, sn:sn+2, :]``;
+``read(array, starts)`` returns, for each start, the window ``array[s0:s0+2, …, sn:sn+2, :]``;
 ``add(windows, starts, shape)`` is its transpose: zeros of ``shape`` with every window added
 at its start. They are primitives, not plain ``lax.gather``/``lax.scatter_add``, for their
 batching rule: ``vmap`` of a scatter gives XLA a scatter with batch dimensions, which XLA
@@ -21,9 +21,13 @@ _read_p = jex_core.Primitive("stn_window_read")
 _add_p = jex_core.Primitive("stn_window_add")
 
 
-def read(padded: jax.Array, starts: jax.Array) -> jax.Array:
-    """(N, 2, …, 2, C): the 2**n neighbours of each start; ``starts`` (N, n) int32, axes in array order."""
-    return _read_p.bind(jnp.asarray(padded), jnp.asarray(starts))
+def read(array: jax.Array, starts: jax.Array, *, merged: bool = False) -> jax.Array:
+    """(N, 2, …, 2, C): the 2**n neighbours of each start; ``starts`` (N, n) int32, axes in array order.
+
+    ``merged=True`` reads the same numbers through the ``(…, W·C)`` view: a different gather,
+    so that XLA does not merge two reads of one array (see ``sampling._interp_jvp``).
+    """
+    return _read_p.bind(jnp.asarray(array), jnp.asarray(starts), merged=merged)
 
 
 def add(windows: jax.Array, starts: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -31,27 +35,37 @@ def add(windows: jax.Array, starts: jax.Array, shape: tuple[int, ...]) -> jax.Ar
     return _add_p.bind(jnp.asarray(windows), jnp.asarray(starts), shape=tuple(shape))
 
 
-def _read_impl(padded, starts):
+def _merge(starts, shape):
+    """The ``(…, W·C)`` view of ``shape`` and the starts of 2·C-wide runs in it."""
+    channels = shape[-1]
+    return (*shape[:-2], shape[-2] * channels), starts.at[:, -1].multiply(channels)
+
+
+def _read_impl(array, starts, *, merged):
     n = starts.shape[-1]
-    return jax.lax.gather(
-        padded,
+    window = (2,) * n + (array.shape[-1],)
+    if merged:
+        view, starts = _merge(starts, array.shape)
+        array, window = array.reshape(view), (*window[:-2], 2 * window[-1])
+    out = jax.lax.gather(
+        array,
         starts,
         jax.lax.GatherDimensionNumbers(
-            offset_dims=tuple(range(1, n + 2)), collapsed_slice_dims=(), start_index_map=tuple(range(n))
+            offset_dims=tuple(range(1, len(window) + 1)), collapsed_slice_dims=(), start_index_map=tuple(range(n))
         ),
-        slice_sizes=(2,) * n + (padded.shape[-1],),
+        slice_sizes=window,
         mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
     )
+    return out.reshape(starts.shape[0], *(2,) * n, -1)
 
 
 def _add_impl(windows, starts, *, shape):
-    # Scatter into an (..., W·C) view: each window row is one contiguous 2·C run.
-    n, channels = starts.shape[-1], shape[-1]
-    merged = (*shape[:-2], shape[-2] * channels)
-    starts = starts.at[:, -1].multiply(channels)
-    rows = windows.reshape(windows.shape[0], *(2,) * (n - 1), 2 * channels)
+    # Scatter into the (..., W·C) view: each window row is one contiguous 2·C run.
+    n = starts.shape[-1]
+    view, starts = _merge(starts, shape)
+    rows = windows.reshape(windows.shape[0], *(2,) * (n - 1), -1)
     out = jax.lax.scatter_add(
-        jnp.zeros(merged, windows.dtype),
+        jnp.zeros(view, windows.dtype),
         starts,
         rows,
         jax.lax.ScatterDimensionNumbers(
@@ -65,8 +79,8 @@ def _add_impl(windows, starts, *, shape):
 _read_p.def_impl(_read_impl)
 _add_p.def_impl(_add_impl)
 _read_p.def_abstract_eval(
-    lambda padded, starts: jax.core.ShapedArray(
-        (starts.shape[0], *(2,) * starts.shape[-1], padded.shape[-1]), padded.dtype
+    lambda array, starts, *, merged: jax.core.ShapedArray(
+        (starts.shape[0], *(2,) * starts.shape[-1], array.shape[-1]), array.dtype
     )
 )
 _add_p.def_abstract_eval(lambda windows, starts, *, shape: jax.core.ShapedArray(shape, windows.dtype))
@@ -74,13 +88,13 @@ mlir.register_lowering(_read_p, mlir.lower_fun(_read_impl, multiple_results=Fals
 mlir.register_lowering(_add_p, mlir.lower_fun(_add_impl, multiple_results=False))
 
 
-def _read_jvp(primals, tangents):
-    padded, starts = primals
-    d_padded, _ = tangents
-    out = read(padded, starts)
-    if type(d_padded) is ad.Zero:
+def _read_jvp(primals, tangents, *, merged):
+    array, starts = primals
+    d_array, _ = tangents
+    out = read(array, starts, merged=merged)
+    if type(d_array) is ad.Zero:
         return out, ad.Zero.from_primal_value(out)
-    return out, read(d_padded, starts)
+    return out, read(d_array, starts, merged=merged)
 
 
 def _add_jvp(primals, tangents, *, shape):
@@ -92,16 +106,16 @@ def _add_jvp(primals, tangents, *, shape):
     return out, add(d_windows, starts, shape)
 
 
-def _read_transpose(ct, padded, starts):
+def _read_transpose(ct, array, starts, *, merged):
     if type(ct) is ad.Zero:
-        return [ad.Zero(padded.aval), None]
-    return [add(ct, starts, padded.aval.shape), None]
+        return [ad.Zero(array.aval), None]
+    return [add(ct, starts, array.aval.shape), None]
 
 
 def _add_transpose(ct, windows, starts, *, shape):
     if type(ct) is ad.Zero:
         return [ad.Zero(windows.aval), None]
-    return [read(ct, starts), None]
+    return [read(ct, starts, merged=True), None]
 
 
 ad.primitive_jvps[_read_p] = _read_jvp
@@ -121,17 +135,17 @@ def _fold(starts, starts_dim, size, first_axis):
     return starts.reshape(-1, starts.shape[-1])
 
 
-def _read_batch(args, dims):
-    padded, starts = args
-    padded_dim, starts_dim = dims
-    if padded_dim is None:
+def _read_batch(args, dims, *, merged):
+    array, starts = args
+    array_dim, starts_dim = dims
+    if array_dim is None:
         # One image, many start lists: read them all as one list.
         starts = jnp.moveaxis(starts, starts_dim, 0)
-        out = read(padded, starts.reshape(-1, starts.shape[-1]))
+        out = read(array, starts.reshape(-1, starts.shape[-1]), merged=merged)
         return out.reshape(*starts.shape[:2], *out.shape[1:]), 0
-    padded = jnp.moveaxis(padded, padded_dim, 0)
-    size, first = padded.shape[:2]
-    flat = read(padded.reshape(size * first, *padded.shape[2:]), _fold(starts, starts_dim, size, first))
+    array = jnp.moveaxis(array, array_dim, 0)
+    size, first = array.shape[:2]
+    flat = read(array.reshape(size * first, *array.shape[2:]), _fold(starts, starts_dim, size, first), merged=merged)
     return flat.reshape(size, -1, *flat.shape[1:]), 0
 
 

@@ -182,7 +182,7 @@ def sample(
     else:
         coords = [_pad_coordinate(c, s, padding, align_corners) for c, s in zip(coords, sizes)]
         if method == "bilinear":
-            out = _linear_window(image, coords, sizes, finite, dtype, padding)
+            out = _linear_window(image, coords, sizes, finite, dtype)
             return out.reshape(*out_spatial, channels).astype(image.dtype)
         if method == "nearest":
             taps, weights = _nearest_taps(coords, sizes)
@@ -289,41 +289,56 @@ def _outer_taps(per_axis):
     return taps, weights
 
 
-def _linear_window(image, coords, sizes, finite, dtype, padding):
-    """Linear interpolation from one window gather of a padded image."""
-    n = len(coords)
-    # Zero-pad 1 before and 2 after each spatial axis: every point whose taps touch the
-    # image then has all 2**n taps inside the padded array, and a point whose taps all
-    # miss the image is moved to (size, ...), whose taps are all padding.
-    inside = finite
-    if padding == "zeros":
-        for c, s in zip(coords, sizes):
-            inside = inside & (c >= -1) & (c <= s)
-    coords = [jnp.where(inside, c, s) for c, s in zip(coords, sizes)]
-    lows = [jnp.floor(c) for c in coords]
-    fracs = tuple(c - low for c, low in zip(coords, lows))
-    starts = jnp.stack([low.astype(jnp.int32) + 1 for low in lows[::-1]], axis=-1)  # (N, n) in (z, y, x)
-    padded = jnp.pad(image, [(1, 2)] * n + [(0, 0)])
-    return _interp(padded, starts, fracs, dtype)
+def _linear_window(image, coords, sizes, finite, dtype):
+    """Linear interpolation from one window gather per point, with no padded copy.
+
+    Each point reads the 2**n window starting at its lower tap ``x0``, clipped into the
+    image (``start = clip(x0, 0, size - 2)``); ``offset = x0 - start`` says where its two
+    taps fall in the window, so a tap outside the image simply gets no weight (zero padding).
+    """
+    # An axis shorter than a window is padded with zeros to 2 (the only copy, for tiny axes).
+    short = [(0, max(0, 2 - s)) for s in sizes[::-1]]
+    if any(after for _, after in short):
+        image = jnp.pad(image, short + [(0, 0)])
+    starts, offsets, fracs = [], [], []
+    for c, s in zip(coords, sizes):
+        # Points with no tap in the image (or non-finite) get offset -2 or >= 2: no weight.
+        c = jnp.where(finite, jnp.clip(c, -2, s + 1), -2)
+        low = jnp.floor(c)
+        x0 = low.astype(jnp.int32)
+        start = jnp.clip(x0, 0, max(s, 2) - 2)
+        starts.append(start)
+        offsets.append(x0 - start)
+        fracs.append(c - low)
+    starts = jnp.stack(starts[::-1], axis=-1)  # (N, n) in array order (z, y, x)
+    return _interp(image, starts, tuple(offsets), tuple(fracs), dtype)
 
 
-def _lerp(window, fracs, skip=None):
-    """Interpolates window axes from x (the last) to z; axis ``skip`` is differentiated instead."""
-    for d, f in enumerate(fracs):
+def _axis_weights(offset, frac):
+    """Weights of window positions 0 and 1 along one axis: tap x0 gets 1 - f, tap x0 + 1 gets f."""
+    return [jnp.where(offset == j, 1 - frac, 0) + jnp.where(offset == j - 1, frac, 0) for j in (0, 1)]
+
+
+def _axis_slopes(offset, frac):
+    """d(weights)/df along one axis."""
+    one = jnp.ones_like(frac)
+    return [jnp.where(offset == j - 1, one, 0) - jnp.where(offset == j, one, 0) for j in (0, 1)]
+
+
+def _contract(window, pairs):
+    """Sums the window's axes against per-axis weight pairs, from x (the last) to z."""
+    for w0, w1 in pairs:
         lo, hi = window[..., 0, :], window[..., 1, :]
-        if d == skip:
-            window = hi - lo
-        else:
-            f = f.reshape(f.shape + (1,) * (lo.ndim - 1))
-            window = lo + f * (hi - lo)
+        shape = w0.shape + (1,) * (lo.ndim - 1)
+        window = lo * w0.reshape(shape) + hi * w1.reshape(shape)
     return window
 
 
-def _tap_weights(fracs):
-    """(N, 2, ..., 2) products of per-axis weights (1 - f, f), axes in (z, y, x) order."""
+def _tap_weights(pairs):
+    """(N, 2, ..., 2) products of the per-axis weights, axes in (z, y, x) order."""
     weights = None
-    for f in fracs[::-1]:
-        w = jnp.stack([1 - f, f], axis=-1)
+    for w0, w1 in pairs[::-1]:
+        w = jnp.stack([w0, w1], axis=-1)
         if weights is None:
             weights = w
         else:
@@ -331,37 +346,39 @@ def _tap_weights(fracs):
     return weights
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _interp(padded, starts, fracs, dtype):
-    return _lerp(_windows.read(padded, starts).astype(dtype), fracs)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _interp(image, starts, offsets, fracs, dtype):
+    pairs = [_axis_weights(o, f) for o, f in zip(offsets, fracs)]
+    return _contract(_windows.read(image, starts).astype(dtype), pairs)
 
 
 @functools.partial(_interp.defjvp, symbolic_zeros=True)
 def _interp_jvp(dtype, primals, tangents):
-    # Written out so that the image tangent is one window gather (its transpose one
+    # Written out so that the image tangent is one window read (its transpose one
     # scatter-add), a zero image tangent (grid-only gradients) costs nothing, and the
     # grid tangent goes through `_spread_p`, whose transpose is one fused reduction.
-    padded, starts, fracs = primals
-    d_padded, _, d_fracs = tangents
-    window = _windows.read(padded, starts).astype(dtype)
-    out = _lerp(window, fracs)
+    image, starts, offsets, fracs = primals
+    d_image, _, _, d_fracs = tangents
+    pairs = [_axis_weights(o, f) for o, f in zip(offsets, fracs)]
+    out = _contract(_windows.read(image, starts).astype(dtype), pairs)
     tangent = jnp.zeros_like(out)
-    if not isinstance(d_padded, SymbolicZero):
+    if not isinstance(d_image, SymbolicZero):
         # Weights times taps, then a sum: its transpose builds the scatter's updates in one
-        # broadcast product (the transpose of `_lerp`'s slices was several padded copies).
-        weights = _tap_weights(fracs)
-        taps = _windows.read(d_padded, starts).astype(dtype)
+        # broadcast product.
+        taps = _windows.read(d_image, starts).astype(dtype)
         axes = tuple(range(1, len(fracs) + 1))
-        tangent = tangent + jnp.sum(weights[..., None] * taps, axis=axes)
+        tangent = tangent + jnp.sum(_tap_weights(pairs)[..., None] * taps, axis=axes)
     if not all(isinstance(df, SymbolicZero) for df in d_fracs):
         d = jnp.stack([jnp.zeros_like(f) if isinstance(df, SymbolicZero) else df for f, df in zip(fracs, d_fracs)])
-        # A second gather, from a copy padded once more, which XLA cannot merge with the
-        # first: each gather then fuses into its own consumer instead of the whole
-        # (N, 2, 2, C) window being written out (2x faster grid gradients here).
-        extra = jnp.pad(padded, [(0, 1)] * len(fracs) + [(0, 0)])
-        window = _windows.read(extra, starts).astype(dtype)
-        slopes = jnp.stack([_lerp(window, fracs, skip=k) for k in range(len(fracs))])
-        tangent = tangent + _spread_p.bind(slopes, d)
+        # The slopes read the same windows through the (..., W*C) view: a different gather,
+        # which XLA cannot merge with the first, so each fuses into its own consumer instead
+        # of the whole (N, 2, 2, C) window being written out (2x faster grid gradients).
+        window = _windows.read(image, starts, merged=True).astype(dtype)
+        slopes = []
+        for k, (o, f) in enumerate(zip(offsets, fracs)):
+            slope_pairs = [_axis_slopes(o, f) if j == k else pair for j, pair in enumerate(pairs)]
+            slopes.append(_contract(window, slope_pairs))
+        tangent = tangent + _spread_p.bind(jnp.stack(slopes), d)
     return out, tangent
 
 

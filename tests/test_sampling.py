@@ -99,6 +99,21 @@ def test_3d_matches_torch_values_and_gradients(torch, x64, method, padding, alig
             _assert_close(o, r, dtype, f"{what} {kw}")
 
 
+@pytest.mark.parametrize("in_spatial", [(1, 5), (4, 1), (1, 1), (2, 2)])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_bilinear_on_images_narrower_than_a_window_matches_torch(torch, padding, in_spatial):
+    # Axes of size 1 cannot hold a 2-tap window: the sampler pads them; every other size reads in place.
+    rng = np.random.default_rng(len(in_spatial) + in_spatial[0])
+    kw = dict(method="bilinear", padding=padding, align_corners=False)
+    images = rng.normal(size=(2, *in_spatial, 3)).astype(np.float32)
+    grids = rng.uniform(-1.6, 1.6, size=(2, 5, 6, 2)).astype(np.float32)
+    cotangent = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+    ours = _ours_and_grads(images, grids, cotangent, **kw)
+    ref = _torch_sample_and_grads(torch, images, grids, cotangent, **kw)
+    for o, r, what in zip(ours, ref, ["value", "grad image", "grad grid"]):
+        _assert_close(o, r, np.float32, f"{what} {kw} {in_spatial}")
+
+
 @pytest.mark.parametrize("padding,align_corners", list(itertools.product(PADDINGS, ALIGN)))
 def test_1d_equals_torch_on_a_one_row_image(torch, padding, align_corners):
     rng = np.random.default_rng(1)

@@ -41,6 +41,7 @@ def _add_loop(windows, starts, shape):
 def test_read_and_add_equal_numpy_loops(shape):
     padded, starts, windows = _case(np.random.default_rng(0), shape)
     np.testing.assert_array_equal(_windows.read(padded, starts), _read_loop(padded, starts))
+    np.testing.assert_array_equal(_windows.read(padded, starts, merged=True), _read_loop(padded, starts))
     np.testing.assert_allclose(_windows.add(windows, starts, shape), _add_loop(windows, starts, shape), rtol=1e-6)
 
 
@@ -59,7 +60,8 @@ def test_add_is_the_transpose_of_read(shape):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_gradients_numerically(shape):
     padded, starts, windows = _case(np.random.default_rng(2), shape)
-    check_grads(lambda x: _windows.read(x, starts), (padded,), order=2, modes=("fwd", "rev"), eps=1e-2)
+    for merged in (False, True):
+        check_grads(lambda x: _windows.read(x, starts, merged=merged), (padded,), order=2, modes=("fwd", "rev"), eps=1e-2)
     check_grads(lambda w: _windows.add(w, starts, shape), (windows,), order=2, modes=("fwd", "rev"), eps=1e-2)
 
 
@@ -77,6 +79,8 @@ def test_vmap_equals_a_loop(shape, batch_array, batch_starts):
         return x[b] if batched else x
 
     read = jax.jit(jax.vmap(_windows.read, in_axes=axes))(padded, starts)
+    read_merged = jax.jit(jax.vmap(lambda x, s: _windows.read(x, s, merged=True), in_axes=axes))(padded, starts)
+    np.testing.assert_array_equal(read_merged, read)
     added = jax.jit(jax.vmap(lambda w, s: _windows.add(w, s, shape), in_axes=axes))(windows, starts)
     for b in range(3):
         s = pick(starts, batch_starts, b)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,8 @@ METHODS = ("bilinear", "nearest", "bicubic")
 PADDINGS = ("zeros", "border", "reflection")
 
 _CUBIC_A = -0.75
+# Up to this many channels, linear sampling reads tap by tap (see `_windows.read`).
+_TAPS_MAX_CHANNELS = 4
 
 
 def _unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
@@ -170,20 +173,24 @@ def sample(
     else:
         dtype = _checks.compute_dtype(grid.dtype)
 
-    points = grid.reshape(-1, n).astype(dtype)
-    finite = jnp.all(jnp.isfinite(points), axis=-1)
-    points = jnp.where(finite[:, None], points, 0)
+    grid = grid.astype(dtype)
+    finite = jnp.all(jnp.isfinite(grid), axis=-1)
     # Image axes are (z, y, x); grid coordinates are (x, y, z).
     sizes = spatial[::-1]
-    coords = [_unnormalize(points[:, d], sizes[d], align_corners) for d in range(n)]
+    if method == "bilinear":
+        # Non-finite points are given no weight by `_linear_window` itself.
+        coords = [_unnormalize(grid[..., d], sizes[d], align_corners) for d in range(n)]
+        coords = [_pad_coordinate(c, s, padding, align_corners) for c, s in zip(coords, sizes)]
+        return _linear_window(image, coords, sizes, finite, dtype).astype(image.dtype)
+    grid = jnp.where(finite[..., None], grid, 0)
+    coords = [_unnormalize(grid[..., d], sizes[d], align_corners) for d in range(n)]
+    # Nearest and bicubic work on the flat list of points.
+    coords, finite = [c.reshape(-1) for c in coords], finite.reshape(-1)
 
     if method == "bicubic":
         taps, weights = _bicubic_taps(coords, sizes, padding, align_corners)
     else:
         coords = [_pad_coordinate(c, s, padding, align_corners) for c, s in zip(coords, sizes)]
-        if method == "bilinear":
-            out = _linear_window(image, coords, sizes, finite, dtype)
-            return out.reshape(*out_spatial, channels).astype(image.dtype)
         if method == "nearest":
             taps, weights = _nearest_taps(coords, sizes)
         else:
@@ -290,12 +297,17 @@ def _outer_taps(per_axis):
 
 
 def _linear_window(image, coords, sizes, finite, dtype):
-    """Linear interpolation from one window gather per point, with no padded copy.
+    """Linear interpolation of the points ``coords`` (per axis, any shape P): (*P, C).
 
     Each point reads the 2**n window starting at its lower tap ``x0``, clipped into the
     image (``start = clip(x0, 0, size - 2)``); ``offset = x0 - start`` says where its two
-    taps fall in the window, so a tap outside the image simply gets no weight (zero padding).
+    taps fall in the window, so a tap outside the image simply gets no weight (zero
+    padding): no padded copy of the image is made.
     """
+    points = finite.shape
+    if image.shape[-1] > _TAPS_MAX_CHANNELS:
+        # One window gather per point reads a flat list of points.
+        coords, finite = [c.reshape(-1) for c in coords], finite.reshape(-1)
     # An axis shorter than a window is padded with zeros to 2 (the only copy, for tiny axes).
     short = [(0, max(0, 2 - s)) for s in sizes[::-1]]
     if any(after for _, after in short):
@@ -310,8 +322,8 @@ def _linear_window(image, coords, sizes, finite, dtype):
         starts.append(start)
         offsets.append(x0 - start)
         fracs.append(c - low)
-    starts = jnp.stack(starts[::-1], axis=-1)  # (N, n) in array order (z, y, x)
-    return _interp(image, starts, tuple(offsets), tuple(fracs), dtype)
+    out = _interp(image, tuple(starts[::-1]), tuple(offsets), tuple(fracs), dtype)
+    return out.reshape(*points, image.shape[-1])
 
 
 def _axis_weights(offset, frac):
@@ -326,12 +338,28 @@ def _axis_slopes(offset, frac):
 
 
 def _contract(window, pairs):
-    """Sums the window's axes against per-axis weight pairs, from x (the last) to z."""
+    """Sums the window against per-axis weight pairs, from x (the last axis) to z: (N, C).
+
+    ``window`` is one (N, 2, ..., 2, C) array, or its 2**n (N, C) taps in row-major order.
+    """
     for w0, w1 in pairs:
-        lo, hi = window[..., 0, :], window[..., 1, :]
-        shape = w0.shape + (1,) * (lo.ndim - 1)
-        window = lo * w0.reshape(shape) + hi * w1.reshape(shape)
-    return window
+        if isinstance(window, list):
+            w0, w1 = w0[..., None], w1[..., None]
+            window = [lo * w0 + hi * w1 for lo, hi in zip(window[0::2], window[1::2])]
+        else:
+            lo, hi = window[..., 0, :], window[..., 1, :]
+            shape = w0.shape + (1,) * (lo.ndim - 1)
+            window = lo * w0.reshape(shape) + hi * w1.reshape(shape)
+    return window[0] if isinstance(window, list) else window
+
+
+def _read(image, starts, dtype, *, merged=False):
+    """The window at ``starts`` (per-axis (N,) arrays, array order) of each point: tap by tap
+    for a few channels, one gather for many."""
+    if image.shape[-1] <= _TAPS_MAX_CHANNELS:
+        first = sum(s * math.prod(image.shape[d + 1 : -1]) for d, s in enumerate(starts))
+        return [t.astype(dtype) for t in _windows.read_taps(image, first)]
+    return _windows.read(image, jnp.stack(starts, axis=-1), merged=merged).astype(dtype)
 
 
 def _tap_weights(pairs):
@@ -349,7 +377,7 @@ def _tap_weights(pairs):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
 def _interp(image, starts, offsets, fracs, dtype):
     pairs = [_axis_weights(o, f) for o, f in zip(offsets, fracs)]
-    return _contract(_windows.read(image, starts).astype(dtype), pairs)
+    return _contract(_read(image, starts, dtype), pairs)
 
 
 @functools.partial(_interp.defjvp, symbolic_zeros=True)
@@ -360,20 +388,28 @@ def _interp_jvp(dtype, primals, tangents):
     image, starts, offsets, fracs = primals
     d_image, _, _, d_fracs = tangents
     pairs = [_axis_weights(o, f) for o, f in zip(offsets, fracs)]
-    out = _contract(_windows.read(image, starts).astype(dtype), pairs)
+    window = _read(image, starts, dtype)
+    out = _contract(window, pairs)
     tangent = jnp.zeros_like(out)
     if not isinstance(d_image, SymbolicZero):
-        # Weights times taps, then a sum: its transpose builds the scatter's updates in one
-        # broadcast product.
-        taps = _windows.read(d_image, starts).astype(dtype)
-        axes = tuple(range(1, len(fracs) + 1))
-        tangent = tangent + jnp.sum(_tap_weights(pairs)[..., None] * taps, axis=axes)
+        d_window = _read(d_image, starts, dtype)
+        if isinstance(d_window, list):
+            corners = itertools.product(*[pair for pair in pairs[::-1]])  # row-major: z, y, x
+            weights = [functools.reduce(jnp.multiply, ws) for ws in corners]
+            tangent = tangent + sum(w[..., None] * t for w, t in zip(weights, d_window))
+        else:
+            # Weights times taps, then a sum: its transpose builds the scatter's updates in
+            # one broadcast product.
+            axes = tuple(range(1, len(fracs) + 1))
+            tangent = tangent + jnp.sum(_tap_weights(pairs)[..., None] * d_window, axis=axes)
     if not all(isinstance(df, SymbolicZero) for df in d_fracs):
         d = jnp.stack([jnp.zeros_like(f) if isinstance(df, SymbolicZero) else df for f, df in zip(fracs, d_fracs)])
-        # The slopes read the same windows through the (..., W*C) view: a different gather,
-        # which XLA cannot merge with the first, so each fuses into its own consumer instead
-        # of the whole (N, 2, 2, C) window being written out (2x faster grid gradients).
-        window = _windows.read(image, starts, merged=True).astype(dtype)
+        if not isinstance(window, list):
+            # The slopes read the same windows through the (..., W*C) view: a different
+            # gather, which XLA cannot merge with the first, so each fuses into its own
+            # consumer instead of the whole (N, 2, 2, C) window being written out (2x
+            # faster grid gradients on feature maps).
+            window = _read(image, starts, dtype, merged=True)
         slopes = []
         for k, (o, f) in enumerate(zip(offsets, fracs)):
             slope_pairs = [_axis_slopes(o, f) if j == k else pair for j, pair in enumerate(pairs)]

@@ -1,5 +1,6 @@
 """The window read / scatter-add pair behind bilinear sampling, against NumPy loops."""
 
+import functools
 import itertools
 
 import jax
@@ -23,11 +24,34 @@ def _case(rng, shape, points=9):
     return padded, starts, windows
 
 
+def _first(starts, shape):
+    """Flat (pixel) index of each start in an array of ``shape`` (channels last)."""
+    strides = np.cumprod((1, *shape[-2:0:-1]))[::-1]  # row-major strides of the spatial axes
+    return sum(starts[..., d] * int(stride) for d, stride in enumerate(strides))
+
+
+def _read(x, starts, taps=False, merged=False):
+    """``read`` or ``read_taps`` of ``x``, as (N, 2, ..., 2, C) windows either way."""
+    if not taps:
+        return _windows.read(x, starts, merged=merged)
+    n = starts.shape[-1]
+    stacked = jnp.stack(_windows.read_taps(x, _first(starts, x.shape)), axis=-2)  # (N, 2**n, C)
+    return stacked.reshape(*stacked.shape[:-2], *(2,) * n, stacked.shape[-1])
+
+
+def _add(windows, starts, shape, taps=False):
+    """``add`` or ``add_taps`` of (N, 2, ..., 2, C) windows."""
+    if not taps:
+        return _windows.add(windows, starts, shape)
+    n = starts.shape[-1]
+    flat = windows.reshape(*windows.shape[: -n - 1], 2**n, windows.shape[-1])
+    return _windows.add_taps([flat[..., k, :] for k in range(2**n)], _first(starts, shape), shape)
+
+
 def _read_loop(padded, starts):
     n = starts.shape[-1]
-    return np.stack([padded[tuple(slice(i, i + 2) for i in start)] for start in starts]).reshape(
-        len(starts), *(2,) * n, padded.shape[-1]
-    )
+    windows = np.stack([padded[tuple(slice(i, i + 2) for i in start)] for start in starts])
+    return windows.reshape(len(starts), *(2,) * n, padded.shape[-1])
 
 
 def _add_loop(windows, starts, shape):
@@ -38,36 +62,45 @@ def _add_loop(windows, starts, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_read_and_add_equal_numpy_loops(shape):
+@pytest.mark.parametrize("taps", [False, True])
+def test_read_and_add_equal_numpy_loops(shape, taps):
     padded, starts, windows = _case(np.random.default_rng(0), shape)
-    np.testing.assert_array_equal(_windows.read(padded, starts), _read_loop(padded, starts))
-    np.testing.assert_array_equal(_windows.read(padded, starts, merged=True), _read_loop(padded, starts))
-    np.testing.assert_allclose(_windows.add(windows, starts, shape), _add_loop(windows, starts, shape), rtol=1e-6)
+    expected = _read_loop(padded, starts)
+    np.testing.assert_array_equal(_read(padded, starts, taps), expected)
+    if not taps:
+        np.testing.assert_array_equal(_read(padded, starts, merged=True), expected)
+    added = _add(windows, starts, shape, taps)
+    np.testing.assert_allclose(added, _add_loop(windows, starts, shape), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_add_is_the_transpose_of_read(shape):
+@pytest.mark.parametrize("taps", [False, True])
+def test_add_is_the_transpose_of_read(shape, taps):
     padded, starts, windows = _case(np.random.default_rng(1), shape)
-    transpose = jax.linear_transpose(lambda x: _windows.read(x, starts), jnp.zeros(shape))
+    transpose = jax.linear_transpose(lambda x: _read(x, starts, taps), jnp.zeros(shape))
     (by_transpose,) = transpose(jnp.asarray(windows))
-    np.testing.assert_allclose(by_transpose, _add_loop(windows, starts, shape), rtol=1e-6)
+    np.testing.assert_allclose(by_transpose, _add_loop(windows, starts, shape), rtol=1e-6, atol=1e-6)
     # <read(x), w> == <x, add(w)>
     lhs = np.sum(_read_loop(padded, starts).astype(np.float64) * windows)
-    rhs = np.sum(padded.astype(np.float64) * np.asarray(_windows.add(windows, starts, shape)))
+    rhs = np.sum(padded.astype(np.float64) * np.asarray(_add(windows, starts, shape, taps)))
     assert lhs == pytest.approx(rhs, rel=1e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradients_numerically(shape):
+@pytest.mark.parametrize("taps", [False, True])
+def test_gradients_numerically(shape, taps):
     padded, starts, windows = _case(np.random.default_rng(2), shape)
-    for merged in (False, True):
-        check_grads(lambda x: _windows.read(x, starts, merged=merged), (padded,), order=2, modes=("fwd", "rev"), eps=1e-2)
-    check_grads(lambda w: _windows.add(w, starts, shape), (windows,), order=2, modes=("fwd", "rev"), eps=1e-2)
+    for merged in (False, True) if not taps else (False,):
+        read = functools.partial(_read, starts=starts, taps=taps, merged=merged)
+        check_grads(read, (padded,), order=2, modes=("fwd", "rev"), eps=1e-2)
+    add = functools.partial(_add, starts=starts, shape=shape, taps=taps)
+    check_grads(add, (windows,), order=2, modes=("fwd", "rev"), eps=1e-2)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("batch_array, batch_starts", [(True, True), (True, False), (False, True)])
-def test_vmap_equals_a_loop(shape, batch_array, batch_starts):
+@pytest.mark.parametrize("taps", [False, True])
+def test_vmap_equals_a_loop(shape, batch_array, batch_starts, taps):
     rng = np.random.default_rng(3)
     cases = [_case(rng, shape) for _ in range(3)]
     padded = np.stack([c[0] for c in cases]) if batch_array else cases[0][0]
@@ -78,17 +111,20 @@ def test_vmap_equals_a_loop(shape, batch_array, batch_starts):
     def pick(x, batched, b):
         return x[b] if batched else x
 
-    read = jax.jit(jax.vmap(_windows.read, in_axes=axes))(padded, starts)
-    read_merged = jax.jit(jax.vmap(lambda x, s: _windows.read(x, s, merged=True), in_axes=axes))(padded, starts)
-    np.testing.assert_array_equal(read_merged, read)
-    added = jax.jit(jax.vmap(lambda w, s: _windows.add(w, s, shape), in_axes=axes))(windows, starts)
+    read = jax.jit(jax.vmap(lambda x, s: _read(x, s, taps), in_axes=axes))(padded, starts)
+    if not taps:
+        read_merged = jax.jit(jax.vmap(lambda x, s: _read(x, s, merged=True), in_axes=axes))(padded, starts)
+        np.testing.assert_array_equal(read_merged, read)
+    added = jax.jit(jax.vmap(lambda w, s: _add(w, s, shape, taps), in_axes=axes))(windows, starts)
     for b in range(3):
         s = pick(starts, batch_starts, b)
         np.testing.assert_array_equal(read[b], _read_loop(pick(padded, batch_array, b), s))
-        np.testing.assert_allclose(added[b], _add_loop(pick(windows, batch_array, b), s, shape), rtol=1e-6)
+        expected = _add_loop(pick(windows, batch_array, b), s, shape)
+        np.testing.assert_allclose(added[b], expected, rtol=1e-6, atol=1e-6)
 
 
-def test_nested_vmap_and_batch_axis_not_first():
+@pytest.mark.parametrize("taps", [False, True])
+def test_nested_vmap_and_batch_axis_not_first(taps):
     shape = (6, 5, 2)
     rng = np.random.default_rng(4)
     cases = [[_case(rng, shape) for _ in range(2)] for _ in range(3)]  # (3, 2) examples
@@ -96,20 +132,24 @@ def test_nested_vmap_and_batch_axis_not_first():
     starts = np.stack([np.stack([c[1] for c in row]) for row in cases])
     windows = np.stack([np.stack([c[2] for c in row]) for row in cases])
     # The outer vmap maps axis 1 of each operand, so the batch axis reaches the rules second.
-    read = jax.vmap(jax.vmap(_windows.read), in_axes=1, out_axes=1)(padded, starts)
-    added = jax.vmap(jax.vmap(lambda w, s: _windows.add(w, s, shape)), in_axes=1, out_axes=1)(windows, starts)
+    read = jax.vmap(jax.vmap(lambda x, s: _read(x, s, taps)), in_axes=1, out_axes=1)(padded, starts)
+    add = jax.vmap(jax.vmap(lambda w, s: _add(w, s, shape, taps)), in_axes=1, out_axes=1)
+    added = add(windows, starts)
     for i, j in itertools.product(range(3), range(2)):
         np.testing.assert_array_equal(read[i, j], _read_loop(padded[i, j], starts[i, j]))
-        np.testing.assert_allclose(added[i, j], _add_loop(windows[i, j], starts[i, j], shape), rtol=1e-6)
+        expected = _add_loop(windows[i, j], starts[i, j], shape)
+        np.testing.assert_allclose(added[i, j], expected, rtol=1e-6, atol=1e-6)
 
 
-def test_gradient_of_a_batched_read_is_a_batched_add():
+@pytest.mark.parametrize("taps", [False, True])
+def test_gradient_of_a_batched_read_is_a_batched_add(taps):
     shape = (6, 5, 2)
     rng = np.random.default_rng(5)
     cases = [_case(rng, shape) for _ in range(4)]
     padded = np.stack([c[0] for c in cases])
     starts = np.stack([c[1] for c in cases])
     cotangent = np.stack([c[2] for c in cases])
-    grad = jax.grad(lambda x: jnp.sum(jax.vmap(_windows.read)(x, starts) * cotangent))(padded)
+    read = jax.vmap(lambda x, s: _read(x, s, taps))
+    grad = jax.grad(lambda x: jnp.sum(read(x, starts) * cotangent))(padded)
     for b in range(4):
-        np.testing.assert_allclose(grad[b], _add_loop(cotangent[b], starts[b], shape), rtol=1e-6)
+        np.testing.assert_allclose(grad[b], _add_loop(cotangent[b], starts[b], shape), rtol=1e-6, atol=1e-6)

@@ -118,9 +118,12 @@ def _read_taps_impl(array, first):
 
 def _add_taps_impl(*args, shape):
     *taps, first = args
+    # One scatter per tap, in place: concatenating the taps into one scatter's updates
+    # costs more than the scatter itself.
     rows = jnp.zeros((math.prod(shape[:-1]), shape[-1]), taps[0].dtype)
-    index = jnp.concatenate(_tap_rows(first, shape))
-    return rows.at[index].add(jnp.concatenate(taps), mode="promise_in_bounds").reshape(shape)
+    for tap, index in zip(taps, _tap_rows(first, shape)):
+        rows = rows.at[index].add(tap, mode="promise_in_bounds")
+    return rows.reshape(shape)
 
 
 # -- abstract evaluation, lowering, differentiation --------------------------------------------

@@ -5,12 +5,13 @@ Numbers follow ``torch.nn.functional.grid_sample``: the same unnormalisation, pa
 interpolation kernels (bilinear with floor and fractional part; nearest with
 round-half-to-even; bicubic with A = -0.75, whose taps are padded one by one).
 
-Linear (1-D, bilinear, trilinear) sampling pads the image once with zeros (1 before, 2
-after each spatial axis) and reads the 2**n taps of a point as one window with a single
-gather, so no tap needs a mask; its derivative is written out (``_interp``) so that the
-image gradient is one scatter-add of windows and the grid gradient one fused reduction
-over channels. Nearest and bicubic read all taps of a point with one gather of rows.
-Measurements and what was tried: BENCHMARKS.md.
+Linear (1-D, bilinear, trilinear) sampling reads the 2**n taps of a point from a window
+clipped into the image, giving no weight to taps outside it (no padded copy, no masks):
+tap by tap for a few channels, as one window gather for many (``stn_jax._windows``).
+Its derivative is written out (``_interp``) so that the image gradient is a scatter-add
+of the weighted taps and the grid gradient one fused reduction over channels. Nearest
+and bicubic read all taps of a point with one gather of rows. Measurements and what was
+tried: BENCHMARKS.md.
 """
 
 from __future__ import annotations

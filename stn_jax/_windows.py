@@ -109,11 +109,13 @@ def _add_impl(windows, starts, *, shape):
 
 
 def _read_taps_impl(array, first):
-    if array.shape[-1] == 1:
-        flat = array.reshape(-1)
-        return [flat.at[index].get(mode="promise_in_bounds")[..., None] for index in _tap_rows(first, array.shape)]
+    # lax.gather, not `.at[].get`: no negative-index wrap per tap.
     rows = array.reshape(-1, array.shape[-1])
-    return [rows.at[index].get(mode="promise_in_bounds") for index in _tap_rows(first, array.shape)]
+    dims = jax.lax.GatherDimensionNumbers(offset_dims=(first.ndim,), collapsed_slice_dims=(0,), start_index_map=(0,))
+    return [
+        jax.lax.gather(rows, index[..., None], dims, slice_sizes=(1, rows.shape[1]), mode=_PROMISE)
+        for index in _tap_rows(first, array.shape)
+    ]
 
 
 def _add_taps_impl(*args, shape):
@@ -121,8 +123,11 @@ def _add_taps_impl(*args, shape):
     # One scatter per tap, in place: concatenating the taps into one scatter's updates
     # costs more than the scatter itself.
     rows = jnp.zeros((math.prod(shape[:-1]), shape[-1]), taps[0].dtype)
+    dims = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=(first.ndim,), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0,)
+    )
     for tap, index in zip(taps, _tap_rows(first, shape)):
-        rows = rows.at[index].add(tap, mode="promise_in_bounds")
+        rows = jax.lax.scatter_add(rows, index[..., None], tap, dims, mode=_PROMISE)
     return rows.reshape(shape)
 
 

@@ -10,6 +10,7 @@ import scipy.ndimage
 from jax.test_util import check_grads
 
 import stn_jax
+from stn_jax import sampling
 
 METHODS_2D = ["bilinear", "nearest", "bicubic"]
 PADDINGS = ["zeros", "border", "reflection"]
@@ -97,6 +98,26 @@ def test_3d_matches_torch_values_and_gradients(torch, x64, method, padding, alig
         ref = _torch_sample_and_grads(torch, images, grids, cotangent, **kw)
         for o, r, what in zip(ours, ref, ["value", "grad image", "grad grid"]):
             _assert_close(o, r, dtype, f"{what} {kw}")
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("padding,align_corners", list(itertools.product(PADDINGS, ALIGN)))
+def test_linear_sampling_of_wide_feature_maps_matches_torch(torch, x64, ndim, padding, align_corners):
+    # Above sampling._TAPS_MAX_CHANNELS channels, linear sampling reads whole windows with one
+    # gather instead of tap by tap: a second code path, checked here (the cases above have <= 3).
+    channels = sampling._TAPS_MAX_CHANNELS + 3
+    rng = np.random.default_rng(ndim * 10 + len(padding) + align_corners)
+    kw = dict(method="bilinear", padding=padding, align_corners=align_corners)
+    images = rng.normal(size=(2, *(5,) * (ndim - 1), 6, channels))
+    grids = rng.uniform(-1.3, 1.3, size=(2, *(4,) * (ndim - 1), 5, ndim))
+    cotangent = rng.normal(size=(2, *(4,) * (ndim - 1), 5, channels))
+    ours = _ours_and_grads(images, grids, cotangent, **kw)
+    ref = _torch_sample_and_grads(torch, images, grids, cotangent, **kw)
+    for o, r, what in zip(ours, ref, ["value", "grad image", "grad grid"]):
+        _assert_close(o, r, np.float64, f"{what} {kw} C={channels}")
+    # Both derivatives of the window path, numerically (grid points away from pixel edges).
+    grid = np.round(grids[0] * 4) / 4 + 0.03
+    check_grads(lambda u, g: stn_jax.sample(u, g, **kw), (images[0], grid), order=2, modes=("fwd", "rev"), eps=1e-4)
 
 
 @pytest.mark.parametrize("in_spatial", [(1, 5), (4, 1), (1, 1), (2, 2)])

@@ -108,14 +108,32 @@ DEFAULT_BUDGET = {"rts_st_cnn_affine": (1000, 128), "rts_cnn": (1000, 128), "tc_
                   "tc_st_cnn_affine": (300, 128), "rts_st_cnn_projective": (1000, 128),
                   "rts_st_cnn_tps": (1000, 128), "rts_fcn": (1000, 128), "rts_st_fcn_affine": (1000, 128)}
 SMALL_BUDGET = (600, 128)
+# Recipe variants, run as "<cell>+<variant>" (e.g. "tc_st_cnn_affine+full_res"): the cell's config
+# with these fields changed. Recorded and compared with the same-budget CNN like the standard recipe,
+# but the Table 1 entries stay the standard recipe's. variant -> (overrides, what it changes).
+VARIANTS = {
+    "loc_lr_1": ({"localisation_lr": 1.0}, "localisation nets at the full learning rate (standard: 0.1×)"),
+    "full_res": ({"model_kwargs.output_pool": 1},
+                 "classifier on the transformer's full-resolution output (standard: average-pooled 2× above 32 px)"),
+    "seed_1": ({"seed": 1}, "another initialisation and data order (seed 1; standard: 0)"),
+}  # fmt: skip
 
 
 def cell_name(distortion: str, model: str) -> str:
     return f"{distortion.lower()}_{model}"
 
 
+def split_variant(cell: str) -> tuple[str, str | None]:
+    """``"tc_st_cnn_affine+full_res"`` -> ``("tc_st_cnn_affine", "full_res")``; no variant: None."""
+    base, plus, variant = cell.partition("+")
+    if plus and variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of cell {cell!r}: expected one of {', '.join(VARIANTS)}")
+    return base, (variant if plus else None)
+
+
 def parse_cell(cell: str) -> tuple[str, str]:
-    """``"rts_st_cnn_affine"`` -> ``("RTS", "st_cnn_affine")``."""
+    """``"rts_st_cnn_affine"`` -> ``("RTS", "st_cnn_affine")`` (a variant's: its base cell's)."""
+    cell = split_variant(cell)[0]
     if cell in ADDITION_CELLS:
         return "addition", cell.removeprefix("addition_")
     head, _, model = cell.partition("_")
@@ -127,19 +145,25 @@ def parse_cell(cell: str) -> tuple[str, str]:
 
 
 def config_name(cell: str) -> str:
+    cell = split_variant(cell)[0]
     return ADDITION_CELLS[cell][0] if cell in ADDITION_CELLS else f"mnist_{cell}"
 
 
 def extra_overrides(cell: str) -> dict[str, object]:
     """What the cell sets beyond its config and the budget (e.g. the random-init variant)."""
-    return dict(ADDITION_CELLS[cell][1]) if cell in ADDITION_CELLS else {}
+    cell, variant = split_variant(cell)
+    overrides = dict(ADDITION_CELLS[cell][1]) if cell in ADDITION_CELLS else {}
+    return overrides | (VARIANTS[variant][0] if variant else {})
 
 
 def cell_label(cell: str) -> str:
-    return ADDITION_CELLS[cell][2] if cell in ADDITION_CELLS else LABELS[parse_cell(cell)[1]]
+    base, variant = split_variant(cell)
+    label = ADDITION_CELLS[base][2] if base in ADDITION_CELLS else LABELS[parse_cell(base)[1]]
+    return f"{label} +{variant}" if variant else label
 
 
 def paper_error(cell: str) -> float | None:
+    cell = split_variant(cell)[0]
     if cell in ADDITION_CELLS:
         return ADDITION_CELLS[cell][5]
     distortion, model = parse_cell(cell)
@@ -291,6 +315,7 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
         "distortion": distortion,
         "model": model,
         "label": cell_label(cell),
+        "variant": split_variant(cell)[1],
         "config": config_name(cell),
         "paper_error_pct": paper_error(cell),
         "test_error": summary["test_error"],
@@ -350,11 +375,33 @@ def _difference_sigma(a: dict, b: dict) -> float:
 
 
 def _best(records: list[dict]) -> dict[str, dict]:
-    """Per cell, the record with the most images seen (latest among equals)."""
+    """Per cell, the standard recipe's record with the most images seen (latest among equals)."""
     best: dict[str, dict] = {}
     for r in sorted(records, key=lambda r: (r["images_seen"], r.get("finished", ""))):
-        best[r["cell"]] = r
+        if split_variant(r["cell"])[1] is None:
+            best[r["cell"]] = r
     return best
+
+
+def _same_budget_pairs(records: list[dict], distortion: str) -> list[tuple[dict, dict]]:
+    """(ST-CNN Aff, CNN) records of one distortion trained with the same budget.
+
+    A variant of the ST-CNN is paired with the CNN of the same variant if there is one (e.g.
+    both with seed 1), else with the standard CNN.
+    """
+    st_cell, cnn_cell = cell_name(distortion, "st_cnn_affine"), cell_name(distortion, "cnn")
+    cnn = {(r["cell"], r["steps"], r["batch_size"]): r for r in records}
+    pairs = []
+    for r in sorted(records, key=lambda r: (r["images_seen"], r["cell"])):
+        base, variant = split_variant(r["cell"])
+        if base != st_cell:
+            continue
+        budget = (r["steps"], r["batch_size"])
+        partner = cnn.get((f"{cnn_cell}+{variant}", *budget)) if variant else None
+        partner = partner or cnn.get((cnn_cell, *budget))
+        if partner:
+            pairs.append((r, partner))
+    return pairs
 
 
 def _ours(record: dict | None) -> str:
@@ -404,24 +451,25 @@ def render_results(records: list[dict], *, results_link: str = "benchmarks/resul
     lines += ["", "## Acceptance: ST-CNN Aff vs CNN with the same budget", ""]
     any_pair = False
     for d in DISTORTIONS:
-        st = {(r["steps"], r["batch_size"]): r for r in records if r["cell"] == cell_name(d, "st_cnn_affine")}
-        cnn = {(r["steps"], r["batch_size"]): r for r in records if r["cell"] == cell_name(d, "cnn")}
-        for budget in sorted(set(st) & set(cnn)):
+        for a, b in _same_budget_pairs(records, d):
             any_pair = True
-            a, b = st[budget], cnn[budget]
             diff, sigma = b["test_error"] - a["test_error"], _difference_sigma(a, b)
             verdict = "ST-CNN better" if diff > 0 else "**ST-CNN not better**"
             if abs(diff) < 2 * sigma:
                 verdict += " (within 2σ: not significant)"
-            lines.append(f"- {d}, {budget[0]} steps × {budget[1]}: ST-CNN Aff {a['test_error_pct']:.2f}% vs "
-                         f"CNN {b['test_error_pct']:.2f}%, difference {100 * diff:.2f} ± {100 * sigma:.2f} "
-                         f"points — {verdict}")  # fmt: skip
+            lines.append(f"- {d}, {a['steps']} steps × {a['batch_size']}: {cell_label(a['cell'])} "
+                         f"{a['test_error_pct']:.2f}% vs {cell_label(b['cell'])} {b['test_error_pct']:.2f}%, "
+                         f"difference {100 * diff:.2f} ± {100 * sigma:.2f} points — {verdict}")  # fmt: skip
     if not any_pair:
         lines.append("- no pair measured yet")
     rts = best.get("rts_st_cnn_affine")
     if rts:
         ok = "met" if rts["test_error_pct"] <= 1.0 else "**not met**"
         lines.append(f"- ST-CNN Aff on RTS ≤ 1.0%: {ok} ({rts['test_error_pct']:.2f}%)")
+    used = sorted({v for r in records if (v := split_variant(r["cell"])[1])})
+    if used:
+        lines += ["", "Variants of the recipe (`<cell>+<variant>`; Table 1 above shows the standard recipe only):", ""]
+        lines += [f"- `+{v}`: {VARIANTS[v][1]}" for v in used]
 
     lines += [
         "",
@@ -438,7 +486,7 @@ def render_results(records: list[dict], *, results_link: str = "benchmarks/resul
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     order = {c: i for i, c in enumerate(DEFAULT_ORDER)}
-    for r in sorted(records, key=lambda r: (order.get(r["cell"], 99), r["images_seen"])):
+    for r in sorted(records, key=lambda r: (order.get(split_variant(r["cell"])[0], 99), r["images_seen"], r["cell"])):
         pics = " ".join(f"[{k}]({results_link}/{v})" for k, v in r.get("pictures", {}).items()) or "—"
         val = f"{100 * r['last_val_error']:.2f}" if r.get("last_val_error") is not None else "—"
         rate = f"{r['train_images_per_s']:.0f}" if r.get("train_images_per_s") else "—"

@@ -97,3 +97,37 @@ def test_generalisation_table_is_rendered_into_results(tmp_path):
     out = tmp_path / "RESULTS.md"
     reproduce.write_results(tmp_path, out)
     assert "| ST-CNN Aff | 97.50 | 90.25 | 70.00 | 40.00 | 2.00 | 100 × 8 |" in out.read_text()
+
+
+def test_variant_cell_runs_its_base_config_with_the_variant_overrides():
+    command = reproduce.train_command("tc_st_cnn_affine+full_res", 10, 8, workdir=Path("w"), data_dir=Path("d"))
+    assert command[command.index("--config") + 1] == "mnist_tc_st_cnn_affine"
+    assert "model_kwargs.output_pool=1" in command
+    config = reproduce._config("tc_st_cnn_affine+full_res", 10, 8)
+    assert config["model_kwargs"]["output_pool"] == 1 and config["model"] == "st_cnn_affine"
+    assert reproduce.parse_cell("tc_st_cnn_affine+full_res") == ("TC", "st_cnn_affine")
+    assert reproduce.paper_error("tc_st_cnn_affine+full_res") == 1.7
+    assert reproduce.plan(["tc_cnn+seed_1:30:4"], None, None) == [("tc_cnn+seed_1", 30, 4)]
+
+
+def test_unknown_variant_is_refused_with_the_known_ones():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown variant 'nope'.*full_res"):
+        reproduce.plan(["tc_cnn+nope"], None, None)
+
+
+def test_variants_are_compared_with_the_same_budget_cnn_but_stay_out_of_table_1(tmp_path):
+    records = [_record("tc_cnn", 0.0187), _record("tc_st_cnn_affine", 0.0218),
+               _record("tc_st_cnn_affine+full_res", 0.0150), _record("tc_st_cnn_affine+seed_1", 0.0190),
+               _record("tc_cnn+seed_1", 0.0200), _record("tc_st_cnn_affine+loc_lr_1", 0.01, steps=50)]  # fmt: skip
+    for r in records:
+        reproduce.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
+    text = reproduce.render_results(reproduce.load_records(tmp_path))
+    assert "| ST-CNN Aff | **2.18** <sub>100×8</sub> (1.7) |" in text  # the standard recipe, not the 1.50
+    assert "TC, 100 steps × 8: ST-CNN Aff +full_res 1.50% vs CNN 1.87%, difference 0.37" in text
+    assert "TC, 100 steps × 8: ST-CNN Aff +seed_1 1.90% vs CNN +seed_1 2.00%, difference 0.10" in text
+    assert "TC, 100 steps × 8: ST-CNN Aff 2.18% vs CNN 1.87%, difference -0.31" in text
+    assert "loc_lr_1 1.00%" not in text.split("## Runs")[0]  # no CNN with 50 steps: no pair
+    assert "- `+full_res`: classifier on the transformer's full-resolution output" in text
+    assert text.count("| tc_st_cnn_affine+full_res |") == 1

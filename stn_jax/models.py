@@ -32,7 +32,8 @@ name                     network
 ======================== ===================================================================
 ``fcn``                  2 hidden fully connected layers (``hidden=(128, 128)``)
 ``cnn``                  conv 9×9 → max-pool 2 → conv 7×7 → max-pool 2 → linear
-                         (``channels=(32, 32)``, SAME padding)
+                         (``channels=(32, 32)``, SAME padding; ``hidden=(h, ...)`` puts
+                         FC layers before the output)
 ``st_fcn_<t>``           ST (localisation: FC 32-32 on the input) → FCN (matched widths)
 ``st_cnn_<t>``           ST (localisation: input avg-pooled 2×, conv 5×5 20 → pool → conv
                          5×5 20 → pool → FC 50) → CNN (matched widths)
@@ -442,9 +443,9 @@ def _fcn(input_shape, num_classes, *, rngs, hidden=(128, 128), dropout=0.0):
     return Classifier(input_shape, num_classes, hidden=hidden, dropout=dropout, rngs=rngs)
 
 
-def _cnn(input_shape, num_classes, *, rngs, channels=(32, 32), dropout=0.0):
+def _cnn(input_shape, num_classes, *, rngs, channels=(32, 32), hidden=(), dropout=0.0):
     convs = ((channels[0], 9), (channels[1], 7))
-    return Classifier(input_shape, num_classes, convs=convs, dropout=dropout, rngs=rngs)
+    return Classifier(input_shape, num_classes, convs=convs, hidden=hidden, dropout=dropout, rngs=rngs)
 
 
 def _fcn_params(input_shape, num_classes, hidden) -> int:

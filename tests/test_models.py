@@ -164,6 +164,16 @@ def test_parameter_counts_are_comparable(input_shape):
         assert table[st]["localisation"] > 0
 
 
+def test_cnn_hidden_layer_for_addition_matches_the_fcn_and_2st_fcn_budget():
+    cnn = models.build_model("cnn", num_classes=19, input_shape=(42, 42, 2), rngs=nnx.Rngs(0), hidden=(128,))
+    # conv 9×9 2→32, conv 7×7 32→32, FC (42/4)²·32 = 3200 → 128, FC 128 → 19 (weights + biases).
+    expected = (81 * 2 + 1) * 32 + (49 * 32 + 1) * 32 + (3200 + 1) * 128 + (128 + 1) * 19
+    assert models.count_params(cnn)["total"] == expected == 467_603
+    two_st = models.build_model("st_fcn_addition", num_classes=19, input_shape=(42, 42, 2), rngs=nnx.Rngs(0))
+    assert abs(models.count_params(two_st)["total"] - expected) < 0.01 * expected
+    assert cnn(jnp.zeros((3, 42, 42, 2))).shape == (3, 19)
+
+
 def test_documented_counts():
     table = models.param_count_table(["colour_stn"], input_shape=(32, 32, 3))
     assert table["colour_stn"] == {"total": 1585008, "localisation": 740486, "classifier": 844522}

@@ -131,3 +131,13 @@ def test_variants_are_compared_with_the_same_budget_cnn_but_stay_out_of_table_1(
     assert "loc_lr_1 1.00%" not in text.split("## Runs")[0]  # no CNN with 50 steps: no pair
     assert "- `+full_res`: classifier on the transformer's full-resolution output" in text
     assert text.count("| tc_st_cnn_affine+full_res |") == 1
+
+
+def test_addition_variants_get_their_own_rows(tmp_path):
+    for r in [_record("addition_cnn", 0.6), _record("addition_cnn+fc_128", 0.2)]:
+        reproduce.record_path(tmp_path, r["cell"], 100, 8).write_text(json.dumps(r))
+    text = reproduce.render_results(reproduce.load_records(tmp_path))
+    assert "| CNN | **40.00** (60.00) | 85.3 | 85 | 14.7 | 100 × 8 |\n| CNN +fc_128 | **80.00** (20.00) | 85.3 |" in text
+    assert "- `+fc_128`: a hidden FC layer of 128 units" in text
+    config = reproduce._config("addition_cnn+fc_128", 10, 8)
+    assert list(config["model_kwargs"]["hidden"]) == [128]

@@ -116,6 +116,9 @@ VARIANTS = {
     "full_res": ({"model_kwargs.output_pool": 1},
                  "classifier on the transformer's full-resolution output (standard: average-pooled 2× above 32 px)"),
     "seed_1": ({"seed": 1}, "another initialisation and data order (seed 1; standard: 0)"),
+    "fixed_train": ({"train_distortion": "fixed"},
+                    "trained on one fixed distorted copy of the training split, the same every epoch "
+                    "(standard: distorted afresh every step)"),
     "fc_128": ({"model_kwargs.hidden": [128]},
                "a hidden FC layer of 128 units before the CNN's output (standard: none); on addition "
                "467,603 parameters, as many as the FCN (470,675) and 2×ST-FCN (469,169)"),

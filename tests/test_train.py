@@ -28,7 +28,7 @@ import jax  # noqa: E402
 
 import data_fixtures as fx  # noqa: E402
 from train import __main__ as cli  # noqa: E402
-from train import checkpoints, configs, errors, prepare, xla_cpu  # noqa: E402
+from train import checkpoints, configs, data, distortions, errors, prepare, xla_cpu  # noqa: E402
 from train import train as train_lib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +109,38 @@ def test_every_config_trains_at_tiny_size(name, data_dir, tmp_path):
     restored = jax.tree.leaves(train_lib.nnx.state(train_lib.restore_model(tiny_config(name, data_dir), tmp_path),
                                                    train_lib.nnx.Param))  # fmt: skip
     assert_same_params(restored, flat_params(tmp_path), rtol=0, atol=0)
+
+
+def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir, tmp_path, monkeypatch):
+    config = tiny_config("mnist_tc_cnn", data_dir, "train_distortion=fixed")
+    images, labels = train_lib._train_arrays(config, data_dir)
+    raw, raw_labels = data.load_split("mnist", config.train_split, data_dir=data_dir, shard_index=0, shard_count=1)
+    expected, expected_labels = distortions.test_set("TC", raw, raw_labels, seed=config.test_seed + 2)
+    assert images.dtype == np.uint8 and images.shape == (92, 60, 60, 1)
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_allclose(images / 255.0, expected, rtol=0, atol=0.5 / 255 + 1e-6)  # uint8 rounding only
+    test_distortion = distortions.test_set("TC", raw, raw_labels, seed=config.test_seed)[0]
+    assert np.abs(expected - test_distortion).max() > 0.5  # its own seed, not the test set's
+
+    # The step uses the stored images as they are, whatever its key.
+    x1, y1 = train_lib._preprocess(config, jax.random.key(1), images[:4], labels[:4])
+    x2, _ = train_lib._preprocess(config, jax.random.key(2), images[:4], labels[:4])
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_allclose(x1, images[:4] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(y1, labels[:4])
+
+    # With two processes, each holds its contiguous half of the same fixed set.
+    with monkeypatch.context() as m:
+        m.setattr(jax, "process_count", lambda: 2)
+        halves = []
+        for index in range(2):
+            m.setattr(jax, "process_index", lambda index=index: index)
+            halves.append(train_lib._train_arrays(config, data_dir))
+    np.testing.assert_array_equal(np.concatenate([h[0] for h in halves]), images)
+    np.testing.assert_array_equal(np.concatenate([h[1] for h in halves]), labels)
+
+    summary = train_lib.train_and_evaluate(config, tmp_path)
+    assert summary["steps"] == 4 and np.isfinite(summary["test_loss"])
 
 
 def test_every_table1_cell_has_a_config_and_modules_take_precedence():
@@ -344,6 +376,8 @@ def compilations():
         (["--config", "tiny", "--set", "steps=many"], "steps"),
         (["--config", "tiny", "--set", "model=resnet"], "model must be one of"),
         (["--config", "tiny", "--set", "distortion=swirl"], "distortion must be one of"),
+        (["--config", "tiny", "--set", "train_distortion=once"], "train_distortion must be one of"),
+        (["--config", "tiny", "--set", "train_distortion=fixed"], "needs an MNIST distortion"),
         (["--config", "tiny", "--set", "optimizer=adagrad"], "optimizer must be one of"),
         (["--config", "tiny", "--set", "steps=0"], "steps must be a positive int"),
         (["--config", "tiny", "--set", "model_kwargs.depth=3"], "model_kwargs"),

@@ -10,6 +10,9 @@ Fields (all overridable from the command line with ``--set key=value``):
 ``val_split``                held-out split evaluated every ``eval_every`` steps; it ranks
                              checkpoints ("best" = lowest validation error)
 ``test_split``               evaluated once at the end (the reported test error)
+``train_distortion``         ``"fresh"`` (default): the training digits distorted anew every step;
+                             ``"fixed"``: distorted once (seed ``test_seed + 2``), the same
+                             images every epoch, as a fixed dataset would be
 ``batch_size``               *global* batch (all devices of all processes)
 ``steps``                    optimisation steps
 ``optimizer``                ``"adamw"`` (default, see :mod:`train.optim`) or ``"sgd"`` (paper)
@@ -39,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.val_split = "train[92%:]"
     c.test_split = "test"
     c.test_seed = 0  # the fixed distortion of the validation and test sets
+    c.train_distortion = "fresh"
     # Model.
     c.model = "cnn"
     c.model_kwargs = ml_collections.ConfigDict()

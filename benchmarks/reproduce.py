@@ -396,15 +396,15 @@ def _same_budget_pairs(records: list[dict], distortion: str) -> list[tuple[dict,
     both with seed 1), else with the standard CNN.
     """
     st_cell, cnn_cell = cell_name(distortion, "st_cnn_affine"), cell_name(distortion, "cnn")
-    cnn = {(r["cell"], r["steps"], r["batch_size"]): r for r in records}
+    by_run = {(r["cell"], r["steps"], r["batch_size"]): r for r in records}
     pairs = []
     for r in sorted(records, key=lambda r: (r["images_seen"], r["cell"])):
         base, variant = split_variant(r["cell"])
         if base != st_cell:
             continue
         budget = (r["steps"], r["batch_size"])
-        partner = cnn.get((f"{cnn_cell}+{variant}", *budget)) if variant else None
-        partner = partner or cnn.get((cnn_cell, *budget))
+        partner = by_run.get((f"{cnn_cell}+{variant}", *budget)) if variant else None
+        partner = partner or by_run.get((cnn_cell, *budget))
         if partner:
             pairs.append((r, partner))
     return pairs

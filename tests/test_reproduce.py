@@ -60,8 +60,8 @@ def test_addition_table_shows_accuracy_beside_the_reported_figures(tmp_path):
     r = _record("addition_2st_fcn_random_init", 0.25)
     reproduce.record_path(tmp_path, r["cell"], 100, 8).write_text(json.dumps(r))
     text = reproduce.render_results(reproduce.load_records(tmp_path))
-    assert "| 2×ST-FCN, random init | **75.00** (25.00) | — | 69 | — | 100 × 8 |" in text
-    assert "| CNN | — | 85.3 | 85 | 14.7 | — |" in text
+    assert "| 2×ST-FCN, random init | **75.00** (25.00) | — | 69 | — | 100 × 8 | 1m01s |" in text
+    assert "| CNN | — | 85.3 | 85 | 14.7 | — | — |" in text
 
 
 def test_finished_cells_are_skipped(tmp_path):
@@ -133,11 +133,14 @@ def test_variants_are_compared_with_the_same_budget_cnn_but_stay_out_of_table_1(
     assert text.count("| tc_st_cnn_affine+full_res |") == 1
 
 
-def test_addition_variants_get_their_own_rows(tmp_path):
-    for r in [_record("addition_cnn", 0.6), _record("addition_cnn+fc_128", 0.2)]:
-        reproduce.record_path(tmp_path, r["cell"], 100, 8).write_text(json.dumps(r))
+def test_addition_table_lists_every_run_and_variant(tmp_path):
+    runs = [_record("addition_cnn", 0.6, steps=200), _record("addition_cnn", 0.7), _record("addition_cnn+fc_128", 0.2)]
+    for r in runs:
+        reproduce.record_path(tmp_path, r["cell"], r["steps"], 8).write_text(json.dumps(r))
     text = reproduce.render_results(reproduce.load_records(tmp_path))
-    assert "| CNN | **40.00** (60.00) | 85.3 | 85 | 14.7 | 100 × 8 |\n| CNN +fc_128 | **80.00** (20.00) | 85.3 |" in text
+    assert ("| CNN | **30.00** (70.00) | 85.3 | 85 | 14.7 | 100 × 8 | 1m01s |\n"
+            "| CNN | **40.00** (60.00) | 85.3 | 85 | 14.7 | 200 × 8 | 1m01s |\n"
+            "| CNN +fc_128 | **80.00** (20.00) | 85.3 |") in text  # fmt: skip
     assert "- `+fc_128`: a hidden FC layer of 128 units" in text
     config = reproduce._config("addition_cnn+fc_128", 10, 8)
     assert list(config["model_kwargs"]["hidden"]) == [128]

@@ -144,3 +144,19 @@ def test_addition_table_lists_every_run_and_variant(tmp_path):
     assert "- `+fc_128`: a hidden FC layer of 128 units" in text
     config = reproduce._config("addition_cnn+fc_128", 10, 8)
     assert list(config["model_kwargs"]["hidden"]) == [128]
+
+
+def test_combined_variants_apply_every_part_and_pair_with_the_same_combination(tmp_path):
+    import pytest
+
+    config = reproduce._config("tc_cnn+fixed_train+seed_1", 10, 8)
+    assert config["train_distortion"] == "fixed" and config["seed"] == 1 and config["model"] == "cnn"
+    with pytest.raises(ValueError, match="unknown variant 'seed_9'"):
+        reproduce.split_variant("tc_cnn+fixed_train+seed_9")
+    records = [_record("tc_cnn", 0.0187), _record("tc_cnn+fixed_train", 0.03),
+               _record("tc_cnn+fixed_train+seed_1", 0.04), _record("tc_st_cnn_affine+fixed_train+seed_1", 0.02)]  # fmt: skip
+    for r in records:
+        reproduce.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
+    text = reproduce.render_results(reproduce.load_records(tmp_path))
+    assert "ST-CNN Aff +fixed_train+seed_1 2.00% vs CNN +fixed_train+seed_1 4.00%, difference 2.00" in text
+    assert "- `+fixed_train`: trained on one fixed distorted copy" in text and "- `+seed_1`: " in text

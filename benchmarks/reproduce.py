@@ -29,7 +29,9 @@ gives one cell its own budget),
 ``--steps``/``--batch`` (the budget, recorded with each result; default per cell),
 ``--stop_at HH:MM`` (UTC; interrupts the running cell there, resumable later),
 ``--pause_file`` (waits between cells while that file exists), ``--list``, ``--dry_run``,
-``--render`` (only regenerate RESULTS.md).
+``--render`` (only regenerate RESULTS.md). A cell may name recipe variants, alone or combined
+(``tc_cnn+fixed_train+seed_1``; see :data:`VARIANTS`): recorded beside the standard recipe and
+compared with the CNN of the same variants, never entered in Table 1.
 """
 
 from __future__ import annotations

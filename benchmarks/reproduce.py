@@ -111,8 +111,9 @@ DEFAULT_BUDGET = {"rts_st_cnn_affine": (1000, 128), "rts_cnn": (1000, 128), "tc_
                   "rts_st_cnn_tps": (1000, 128), "rts_fcn": (1000, 128), "rts_st_fcn_affine": (1000, 128)}
 SMALL_BUDGET = (600, 128)
 # Recipe variants, run as "<cell>+<variant>" (e.g. "tc_st_cnn_affine+full_res"; combined:
-# "tc_cnn+fixed_train+seed_1"): the cell's config with these fields changed. Recorded and compared with the same-budget CNN like the standard recipe,
-# but the Table 1 entries stay the standard recipe's. variant -> (overrides, what it changes).
+# "tc_cnn+fixed_train+seed_1"): the cell's config with these fields changed. Recorded and compared
+# with the same-budget CNN like the standard recipe, but the Table 1 entries stay the standard
+# recipe's. variant -> (overrides, what it changes).
 VARIANTS = {
     "loc_lr_1": ({"localisation_lr": 1.0}, "localisation nets at the full learning rate (standard: 0.1×)"),
     "full_res": ({"model_kwargs.output_pool": 1},

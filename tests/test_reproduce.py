@@ -160,3 +160,6 @@ def test_combined_variants_apply_every_part_and_pair_with_the_same_combination(t
     text = reproduce.render_results(reproduce.load_records(tmp_path))
     assert "ST-CNN Aff +fixed_train+seed_1 2.00% vs CNN +fixed_train+seed_1 4.00%, difference 2.00" in text
     assert "- `+fixed_train`: trained on one fixed distorted copy" in text and "- `+seed_1`: " in text
+    # The TC table: the standard run, and the fixed-training-set run of seed 0 (not the seed-1 one).
+    assert "| CNN | **1.87** <sub>100×8</sub> (3.5) | **3.00** <sub>100×8</sub> (3.5) |" in text
+    assert "| ST-CNN Aff | — (1.7) | — (1.7) |" in text

@@ -126,6 +126,8 @@ VARIANTS = {
                "a hidden FC layer of 128 units before the CNN's output (standard: none); on addition "
                "467,603 parameters, as many as the FCN (470,675) and 2×ST-FCN (469,169)"),
 }  # fmt: skip
+# Variants that change only the transformer: a CNN has nothing to change.
+TRANSFORMER_VARIANTS = ("loc_lr_1", "full_res")
 
 
 def cell_name(distortion: str, model: str) -> str:
@@ -400,8 +402,9 @@ def _best(records: list[dict], variant: str | None = None) -> dict[str, dict]:
 def _same_budget_pairs(records: list[dict], distortion: str) -> list[tuple[dict, dict]]:
     """(ST-CNN Aff, CNN) records of one distortion trained with the same budget.
 
-    A variant of the ST-CNN is paired with the CNN of the same variant if there is one (e.g.
-    both with seed 1), else with the standard CNN.
+    A variant of the ST-CNN is paired with the CNN of the same variants, leaving out those
+    that change only the transformer (:data:`TRANSFORMER_VARIANTS`): ``+fixed_train+seed_1``
+    with the CNN ``+fixed_train+seed_1``, ``+full_res`` with the standard CNN.
     """
     st_cell, cnn_cell = cell_name(distortion, "st_cnn_affine"), cell_name(distortion, "cnn")
     by_run = {(r["cell"], r["steps"], r["batch_size"]): r for r in records}
@@ -410,9 +413,8 @@ def _same_budget_pairs(records: list[dict], distortion: str) -> list[tuple[dict,
         base, variant = split_variant(r["cell"])
         if base != st_cell:
             continue
-        budget = (r["steps"], r["batch_size"])
-        partner = by_run.get((f"{cnn_cell}+{variant}", *budget)) if variant else None
-        partner = partner or by_run.get((cnn_cell, *budget))
+        shared = [v for v in (variant or "").split("+") if v and v not in TRANSFORMER_VARIANTS]
+        partner = by_run.get(("+".join([cnn_cell, *shared]), r["steps"], r["batch_size"]))
         if partner:
             pairs.append((r, partner))
     return pairs

@@ -154,12 +154,16 @@ def test_combined_variants_apply_every_part_and_pair_with_the_same_combination(t
     with pytest.raises(ValueError, match="unknown variant 'seed_9'"):
         reproduce.split_variant("tc_cnn+fixed_train+seed_9")
     records = [_record("tc_cnn", 0.0187), _record("tc_cnn+fixed_train", 0.03),
-               _record("tc_cnn+fixed_train+seed_1", 0.04), _record("tc_st_cnn_affine+fixed_train+seed_1", 0.02)]  # fmt: skip
+               _record("tc_cnn+fixed_train+seed_1", 0.04), _record("tc_st_cnn_affine+fixed_train+seed_1", 0.02),
+               _record("tc_st_cnn_affine+fixed_train+full_res", 0.025),
+               _record("tc_st_cnn_affine+fixed_train", 0.01, steps=200)]  # fmt: skip
     for r in records:
         reproduce.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
     text = reproduce.render_results(reproduce.load_records(tmp_path))
     assert "ST-CNN Aff +fixed_train+seed_1 2.00% vs CNN +fixed_train+seed_1 4.00%, difference 2.00" in text
+    assert "ST-CNN Aff +fixed_train+full_res 2.50% vs CNN +fixed_train 3.00%" in text  # transformer-only part dropped
+    assert "ST-CNN Aff +fixed_train 1.00%" not in text  # no CNN +fixed_train of 200 steps: never the standard CNN
     assert "- `+fixed_train`: trained on one fixed distorted copy" in text and "- `+seed_1`: " in text
     # The TC table: the standard run, and the fixed-training-set run of seed 0 (not the seed-1 one).
     assert "| CNN | **1.87** <sub>100×8</sub> (3.5) | **3.00** <sub>100×8</sub> (3.5) |" in text
-    assert "| ST-CNN Aff | — (1.7) | — (1.7) |" in text
+    assert "| ST-CNN Aff | — (1.7) | **1.00** <sub>200×8</sub> (1.7) |" in text

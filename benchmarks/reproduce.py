@@ -134,10 +134,15 @@ def cell_name(distortion: str, model: str) -> str:
     return f"{distortion.lower()}_{model}"
 
 
+def variant_parts(variant: str | None) -> list[str]:
+    """``"fixed_train+seed_1"`` -> ``["fixed_train", "seed_1"]``; None or "" -> []."""
+    return variant.split("+") if variant else []
+
+
 def split_variant(cell: str) -> tuple[str, str | None]:
     """``"tc_cnn+fixed_train+seed_1"`` -> ``("tc_cnn", "fixed_train+seed_1")``; no variant: None."""
     base, plus, variant = cell.partition("+")
-    for part in variant.split("+") if plus else ():
+    for part in variant.split("+") if plus else ():  # "tc_cnn+" names the empty variant: refused
         if part not in VARIANTS:
             raise ValueError(f"unknown variant {part!r} of cell {cell!r}: expected one of {', '.join(VARIANTS)}")
     return base, (variant if plus else None)
@@ -165,7 +170,7 @@ def extra_overrides(cell: str) -> dict[str, object]:
     """What the cell sets beyond its config and the budget (e.g. the random-init variant)."""
     cell, variant = split_variant(cell)
     overrides = dict(ADDITION_CELLS[cell][1]) if cell in ADDITION_CELLS else {}
-    for part in variant.split("+") if variant else ():
+    for part in variant_parts(variant):
         overrides |= VARIANTS[part][0]
     return overrides
 
@@ -413,7 +418,7 @@ def _same_budget_pairs(records: list[dict], distortion: str) -> list[tuple[dict,
         base, variant = split_variant(r["cell"])
         if base != st_cell:
             continue
-        shared = [v for v in (variant or "").split("+") if v and v not in TRANSFORMER_VARIANTS]
+        shared = [v for v in variant_parts(variant) if v not in TRANSFORMER_VARIANTS]
         partner = by_run.get(("+".join([cnn_cell, *shared]), r["steps"], r["batch_size"]))
         if partner:
             pairs.append((r, partner))
@@ -486,7 +491,7 @@ def render_results(records: list[dict], *, results_link: str = "benchmarks/resul
     if rts:
         ok = "met" if rts["test_error_pct"] <= 1.0 else "**not met**"
         lines.append(f"- ST-CNN Aff on RTS ≤ 1.0%: {ok} ({rts['test_error_pct']:.2f}%)")
-    used = sorted({part for r in records if (v := split_variant(r["cell"])[1]) for part in v.split("+")})
+    used = sorted({part for r in records for part in variant_parts(split_variant(r["cell"])[1])})
     if used:
         lines += ["", "Variants of the recipe (`<cell>+<variant>`; Table 1 above shows the standard recipe only):", ""]
         lines += [f"- `+{v}`: {VARIANTS[v][1]}" for v in used]

@@ -5,7 +5,7 @@ grid, :func:`sample` reads an image at the grid's points. Batch with ``jax.vmap`
 """
 
 from stn_jax.grids import TRANSFORMS, affine_grid, affine_matrix, grid, identity_grid, identity_params, num_params
-from stn_jax.sampling import METHODS, PADDINGS, sample
+from stn_jax.sampling import IMPLEMENTATIONS, METHODS, PADDINGS, sample
 from stn_jax.transforms import (
     AffineParams,
     affine_from_params,
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AffineParams",
+    "IMPLEMENTATIONS",
     "METHODS",
     "PADDINGS",
     "TRANSFORMS",

@@ -1,4 +1,4 @@
-"""The window read / scatter-add pair behind bilinear sampling, against NumPy loops."""
+"""The CPU kernels' window read / scatter-add pairs behind linear sampling, against NumPy loops."""
 
 import functools
 import itertools
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from stn_jax import _windows
+from stn_jax import _sampling_cpu as kernels
 
 SHAPES = [(7, 3), (6, 5, 2), (4, 5, 3, 2)]  # 1-D, 2-D and 3-D padded arrays, channels last
 
@@ -33,19 +33,19 @@ def _first(starts, shape):
 def _read(x, starts, taps=False, merged=False):
     """``read`` or ``read_taps`` of ``x``, as (N, 2, ..., 2, C) windows either way."""
     if not taps:
-        return _windows.read(x, starts, merged=merged)
+        return kernels.read_windows(x, starts, merged=merged)
     n = starts.shape[-1]
-    stacked = jnp.stack(_windows.read_taps(x, _first(starts, x.shape)), axis=-2)  # (N, 2**n, C)
+    stacked = jnp.stack(kernels.read_taps(x, _first(starts, x.shape)), axis=-2)  # (N, 2**n, C)
     return stacked.reshape(*stacked.shape[:-2], *(2,) * n, stacked.shape[-1])
 
 
 def _add(windows, starts, shape, taps=False):
     """``add`` or ``add_taps`` of (N, 2, ..., 2, C) windows."""
     if not taps:
-        return _windows.add(windows, starts, shape)
+        return kernels.add_windows(windows, starts, shape)
     n = starts.shape[-1]
     flat = windows.reshape(*windows.shape[: -n - 1], 2**n, windows.shape[-1])
-    return _windows.add_taps([flat[..., k, :] for k in range(2**n)], _first(starts, shape), shape)
+    return kernels.add_taps([flat[..., k, :] for k in range(2**n)], _first(starts, shape), shape)
 
 
 def _read_loop(padded, starts):

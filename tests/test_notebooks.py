@@ -11,11 +11,13 @@ runs (pytest's cache, or ``$STN_NOTEBOOK_DATA_DIR``).
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,52 @@ def test_notebook_has_badge_colab_detection_and_quick(name):
     # The pip cell runs only in Colab.
     setup = next(cell.source for cell in nb.cells if "pip" in cell.source and cell.cell_type == "code")
     assert re.search(r"^if IN_COLAB:\n\s+subprocess.run\(\[sys.executable, \"-m\", \"pip\"", setup, re.M)
+
+
+def _setup_function(name: str, function: str):
+    """A function defined in the notebook's setup cell, exec'd alone (the rest of the cell is not run)."""
+    setup = next(cell.source for cell in _read(name).cells if "pip" in cell.source and cell.cell_type == "code")
+    defs = [node for node in ast.parse(setup).body if isinstance(node, ast.FunctionDef) and node.name == function]
+    assert len(defs) == 1, f"{name}: no function {function} in the setup cell"
+    namespace: dict = {}
+    exec(compile(ast.Module(body=defs, type_ignores=[]), f"{name}:setup", "exec"), namespace)
+    return namespace[function]
+
+
+def _requires_dist() -> list[str]:
+    """stn_jax's metadata Requires-Dist lines, as pyproject.toml gives them (what the Colab cell reads)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *(f'{r}; extra == "{e}"' for e, rs in extras.items() for r in rs)]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_colab_pip_requirements(name):
+    """In Colab: the `train` extra's requirements with their ranges, the runtime's own TensorFlow distribution
+    in place of `tensorflow-cpu`, jax with the accelerator's extra; never the `dev` extra's."""
+    from packaging.requirements import Requirement
+
+    pip_requirements = _setup_function(name, "pip_requirements")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    train = (*project["dependencies"], *project["optional-dependencies"]["train"])
+    expected = {Requirement(r).name: Requirement(r) for r in train}
+
+    def parse(requirements: list[str]) -> dict[str, Requirement]:
+        assert all(";" not in r for r in requirements), requirements  # markers resolved, not passed on
+        return {Requirement(r).name: Requirement(r) for r in requirements}
+
+    # No TensorFlow in the runtime: exactly the extra's requirements, tensorflow-cpu included.
+    plain = parse(pip_requirements(_requires_dist(), tensorflow=None, accelerator=None))
+    assert set(plain) == set(expected) and "tensorflow-cpu" in plain
+    assert all(plain[n].specifier == expected[n].specifier and not plain[n].extras for n in plain)
+    assert not {"pytest", "nbclient"} & set(plain)  # dev-only requirements are not installed in Colab
+
+    # Colab: its `tensorflow` is kept (asked for the same range), jax keeps its accelerator plugin.
+    colab = parse(pip_requirements(_requires_dist(), tensorflow="tensorflow", accelerator="cuda12"))
+    assert set(colab) == set(expected) - {"tensorflow-cpu"} | {"tensorflow"}
+    assert colab["tensorflow"].specifier == expected["tensorflow-cpu"].specifier
+    assert colab["jax"].extras == {"cuda12"} and colab["jax"].specifier == expected["jax"].specifier
+    assert all(colab[n].specifier == expected[n].specifier for n in set(colab) - {"tensorflow"})
 
 
 # -- execution -----------------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""The wheel as a user gets it: built from a copy of this tree, inspected, installed into a fresh venv
+and run from outside the repository (where the editable install of the test venv cannot help)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a build must not see: virtual environments, build outputs, caches, local runs and data.
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
+    "out", "workdir*", "runs", "data",
+)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> tuple[Path, str]:
+    """(the wheel, pip's output while building it). Built from a copy, so the build writes nothing
+    (build/, *.egg-info) into the checkout; without build isolation, with the test venv's setuptools
+    (the `dev` extra asks for the version the [build-system] table needs), so no network is needed."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--verbose", "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", str(tmp / "dist"), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )
+    output = build.stdout + build.stderr
+    assert build.returncode == 0, output
+    (built,) = (tmp / "dist").glob("stn_jax-*.whl")
+    return built, output
+
+
+def test_build_has_no_license_deprecation_warning(wheel):
+    _, output = wheel
+    assert "Building wheel for stn_jax" in output  # the backend's output is there to be checked
+    assert "project.license" not in output, output  # setuptools>=77 warns about the TOML-table form
+
+
+def test_wheel_contents(wheel):
+    built, _ = wheel
+    with zipfile.ZipFile(built) as z:
+        names = set(z.namelist())
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        headers = z.read(metadata).decode().split("\n\n", 1)[0].splitlines()
+    assert "stn_jax/py.typed" in names  # PEP 561: type checkers read the annotations
+    for package in ("stn_jax", "train"):
+        modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / package).rglob("*.py")}
+        assert modules, package
+        assert not modules - names, f"modules missing from the wheel: {sorted(modules - names)}"
+    configs = {p.name for p in (ROOT / "train" / "configs").glob("*.py")}
+    assert {"__init__.py", "base.py", "tiny.py"} <= configs and {f"train/configs/{c}" for c in configs} <= names
+    top_level = {n.split("/", 1)[0] for n in names}
+    assert top_level == {"stn_jax", "train", metadata.split("/", 1)[0]}, top_level  # no tests/, colab/, ...
+    assert "License-Expression: Apache-2.0" in headers, headers
+    assert not [h for h in headers if h.startswith("License:")], headers  # the legacy field is gone
+
+
+def test_wheel_runs_in_a_fresh_venv_outside_the_repository(wheel, tmp_path):
+    built, _ = wheel
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    # The wheel alone (--no-deps), with this venv's pip pointed at the fresh interpreter; installing its
+    # dependencies from the network would take minutes and gigabytes.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--no-index",
+         str(built)],
+        check=True, timeout=300,
+    )
+    fresh = Path(
+        subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+    )
+    # The dependencies come from the test venv instead: a plain path line in a .pth file is appended to
+    # sys.path as it is, and the .pth files *in* that directory are not processed, so the test venv's
+    # editable-install finder (__editable__.stn_jax-*.pth) stays inactive and the checkout's stn_jax and
+    # train are not importable there; the import checks below make sure of it.
+    outer = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (fresh / "_test_venv_dependencies.pth").write_text("".join(f"{p}\n" for p in outer))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    env["PYTHONNOUSERSITE"] = "1"
+    cwd = tmp_path / "elsewhere"  # not the repository, so `python -m train` cannot find the checkout
+    cwd.mkdir()
+
+    listed = subprocess.run([python, "-m", "train", "--list"], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    names = set(listed.stdout.split())
+    assert {"tiny", "mnist_rts_st_cnn_affine", "mnist_rts_cnn", "svhn_st_cnn_multi"} <= names, listed.stdout
+    # Every config module of the checkout is an experiment the installed package lists.
+    configs = {p.stem for p in (ROOT / "train" / "configs").glob("*.py")} - {"__init__", "base"}
+    assert configs <= names, sorted(configs - names)
+
+    probe = (
+        "import importlib.metadata, importlib.resources, json, sys, stn_jax, train, train.configs, train.__main__\n"
+        "print(json.dumps({'stn_jax': stn_jax.__file__, 'train': train.__file__, 'configs': train.configs.__file__,\n"
+        "    'main': train.__main__.__file__, 'version': stn_jax.__version__,\n"
+        "    'dist': str(importlib.metadata.distribution('stn_jax').locate_file('')),\n"
+        "    'py_typed': importlib.resources.files('stn_jax').joinpath('py.typed').is_file(),\n"
+        "    'finders': [m for m in sys.modules if 'editable' in m]}))\n"
+    )
+    found = subprocess.run([python, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stdout + found.stderr
+    info = json.loads(found.stdout.strip().splitlines()[-1])
+    for key in ("stn_jax", "train", "configs", "main"):
+        path = Path(info[key]).resolve()
+        assert path.is_relative_to(fresh.resolve()), f"{key} imported from {path}, not from the fresh venv {fresh}"
+        assert not path.is_relative_to(ROOT), f"{key} imported from the repository: {path}"
+    assert Path(info["dist"]).resolve() == fresh.resolve(), info  # the wheel's metadata, not the editable one's
+    assert info["py_typed"] and info["finders"] == [], info
+    assert info["version"] == built.name.split("-")[1]

@@ -1,11 +1,17 @@
 """Benchmark of ``stn_jax.sample`` against PyTorch's ``grid_sample`` and two JAX peers.
 
 Every implementation runs in this one process on the same inputs (bilinear, zero
-padding, ``align_corners=False``, float32):
+padding, ``align_corners=False``, float32), on one device: JAX's default backend, and
+PyTorch on ``cuda`` when that backend is a GPU and PyTorch sees CUDA (else on the CPU
+with 2 threads):
 
-* ``stn_jax.sample`` vmapped over the batch and jitted;
-* ``torch.nn.functional.grid_sample`` with 2 threads, NCHW and channels_last (the
-  faster layout is the one compared);
+* ``stn_jax.sample`` vmapped over the batch and jitted: the default
+  (``implementation=None``, the column the ratio is taken of) and, once ``sample``
+  takes ``implementation=``, each of ``stn_jax.sampling.IMPLEMENTATIONS`` as its own
+  column ("dense" is skipped where its largest intermediate, batch × points ×
+  max(H·C, H + W) elements, exceeds ``--dense-budget``);
+* ``torch.nn.functional.grid_sample``, NCHW and channels_last (the faster layout is
+  the one compared);
 * ``jax.scipy.ndimage.map_coordinates`` (order 1, constant 0) vmapped over channels
   and batch;
 * dm-pix's ``flat_nd_linear_interpolate_constant`` vmapped likewise, if installed
@@ -17,29 +23,41 @@ the grid only, the paper's setting where the image needs no gradient).
 
 Each figure is the median over ``--repeats`` rounds after warm-up; in each round
 every implementation of one workload and pass runs once, interleaved, so a load
-change hits all of them alike. JAX compile time (lower + compile) is reported
-separately. Ratio = torch time / stn_jax time (> 1 means stn_jax is faster).
+change hits all of them alike. Every call is synchronised with its device
+(``jax.block_until_ready``; ``torch.cuda.synchronize()`` on CUDA). JAX compile time
+(lower + compile) is reported separately. Ratio = torch time / stn_jax time (> 1
+means stn_jax is faster). The forward outputs are also compared with torch's.
 
-Run: ``PYTHONPATH=. python benchmarks/sampler.py`` (``--no-write`` to only print).
-The table is written into BENCHMARKS.md between the markers below.
+Run: ``PYTHONPATH=. python benchmarks/sampler.py`` (``--no-write`` to only print,
+``--out DIR`` to write ``DIR/sampler.md`` instead of BENCHMARKS.md, ``--quick`` for
+tiny workloads). By default the table is written into BENCHMARKS.md between the
+markers below. On a GPU one more workload (a batch of 256 ImageNet-sized images) is
+timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import math
 import os
 import platform
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# This process shares the accelerator between JAX and PyTorch: no JAX preallocation.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import report
-import stn_jax
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import report  # noqa: E402
+import stn_jax  # noqa: E402
+from stn_jax import sampling  # noqa: E402
 
 # (name, batch, (H, W, C) in, (Ho, Wo) out)
 WORKLOADS = [
@@ -48,9 +66,63 @@ WORKLOADS = [
     ("feature map", 64, (32, 32, 64), (32, 32)),
     ("image", 8, (224, 224, 3), (224, 224)),
 ]
+# Only on an accelerator: too big for the 2-core CPU.
+ACCELERATOR_WORKLOADS = [
+    ("image batch", 256, (224, 224, 3), (224, 224)),
+]
+# --quick: a smoke run, seconds on a CPU (mostly compile time).
+QUICK_WORKLOADS = [
+    ("tiny", 4, (8, 8, 3), (6, 6)),
+]
 PASSES = ("fwd", "fwd+bwd", "grid-bwd")
+DENSE_BUDGET = 2**28  # elements of the dense implementation's largest intermediate
+DEFAULT = "default"  # our column for implementation=None
 BEGIN = "<!-- BEGIN benchmarks/sampler.py (generated, do not edit by hand) -->"
 END = "<!-- END benchmarks/sampler.py -->"
+
+
+# ---------------------------------------------------------------- which implementations
+
+
+def implementations() -> tuple[str, ...]:
+    """The explicit ``implementation=`` values of ``stn_jax.sample`` (none while it has no such option)."""
+    if "implementation" not in inspect.signature(stn_jax.sample).parameters:
+        return ()
+    return tuple(getattr(sampling, "IMPLEMENTATIONS", ()))
+
+
+def default_pick(platform_name: str) -> str | None:
+    """Which implementation ``implementation=None`` picks on ``platform_name`` (None: not known)."""
+    pick = getattr(sampling, "default_implementation", None)
+    if pick is None or "implementation" not in inspect.signature(stn_jax.sample).parameters:
+        return None
+    return pick(platform_name)
+
+
+def dense_elements(batch: int, in_shape, out_shape) -> int:
+    """Elements of the largest intermediate of the dense (matmul) sampler on a batch.
+
+    Per output point it builds weight rows of length H and W and contracts one image axis
+    first, leaving an (H, C) row: batch · points · max(H·C, H + W).
+    """
+    *spatial, channels = in_shape
+    h, w = spatial[-2], spatial[-1]
+    return batch * math.prod(out_shape) * max(h * channels, h + w)
+
+
+def skip_reason(impl: str | None, batch: int, in_shape, out_shape, *, method: str = "bilinear",
+                budget: int = DENSE_BUDGET) -> str | None:
+    """Why ``impl`` is not timed on this case (a table cell), or None to time it."""
+    if impl != "dense":
+        return None
+    if method != "bilinear":
+        return "skipped (method)"
+    if dense_elements(batch, in_shape, out_shape) > budget:
+        return "skipped (size)"
+    return None
+
+
+# ---------------------------------------------------------------- inputs
 
 
 def make_inputs(batch, in_shape, out_shape, seed=0):
@@ -73,8 +145,14 @@ def make_inputs(batch, in_shape, out_shape, seed=0):
 # ---------------------------------------------------------------- JAX implementations
 
 
-def _stn(image, grid):
-    return jax.vmap(lambda u, g: stn_jax.sample(u, g))(image, grid)
+def stn_fn(impl: str | None):
+    """Batched ``stn_jax.sample`` with ``implementation=impl`` (None: the argument is not passed)."""
+    kw = {} if impl is None else {"implementation": impl}
+
+    def fn(image, grid):
+        return jax.vmap(lambda u, g: stn_jax.sample(u, g, **kw))(image, grid)
+
+    return fn
 
 
 def _pixel_coords(grid, h, w):
@@ -124,7 +202,7 @@ def jax_pass(fn, which):
 
 
 def compile_jax(fn, which, image, grid, cot):
-    """Returns (call, compile seconds)."""
+    """Returns (call, compile seconds); ``call()`` returns once the device is done."""
     args = (image, grid) if which == "fwd" else (image, grid, cot)
     args = tuple(jax.device_put(a) for a in args)
     start = time.perf_counter()
@@ -136,19 +214,28 @@ def compile_jax(fn, which, image, grid, cot):
 # ---------------------------------------------------------------- PyTorch
 
 
-def torch_call(torch, which, image, grid, cot, channels_last):
+def torch_device(torch) -> str:
+    """``"cuda"`` when JAX runs on a GPU and PyTorch sees CUDA, else ``"cpu"``."""
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_call(torch, which, image, grid, cot, channels_last, device="cpu"):
+    """``run()`` of one pass of ``grid_sample`` on ``device``; returns once the device is done."""
     F = torch.nn.functional
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2)))
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2))).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    g = torch.from_numpy(grid)
-    c = torch.from_numpy(np.ascontiguousarray(cot.transpose(0, 3, 1, 2)))
+    g = torch.from_numpy(grid).to(device)
+    c = torch.from_numpy(np.ascontiguousarray(cot.transpose(0, 3, 1, 2))).to(device)
     kw = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if which == "fwd":
 
         def run():
             with torch.no_grad():
-                return F.grid_sample(x, g, **kw)
+                out = F.grid_sample(x, g, **kw)
+            sync()
+            return out
 
         return run
     x = x.detach().requires_grad_(which == "fwd+bwd")
@@ -157,7 +244,9 @@ def torch_call(torch, which, image, grid, cot, channels_last):
 
     def run():
         out = F.grid_sample(x, g, **kw)
-        return out, torch.autograd.grad(out, wrt, c)
+        grads = torch.autograd.grad(out, wrt, c)
+        sync()
+        return out, grads
 
     return run
 
@@ -173,12 +262,12 @@ def calibrate(run, target=0.05):
     return max(1, int(target / max(once, 1e-6)))
 
 
-def time_interleaved(runs: dict, repeats: int) -> dict:
-    """Median seconds per call of each run, timed round-robin."""
+def time_interleaved(runs: dict, repeats: int, target: float = 0.05) -> dict:
+    """Median seconds per call of each run, timed round-robin (each ``run`` synchronises itself)."""
     for run in runs.values():  # warm-up
         run()
         run()
-    numbers = {k: calibrate(r) for k, r in runs.items()}
+    numbers = {k: calibrate(r, target) for k, r in runs.items()}
     samples = {k: [] for k in runs}
     for _ in range(repeats):
         for k, run in runs.items():
@@ -189,9 +278,7 @@ def time_interleaved(runs: dict, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def machine() -> str:
-    import torch
-
+def machine(torch, device: str) -> str:
     versions = [f"Python {platform.python_version()}", f"jax {jax.__version__}", f"torch {torch.__version__}",
                 f"numpy {np.__version__}"]
     try:
@@ -200,21 +287,53 @@ def machine() -> str:
         versions.append(f"dm-pix {dm_pix.__version__}")
     except ImportError:
         pass
-    return f"{report.cpu_name()}, {platform.system()} {platform.machine()}; " + ", ".join(versions)
+    devices = jax.devices()
+    where = f"jax backend `{jax.default_backend()}` ({len(devices)}× {devices[0].device_kind})"
+    if device == "cuda":
+        where += f", torch on cuda ({torch.cuda.get_device_name()})"
+    else:
+        where += ", torch on the CPU (2 threads)"
+    return f"{report.cpu_name()}, {platform.system()} {platform.machine()}; {where}; " + ", ".join(versions)
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=None, help="rounds per figure (default 9; 2 with --quick)")
+    parser.add_argument("--workloads", default="", help="comma-separated workload indices (default: all)")
+    parser.add_argument("--passes", default=",".join(PASSES))
+    parser.add_argument("--quick", action="store_true", help="tiny workloads, 2 rounds: a smoke run")
+    parser.add_argument("--dense-budget", type=int, default=DENSE_BUDGET,
+                        help="largest intermediate (elements) the dense implementation may build")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no file")
+    parser.add_argument("--out", default=None, help="write the table as OUT/sampler.md instead of BENCHMARKS.md")
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 9
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def workloads_for(args, backend: str) -> list:
+    if args.quick:
+        available = QUICK_WORKLOADS
+    else:
+        available = WORKLOADS + (ACCELERATOR_WORKLOADS if backend != "cpu" else [])
+    return [available[int(i)] for i in args.workloads.split(",")] if args.workloads else list(available)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--workloads", default="", help="comma-separated workload indices (default: all)")
-    parser.add_argument("--passes", default=",".join(PASSES))
-    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
-    parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(2)
+    backend = jax.default_backend()
+    device = torch_device(torch)
+    if device == "cpu":
+        torch.set_num_threads(2)
     try:
         import dm_pix  # noqa: F401
 
@@ -222,68 +341,178 @@ def main(argv=None):
     except ImportError:
         have_pix = False
 
-    chosen = [WORKLOADS[int(i)] for i in args.workloads.split(",")] if args.workloads else WORKLOADS
+    impls = implementations()
+    ours = [DEFAULT, *impls]
+    pick = default_pick(backend)
+    target = 0.005 if args.quick else 0.05
     passes = [p for p in args.passes.split(",") if p]
-    load_before = os.getloadavg()[0]
-    rows = []
-    for name, batch, in_shape, out_shape in chosen:
+    print(f"jax backend {backend} {jax.devices()}, torch on {device}; implementation=None picks "
+          f"{pick or 'n/a'}; explicit implementations {list(impls) or 'n/a'}", flush=True)
+    meta = dict(backend=backend, device=device, pick=pick, impls=impls, have_pix=have_pix,
+                machine=machine(torch, device), load_before=os.getloadavg()[0])
+    rows, agreement, failures = [], [], []
+    for name, batch, in_shape, out_shape in workloads_for(args, backend):
         image, grid, cot = make_inputs(batch, in_shape, out_shape)
         label = f"{name}: B={batch} {'×'.join(map(str, in_shape))}→{'×'.join(map(str, out_shape))}"
         for which in passes:
-            runs, compile_s = {}, {}
-            runs["stn_jax"], compile_s["stn_jax"] = compile_jax(_stn, which, image, grid, cot)
-            runs["torch NCHW"] = torch_call(torch, which, image, grid, cot, channels_last=False)
-            runs["torch channels_last"] = torch_call(torch, which, image, grid, cot, channels_last=True)
-            runs["map_coordinates"], compile_s["map_coordinates"] = compile_jax(_map_coordinates, which, image, grid, cot)
+            runs, compile_s, cells = {}, {}, {}
+            for impl in ours:
+                reason = skip_reason(None if impl == DEFAULT else impl, batch, in_shape, out_shape,
+                                     budget=args.dense_budget)
+                if reason:
+                    cells[impl] = reason
+                    continue
+                try:
+                    run, compile_s[impl] = compile_jax(stn_fn(None if impl == DEFAULT else impl), which, image,
+                                                       grid, cot)
+                    run()
+                    runs[impl] = run
+                except Exception as e:  # noqa: BLE001 -- recorded in the table, the exit status says it
+                    if isinstance(e, ValueError) and "implementation" in str(e):
+                        # `sample` refuses an implementation this case or this JAX cannot run.
+                        print(f"{label} {which}: implementation={impl!r} unavailable: {e}", flush=True)
+                        cells[impl] = "unavailable"
+                        continue
+                    traceback.print_exc()
+                    cells[impl] = f"error ({type(e).__name__})"
+                    failures.append(f"{label} {which} {impl}: {type(e).__name__}: {e}")
+            runs["torch NCHW"] = torch_call(torch, which, image, grid, cot, False, device)
+            runs["torch channels_last"] = torch_call(torch, which, image, grid, cot, True, device)
+            runs["map_coordinates"], compile_s["map_coordinates"] = compile_jax(_map_coordinates, which, image, grid,
+                                                                                cot)
             if have_pix:
                 runs["dm-pix"], compile_s["dm-pix"] = compile_jax(_dm_pix, which, image, grid, cot)
-            med = time_interleaved(runs, args.repeats)
+            if which == "fwd":
+                agreement.append((label, fwd_agreement(runs, ours, cells)))
+            med = time_interleaved(runs, args.repeats, target)
             layout = "NCHW" if med["torch NCHW"] <= med["torch channels_last"] else "channels_last"
             t_torch = med[f"torch {layout}"]
-            row = dict(label=label, which=which, ours=med["stn_jax"], torch=t_torch, layout=layout,
-                       ratio=t_torch / med["stn_jax"], mc=med["map_coordinates"], pix=med.get("dm-pix"),
-                       compile=compile_s["stn_jax"])
+            row = dict(label=label, which=which, torch=t_torch, layout=layout, times={}, ratios={}, cells=cells,
+                       compile=compile_s, mc=med["map_coordinates"], pix=med.get("dm-pix"))
+            for impl in ours:
+                if impl in med:
+                    row["times"][impl] = med[impl]
+                    row["ratios"][impl] = t_torch / med[impl]
             rows.append(row)
-            print(f"{label:45s} {which:9s} stn_jax {1e3 * row['ours']:8.3f} ms  torch {1e3 * t_torch:8.3f} ms "
-                  f"({layout:13s}) ratio {row['ratio']:5.2f}  map_coordinates {1e3 * row['mc']:8.3f} ms"
-                  + (f"  dm-pix {1e3 * row['pix']:8.3f} ms" if have_pix else "")
-                  + f"  compile {row['compile']:.2f} s", flush=True)
-    load_after = os.getloadavg()[0]
-    table = render(rows, args, have_pix, load_before, load_after)
+            print(progress_line(row, ours, have_pix), flush=True)
+            if args.out and not args.no_write:
+                write_out(args, render(rows, agreement, args, meta, partial=True))
+    meta["load_after"] = os.getloadavg()[0]
+    table = render(rows, agreement, args, meta)
     print()
     print(table)
     if not args.no_write:
-        report.write_section(Path(args.output), table, begin=BEGIN, end=END)
-        print(f"wrote {args.output}")
+        if args.out:
+            path = write_out(args, table)
+        else:
+            path = Path(args.output)
+            report.write_section(path, table, begin=BEGIN, end=END)
+        print(f"wrote {path}")
+    if failures:
+        print(f"{len(failures)} of our implementations failed:", *failures, sep="\n  ", file=sys.stderr)
+        sys.exit(1)
 
 
-def render(rows, args, have_pix, load_before, load_after) -> str:
-    cmd = "PYTHONPATH=. python benchmarks/sampler.py" + (f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else "")
+def fwd_agreement(runs, ours, cells) -> dict:
+    """Max |ours - torch| of the forward outputs, per implementation (cells as text)."""
+    reference = runs["torch NCHW"]().detach().cpu().numpy().transpose(0, 2, 3, 1)
+    result = {}
+    for impl in ours:
+        if impl in runs:
+            result[impl] = f"{float(np.max(np.abs(np.asarray(runs[impl]()) - reference))):.1e}"
+        else:
+            result[impl] = cells.get(impl, "—")
+    return result
+
+
+def progress_line(row, ours, have_pix) -> str:
+    parts = [f"{row['label']:45s} {row['which']:9s} torch {1e3 * row['torch']:8.3f} ms ({row['layout']:13s})"]
+    for impl in ours:
+        if impl in row["times"]:
+            parts.append(f"{impl} {1e3 * row['times'][impl]:8.3f} ms ratio {row['ratios'][impl]:5.2f} "
+                         f"(compile {row['compile'][impl]:.2f} s)")
+        else:
+            parts.append(f"{impl} {row['cells'][impl]}")
+    parts.append(f"map_coordinates {1e3 * row['mc']:8.3f} ms")
+    if have_pix:
+        parts.append(f"dm-pix {1e3 * row['pix']:8.3f} ms")
+    return "  ".join(parts)
+
+
+def write_out(args, table: str) -> Path:
+    path = Path(args.out) / "sampler.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table)
+    return path
+
+
+def header_of(impl: str, pick: str | None) -> str:
+    if impl == DEFAULT:
+        return f"stn_jax default (→ {pick}) ms" if pick else "stn_jax ms"
+    return f"stn_jax[{impl}] ms (ratio)"
+
+
+def render(rows, agreement, args, meta, *, partial=False) -> str:
+    ours = [DEFAULT, *meta["impls"]]
+    have_pix = meta["have_pix"]
+    cmd = "PYTHONPATH=. python benchmarks/sampler.py" + (f" {' '.join(args.argv)}" if args.argv else "")
+    if meta["pick"]:
+        picks = (f"On this backend (`{meta['backend']}`) `implementation=None` picks `{meta['pick']}`; "
+                 f"every implementation (`stn_jax.sampling.IMPLEMENTATIONS` = {', '.join(meta['impls'])}) is "
+                 "also timed on its own: ms (ratio).")
+    else:
+        picks = "`stn_jax.sample` has no `implementation` option here: one implementation."
+    torch_where = ("torch on cuda" if meta["device"] == "cuda" else "torch with 2 threads")
+    load_after = meta.get("load_after")
     lines = [
         "## Sampler: `stn_jax.sample` vs `torch.nn.functional.grid_sample`",
         "",
+    ]
+    if partial:
+        lines += ["**Partial table: the run was still going (or was interrupted) when this was written.**", ""]
+    lines += [
         f"Command: `{cmd}`  ",
-        f"Machine: {machine()}  ",
-        f"Load average (1 min) before/after: {load_before:.2f} / {load_after:.2f}; "
-        f"medians of {args.repeats} interleaved rounds after warm-up; bilinear, zeros, "
-        "align_corners=False, float32; torch with 2 threads, faster of NCHW and channels_last.",
+        f"Machine: {meta['machine']}  ",
+        f"Load average (1 min) before/after: {meta['load_before']:.2f} / "
+        + (f"{load_after:.2f}" if load_after is not None else "—")
+        + f"; medians of {args.repeats} interleaved rounds after warm-up, every call synchronised with the device; "
+        f"bilinear, zeros, align_corners=False, float32; {torch_where}, faster of NCHW and channels_last.",
         "",
         "Ratio = torch / stn_jax (above 1: stn_jax is faster). `fwd+bwd`: gradients w.r.t. image and grid; "
-        "`grid-bwd`: gradient w.r.t. the grid only. Compile = JAX lower + compile of the stn_jax step.",
+        "`grid-bwd`: gradient w.r.t. the grid only. Compile = JAX lower + compile of the default stn_jax step. "
+        + picks + f" `dense` is skipped where its largest intermediate would exceed {args.dense_budget} elements.",
         "",
-        "| workload | pass | stn_jax ms | torch ms (layout) | **ratio** | map_coordinates ms"
-        + (" | dm-pix ms" if have_pix else "") + " | stn_jax compile s |",
-        "| --- | --- | ---: | ---: | ---: | ---:" + (" | ---:" if have_pix else "") + " | ---: |",
+        "| workload | pass | " + " | ".join(
+            [header_of(DEFAULT, meta["pick"]), "torch ms (layout)", "**ratio**"]
+            + [header_of(i, meta["pick"]) for i in meta["impls"]] + ["map_coordinates ms"]
+            + (["dm-pix ms"] if have_pix else []) + ["stn_jax compile s"]) + " |",
+        "| --- | --- | " + " | ".join(["---:"] * (5 + len(meta["impls"]) + have_pix)) + " |",
     ]
+
+    def ms(r, impl, with_ratio):
+        if impl not in r["times"]:
+            return r["cells"][impl]
+        text = f"{1e3 * r['times'][impl]:.3f}"
+        return f"{text} ({r['ratios'][impl]:.2f})" if with_ratio else text
+
     for r in rows:
-        lines.append(
-            f"| {r['label']} | {r['which']} | {1e3 * r['ours']:.3f} | {1e3 * r['torch']:.3f} ({r['layout']}) | "
-            f"**{r['ratio']:.2f}** | {1e3 * r['mc']:.3f}"
-            + (f" | {1e3 * r['pix']:.3f}" if have_pix else "") + f" | {r['compile']:.2f} |"
-        )
+        ratio = f"**{r['ratios'][DEFAULT]:.2f}**" if DEFAULT in r["ratios"] else "—"
+        compile_s = f"{r['compile'][DEFAULT]:.2f}" if DEFAULT in r["times"] else "—"
+        cells = ([ms(r, DEFAULT, False), f"{1e3 * r['torch']:.3f} ({r['layout']})", ratio]
+                 + [ms(r, i, True) for i in meta["impls"]] + [f"{1e3 * r['mc']:.3f}"]
+                 + ([f"{1e3 * r['pix']:.3f}"] if have_pix else []) + [compile_s])
+        lines.append(f"| {r['label']} | {r['which']} | " + " | ".join(cells) + " |")
+    if agreement:
+        lines += [
+            "",
+            "Forward outputs vs torch's (max absolute difference):",
+            "",
+            "| workload | " + " | ".join("default" if i == DEFAULT else i for i in ours) + " |",
+            "| --- | " + " | ".join(["---:"] * len(ours)) + " |",
+        ]
+        for label, diffs in agreement:
+            lines.append(f"| {label} | " + " | ".join(diffs[i] for i in ours) + " |")
     return "\n".join(lines) + "\n"
-
-
 
 
 if __name__ == "__main__":

@@ -23,17 +23,24 @@ timed on its own (forward + backward of the classifier, of the localisation net,
 sampler, the optimiser update), and the per-operation totals of a
 ``jax.profiler`` trace of the whole step.
 
-Ours runs with the XLA flag the training command sets (``train/xla_cpu.py``: convolutions
-and reductions on XLA's own CPU kernels rather than YNNPACK); ``--xla_default`` times XLA's
-defaults instead.
+On a CPU ours runs with the XLA flag the training command sets (``train/xla_cpu.py``:
+convolutions and reductions on XLA's own CPU kernels rather than YNNPACK); ``--xla_default``
+times XLA's defaults instead. Where JAX will run on an accelerator (a CUDA, ROCm or TPU
+plugin is installed, or ``JAX_PLATFORMS`` names one first) the flag is not set, and
+PyTorch runs on ``cuda`` when JAX's backend is a GPU and PyTorch sees CUDA (else on the
+CPU with 2 threads). Every step is synchronised with its device (``jax.block_until_ready``
+on all outputs; ``torch.cuda.synchronize()`` on CUDA).
 
-Run: ``PYTHONPATH=. python benchmarks/train_speed.py`` (``--no-write`` to only print).
-The table is written into BENCHMARKS.md between the markers below.
+Run: ``PYTHONPATH=. python benchmarks/train_speed.py`` (``--no-write`` to only print,
+``--out DIR`` to write ``DIR/train_speed.md`` instead of BENCHMARKS.md, ``--quick`` for a
+smoke run of the ST-CNN at 28×28 and batch 16). By default the table is written into BENCHMARKS.md
+between the markers below.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -41,16 +48,19 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
+# This process shares an accelerator between JAX and PyTorch: no JAX preallocation.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import report
-from stn_jax.models import build_model
-from stn_jax.transformer import with_localisation_lr
-from train import xla_cpu
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import report  # noqa: E402
+from stn_jax.models import build_model  # noqa: E402
+from stn_jax.transformer import with_localisation_lr  # noqa: E402
+from train import xla_cpu  # noqa: E402
 
 BEGIN = "<!-- BEGIN benchmarks/train_speed.py (generated, do not edit by hand) -->"
 END = "<!-- END benchmarks/train_speed.py -->"
@@ -58,6 +68,30 @@ BATCH = 256
 SIDES = (28, 42, 60)
 MODELS = ("st_cnn_affine", "cnn")
 LR = 1e-3
+# Distributions of JAX's accelerator plugins (names normalised to lower case with "-").
+ACCELERATOR_PLUGINS = ("jax-cuda", "jax-rocm", "libtpu")
+
+
+def accelerator_expected(environ=os.environ, distributions=None) -> bool:
+    """Whether JAX's default backend will be an accelerator, decided before the backend starts.
+
+    ``JAX_PLATFORMS`` (or ``JAX_PLATFORM_NAME``) decides when set: its first platform; else
+    whether a CUDA, ROCm or TPU plugin is installed. (XLA reads ``XLA_FLAGS`` once, when the
+    backends start, so the CPU flag must be decided without starting them.)
+    """
+    platforms = environ.get("JAX_PLATFORMS") or environ.get("JAX_PLATFORM_NAME") or ""
+    first = platforms.split(",")[0].strip().lower()
+    if first:
+        return first != "cpu"
+    if distributions is None:
+        distributions = [d.metadata["Name"] or "" for d in importlib.metadata.distributions()]
+    names = {name.lower().replace("_", "-") for name in distributions}
+    return any(name.startswith(ACCELERATOR_PLUGINS) for name in names)
+
+
+def torch_device(torch) -> str:
+    """``"cuda"`` when JAX runs on a GPU and PyTorch sees CUDA, else ``"cpu"``."""
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 # -- ours -------------------------------------------------------------------------------------------
@@ -94,7 +128,7 @@ def compile_ours(name, side, batch=BATCH):
 
     def run():
         state["params"], state["opt"], loss = compiled(state["params"], state["opt"], x, y)
-        loss.block_until_ready()
+        jax.block_until_ready((state["params"], state["opt"], loss))
 
     return run, compile_s, model
 
@@ -148,26 +182,28 @@ def torch_nets(torch):
     return CNN, STCNN
 
 
-def torch_step(torch, name, side, channels, *, channels_last, batch=BATCH):
+def torch_step(torch, name, side, channels, *, channels_last, batch=BATCH, device="cpu"):
     CNN, STCNN = torch_nets(torch)
     torch.manual_seed(0)
-    model = STCNN(side, channels) if name == "st_cnn_affine" else CNN(side, channels)
+    model = (STCNN(side, channels) if name == "st_cnn_affine" else CNN(side, channels)).to(device)
     loc = [p for n, p in model.named_parameters() if n.startswith("loc")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("loc")]
     groups = [{"params": rest, "lr": LR}] + ([{"params": loc, "lr": 0.1 * LR}] if loc else [])
     opt = torch.optim.AdamW(groups, lr=LR, weight_decay=1e-4)
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.random((batch, 1, side, side), dtype=np.float32))
-    y = torch.from_numpy(rng.integers(0, 10, batch))
+    x = torch.from_numpy(rng.random((batch, 1, side, side), dtype=np.float32)).to(device)
+    y = torch.from_numpy(rng.integers(0, 10, batch)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run():
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
+        sync()
 
     return run
 
@@ -194,17 +230,24 @@ def time_interleaved(runs: dict, repeats: int, steps_per_round: int, warmup: int
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     import torch
 
-    return (f"{report.cpu_name()}, {platform.system()} {platform.machine()}; Python "
+    devices = jax.devices()
+    where = f"jax backend `{jax.default_backend()}` ({len(devices)}× {devices[0].device_kind})"
+    where += f", torch on cuda ({torch.cuda.get_device_name()})" if device == "cuda" else ", torch on the CPU"
+    return (f"{report.cpu_name()}, {platform.system()} {platform.machine()}; {where}; Python "
             f"{platform.python_version()}, jax {jax.__version__}, torch {torch.__version__}")  # fmt: skip
 
 
-def benchmark(args) -> list[dict]:
+def benchmark(args, on_row=None) -> list[dict]:
     import torch
 
-    torch.set_num_threads(2)
+    device = torch_device(torch)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # as XLA autotunes its convolutions
+    else:
+        torch.set_num_threads(2)
     rows = []
     for side in args.sides:
         for name in args.models:
@@ -212,10 +255,12 @@ def benchmark(args) -> list[dict]:
             channels = classifier_channels(model)
             runs = {
                 "ours": ours,
-                "torch NCHW": torch_step(torch, name, side, channels, channels_last=False, batch=args.batch),
-                "torch channels_last": torch_step(torch, name, side, channels, channels_last=True, batch=args.batch),
+                "torch NCHW": torch_step(torch, name, side, channels, channels_last=False, batch=args.batch,
+                                         device=device),
+                "torch channels_last": torch_step(torch, name, side, channels, channels_last=True, batch=args.batch,
+                                                  device=device),
             }
-            med = time_interleaved(runs, args.repeats, args.steps_per_round)
+            med = time_interleaved(runs, args.repeats, args.steps_per_round, warmup=args.warmup)
             layout = "NCHW" if med["torch NCHW"] <= med["torch channels_last"] else "channels_last"
             t_torch = med[f"torch {layout}"]
             row = dict(model=name, side=side, channels=channels, ours=med["ours"], torch=t_torch, layout=layout,
@@ -225,22 +270,44 @@ def benchmark(args) -> list[dict]:
             print(f"{name:14s} {side}×{side}  ours {1e3 * row['ours']:8.1f} ms ({args.batch / row['ours']:6.0f} img/s)  "
                   f"torch {1e3 * t_torch:8.1f} ms ({args.batch / t_torch:6.0f} img/s, {layout})  "
                   f"ratio {row['ratio']:.2f}  compile {compile_s:.2f} s", flush=True)  # fmt: skip
+            if on_row is not None:
+                on_row(rows)
     return rows
 
 
-def render(rows, args, load_before, load_after) -> str:
-    cmd = "PYTHONPATH=. python benchmarks/train_speed.py" + (f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else "")
-    lines = [
-        "## Training step: ST-CNN and CNN (`stn_jax.models`) vs the same nets in PyTorch",
-        "",
+def xla_flags_note(args, backend: str) -> str:
+    if args.xla_default:
+        return "XLA's defaults"
+    if args.xla_flag == "accelerator":
+        return f"the training command's CPU flag not set: JAX was expected on an accelerator, runs on `{backend}`"
+    if backend != "cpu":
+        return f"the training command's CPU flag, which does nothing on `{backend}`"
+    return "as `python -m train` sets them, see `train/xla_cpu.py`"
+
+
+def render(rows, args, load_before, load_after, *, partial=False) -> str:
+    import torch
+
+    device = torch_device(torch)
+    cmd = "PYTHONPATH=. python benchmarks/train_speed.py" + (f" {' '.join(args.argv)}" if args.argv else "")
+    if device == "cuda":
+        torch_where = (f"torch on cuda (cudnn.benchmark; TF32: convolutions {torch.backends.cudnn.allow_tf32}, "
+                       f"matmuls {torch.backends.cuda.matmul.allow_tf32}; JAX at its default precision)")
+    else:
+        torch_where = "torch: 2 threads"
+    lines = ["## Training step: ST-CNN and CNN (`stn_jax.models`) vs the same nets in PyTorch", ""]
+    if partial:
+        lines += ["**Partial table: the run was still going (or was interrupted) when this was written.**", ""]
+    lines += [
         f"Command: `{cmd}`  ",
-        f"Machine: {machine()}  ",
-        f"XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}` ("
-        + ("XLA's defaults" if args.xla_default else "as `python -m train` sets them, see `train/xla_cpu.py`")
-        + ")  ",
-        f"Load average (1 min) before/after: {load_before:.2f} / {load_after:.2f}; batch {args.batch}, float32, "
-        f"medians of {args.repeats} interleaved rounds of {args.steps_per_round} steps after warm-up; one step = "
-        "forward, cross-entropy, backward, AdamW update (localisation at 0.1×). torch: 2 threads, faster of NCHW "
+        f"Machine: {machine(device)}  ",
+        f"XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}` ({xla_flags_note(args, jax.default_backend())})  ",
+        f"Load average (1 min) before/after: {load_before:.2f} / "
+        + (f"{load_after:.2f}" if load_after is not None else "—")
+        + f"; batch {args.batch}, float32, "
+        f"medians of {args.repeats} interleaved rounds of {args.steps_per_round} steps after warm-up, every step "
+        "synchronised with the device; one step = "
+        f"forward, cross-entropy, backward, AdamW update (localisation at 0.1×). {torch_where}, faster of NCHW "
         "and channels_last. ST-CNN classifier widths as `build_model` matches them to the CNN's parameter count.",
         "",
         "Ratio = torch time / ours (above 1: ours is faster). Compile = JAX lower + compile of our step.",
@@ -385,33 +452,78 @@ def trace_ops(step, params, opt_state, x, y, side, steps=5) -> None:
 # -- main -------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--steps_per_round", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=BATCH)
-    parser.add_argument("--sides", type=lambda s: tuple(int(v) for v in s.split(",")), default=SIDES)
-    parser.add_argument("--models", type=lambda s: tuple(s.split(",")), default=MODELS)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: the ST-CNN at 28×28 only, batch 16, 1 round of 1 step (unless given)")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds (default 7; 1 with --quick)")
+    parser.add_argument("--steps_per_round", type=int, default=None, help="default 2; 1 with --quick")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2; 1 with --quick)")
+    parser.add_argument("--batch", type=int, default=None, help=f"default {BATCH}; 16 with --quick")
+    parser.add_argument("--sides", type=lambda s: tuple(int(v) for v in s.split(",")), default=None,
+                        help="default " + ",".join(map(str, SIDES)) + "; 28 with --quick")
+    parser.add_argument("--models", type=lambda s: tuple(s.split(",")), default=None,
+                        help="default " + ",".join(MODELS) + "; st_cnn_affine with --quick")
     parser.add_argument("--profile", action="store_true", help="where our ST-CNN step's time goes (no table)")
     parser.add_argument("--trace", action="store_true", help="with --profile: also a jax.profiler trace, per op")
     parser.add_argument("--xla_default", action="store_true",
                         help="leave XLA's CPU defaults (YNNPACK convolutions) instead of the training command's flag")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no file")
+    parser.add_argument("--out", default=None, help="write the table as OUT/train_speed.md instead of BENCHMARKS.md")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
-    if not args.xla_default:  # before JAX's backend starts: as `python -m train` runs
+    defaults = dict(repeats=(1, 7), steps_per_round=(1, 2), warmup=(1, 2), batch=(16, BATCH), sides=((28,), SIDES),
+                    models=(("st_cnn_affine",), MODELS))
+    for key, (quick, full) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def write_out(args, table: str) -> Path:
+    path = Path(args.out) / "train_speed.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table)
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Before JAX's backend starts (XLA reads its flags once), as `python -m train` runs; not
+    # on an accelerator, where the CPU flag means nothing.
+    if args.xla_default:
+        args.xla_flag = "default"
+    elif accelerator_expected():
+        args.xla_flag = "accelerator"
+    else:
         xla_cpu.use_xla_convolutions()
+        args.xla_flag = "cpu"
     if args.profile:
         profile(args)
         return
+    backend = jax.default_backend()
+    print(f"jax backend {backend} {jax.devices()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+    if args.xla_flag == "accelerator" and backend == "cpu":
+        print("note: expected an accelerator but JAX runs on the CPU: timed without the training command's "
+              "CPU flag", flush=True)
     load_before = os.getloadavg()[0]
-    rows = benchmark(args)
+
+    def partial(rows):
+        if args.out and not args.no_write:
+            write_out(args, render(rows, args, load_before, None, partial=True))
+
+    rows = benchmark(args, on_row=partial)
     table = render(rows, args, load_before, os.getloadavg()[0])
     print()
     print(table)
     if not args.no_write:
-        report.write_section(Path(args.output), table, begin=BEGIN, end=END)
-        print(f"wrote {args.output}")
+        if args.out:
+            path = write_out(args, table)
+        else:
+            path = Path(args.output)
+            report.write_section(path, table, begin=BEGIN, end=END)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

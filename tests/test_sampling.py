@@ -220,7 +220,7 @@ def test_numerical_gradients(x64, implementation, method, padding):
     pixels = rng.integers(-1, 6, size=(4, 3, 2)) + rng.uniform(0.2, 0.8, size=(4, 3, 2))
     grid = stn_jax.pixel_to_normalized(pixels, (5, 6))
     kw = dict(method=method, padding=padding, implementation=implementation)
-    check_grads(lambda u, g: stn_jax.sample(u, g, **kw), (image, grid), order=2, modes=["rev", "fwd"], eps=1e-6)
+    check_grads(lambda u, g: stn_jax.sample(u, g, **kw), (image, grid), order=1, modes=["rev", "fwd"], eps=1e-6)
 
 
 @pytest.mark.parametrize("implementation,method", _cases(METHODS_2D))

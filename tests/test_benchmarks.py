@@ -1,0 +1,243 @@
+"""benchmarks/accelerator.sh and the scripts it runs: a quick run on this CPU as the accelerator box would see it.
+
+The accelerator box has jax, flax, optax, chex, numpy and torch only, so the scripts here run with the
+training extra's packages (TensorFlow, TFDS, grain, orbax, ...) made unimportable. No figure is checked:
+benchmarks are scripts, not timed tests.
+"""
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import sampler  # noqa: E402
+import train_speed  # noqa: E402
+
+# Not on the accelerator box (the `train` extra and optional peers).
+ABSENT_ON_ACCELERATOR = ("tensorflow", "tensorflow_datasets", "grain", "orbax", "ml_collections", "dm_pix", "scipy",
+                         "PIL", "matplotlib", "tensorboardX", "array_record")  # fmt: skip
+SCRIPTS = ("sampler", "train_speed", "loop_speed")
+
+
+def _our_implementations() -> tuple[tuple[str, ...], str | None]:
+    """(explicit implementations, the one None picks on this CPU), from the library, not from the script."""
+    import stn_jax
+    from stn_jax import sampling
+
+    if "implementation" not in inspect.signature(stn_jax.sample).parameters:
+        return (), None
+    return tuple(sampling.IMPLEMENTATIONS), sampling.default_implementation("cpu")
+
+
+@pytest.fixture(scope="module")
+def blocked(tmp_path_factory):
+    """A PYTHONPATH entry whose ``sitecustomize`` makes ABSENT_ON_ACCELERATOR unimportable in every Python started."""
+    shim = tmp_path_factory.mktemp("accelerator_box")
+    (shim / "sitecustomize.py").write_text(textwrap.dedent(f"""\
+        import sys
+        for name in {ABSENT_ON_ACCELERATOR!r}:
+            sys.modules[name] = None  # `import name` (and its submodules) now raises ImportError
+        """))
+    return shim
+
+
+def _env(**extra):
+    return {**os.environ, **extra}
+
+
+def test_the_blocking_works(blocked):
+    result = subprocess.run([sys.executable, "-c", "import scipy"], env=_env(PYTHONPATH=str(blocked)),
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode != 0 and "import of scipy halted" in result.stderr, result.stderr
+
+
+def test_benchmark_modules_import_without_the_training_extra(blocked):
+    names = [n for n in SCRIPTS if (BENCHMARKS / f"{n}.py").exists()]
+    code = "import sys; sys.path.insert(0, 'benchmarks'); " + "; ".join(f"import {n}" for n in names)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(PYTHONPATH=f"{blocked}:{ROOT}"),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def quick_run(blocked, tmp_path_factory):
+    """``bash benchmarks/accelerator.sh --quick`` into a temporary OUT, as on the accelerator box."""
+    out = tmp_path_factory.mktemp("accelerator_out")
+    before = (ROOT / "BENCHMARKS.md").read_bytes()
+    result = subprocess.run(["bash", "benchmarks/accelerator.sh", "--quick"], cwd=ROOT,
+                            env=_env(OUT=str(out), PYTHONPATH=str(blocked), PYTHON=sys.executable),
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    return result, out, before
+
+
+def _table(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:
+    """(header cells, row cells) of the first markdown table whose header starts with ``header_start``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(cells(line))
+    return cells(lines[start]), rows
+
+
+def test_quick_run_succeeds_and_leaves_benchmarks_md_alone(quick_run):
+    result, out, before = quick_run
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert (ROOT / "BENCHMARKS.md").read_bytes() == before
+    for name in SCRIPTS:
+        assert (out / f"{name}.md").exists(), name
+        assert (out / f"{name}.log").stat().st_size > 0, name
+
+
+def test_quick_sampler_table_has_every_implementation(quick_run):
+    result, out, _ = quick_run
+    text = (out / "sampler.md").read_text()
+    assert "Partial table" not in text
+    header, rows = _table(text, "| workload |")
+    impls, pick = _our_implementations()
+    assert (impls, pick) == (sampler.implementations(), sampler.default_pick("cpu"))
+    assert header[2] == (f"stn_jax default (→ {pick}) ms" if pick else "stn_jax ms")
+    assert "**ratio**" in header
+    for impl in impls:
+        assert f"stn_jax[{impl}] ms (ratio)" in header
+    assert [r[1] for r in rows] == list(sampler.PASSES) * len(sampler.QUICK_WORKLOADS)
+    for row in rows:
+        assert len(row) == len(header)
+        assert re.fullmatch(r"\*\*\d+\.\d\d\*\*", row[header.index("**ratio**")]), row
+        for impl in impls:  # all fit the quick workload: every one timed, with its ratio
+            assert re.fullmatch(r"\d+\.\d{3} \(\d+\.\d\d\)", row[header.index(f"stn_jax[{impl}] ms (ratio)")]), row
+    if impls:
+        _, agreement = _table(text, "| workload | default |")
+        for row in agreement:
+            assert all(float(d) < 1e-4 for d in row[1:]), row
+
+
+def test_quick_train_speed_and_loop_speed_tables(quick_run):
+    _, out, _ = quick_run
+    header, rows = _table((out / "train_speed.md").read_text(), "| model |")
+    assert "**ratio**" in header and rows and rows[0][0].startswith("ST-CNN")
+    assert re.fullmatch(r"\*\*\d+\.\d\d\*\*", rows[0][header.index("**ratio**")])
+    # The loop's images/s against the bare step's: a bold ratio column ("**ratio**", "**loop / bare**").
+    header, rows = _table((out / "loop_speed.md").read_text(), "| model |")
+    ratio = [i for i, h in enumerate(header) if h.startswith("**") and ("ratio" in h or " / " in h)]
+    assert ratio and rows, header
+    assert all(re.fullmatch(r"\*\*\d+\.\d\d\*\*", row[ratio[0]]) for row in rows), rows
+
+
+def test_quick_summary_names_backend_versions_and_times(quick_run):
+    import jax
+
+    _, out, _ = quick_run
+    summary = (out / "summary.md").read_text()
+    assert f"jax backend: {jax.default_backend()}" in summary
+    assert "bash benchmarks/accelerator.sh --quick" in summary and "Total wall time:" in summary
+    for package in ("jax", "jaxlib", "flax", "optax", "torch"):
+        assert re.search(rf"\b{package} \d", summary), package
+    for name in SCRIPTS:
+        assert re.search(rf"\| benchmarks/{name}\.py \| 0 \| \d+\.\d \| {name}\.md \|", summary), name
+
+
+def test_a_failing_script_fails_the_run_and_the_others_still_run(tmp_path):
+    # A stand-in interpreter: every benchmark "runs" in no time, train_speed.py fails; the summary is real.
+    fake = tmp_path / "python"
+    fake.write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        case "${{1:-}}" in
+          benchmarks/train_speed.py) echo "Traceback: ImportError" >&2; exit 3 ;;
+          benchmarks/*.py) echo "ran $1" >> "$OUT/ran.txt"; exit 0 ;;
+          *) exec {sys.executable} "$@" ;;
+        esac
+        """))
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", "benchmarks/accelerator.sh", "--quick"], cwd=ROOT,
+                            env=_env(OUT=str(out), PYTHON=str(fake)), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (out / "ran.txt").read_text().split() == ["ran", "benchmarks/sampler.py", "ran", "benchmarks/loop_speed.py"]
+    summary = (out / "summary.md").read_text()
+    assert re.search(r"\| benchmarks/train_speed\.py \| 3 FAILED \|", summary)
+    assert "ImportError" in (out / "train_speed.log").read_text()
+
+
+def test_unknown_option_is_refused():
+    result = subprocess.run(["bash", "benchmarks/accelerator.sh", "--fast"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "--fast" in result.stderr
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def test_dense_budget_decision():
+    budget = sampler.DENSE_BUDGET
+    # batch · points · max(H·C, H + W)
+    assert sampler.dense_elements(64, (32, 32, 64), (32, 32)) == 64 * 1024 * 32 * 64 == 2**27
+    assert sampler.dense_elements(2, (10, 30, 1), (4, 5)) == 2 * 20 * 40  # the weight rows dominate for C = 1
+    assert sampler.skip_reason("dense", 64, (32, 32, 64), (32, 32), budget=budget) is None
+    assert sampler.skip_reason("dense", 8, (224, 224, 3), (224, 224), budget=budget) == "skipped (size)"
+    assert sampler.skip_reason("dense", 256, (224, 224, 3), (224, 224), budget=budget) == "skipped (size)"
+    limit = sampler.dense_elements(4, (8, 8, 3), (6, 6))
+    assert sampler.skip_reason("dense", 4, (8, 8, 3), (6, 6), budget=limit) is None
+    assert sampler.skip_reason("dense", 4, (8, 8, 3), (6, 6), budget=limit - 1) == "skipped (size)"
+    assert sampler.skip_reason("dense", 1, (8, 8, 3), (6, 6), method="bicubic") == "skipped (method)"
+    for impl in (None, "reference", "cpu"):
+        assert sampler.skip_reason(impl, 256, (224, 224, 3), (224, 224), budget=1) is None
+
+
+def test_skipped_and_failed_implementations_render_as_cells():
+    args = sampler.parse_args(["--quick", "--no-write"])
+    meta = dict(backend="gpu", device="cuda", pick="reference", impls=("reference", "cpu", "dense"), have_pix=False,
+                machine="test machine", load_before=0.5, load_after=0.7)  # fmt: skip
+    row = dict(label="image: B=8", which="fwd", torch=1e-3, layout="NCHW",
+               times={"default": 2e-3, "reference": 2e-3}, ratios={"default": 0.5, "reference": 0.5},
+               cells={"cpu": "error (NotImplementedError)", "dense": "skipped (size)"},
+               compile={"default": 1.0, "reference": 1.0}, mc=3e-3, pix=None)  # fmt: skip
+    text = sampler.render([row], [], args, meta)
+    assert "`implementation=None` picks `reference`" in text
+    header, rows = _table(text, "| workload |")
+    assert len(rows[0]) == len(header)
+    assert rows[0][header.index("stn_jax[dense] ms (ratio)")] == "skipped (size)"
+    assert rows[0][header.index("stn_jax[cpu] ms (ratio)")] == "error (NotImplementedError)"
+    assert rows[0][header.index("stn_jax[reference] ms (ratio)")] == "2.000 (0.50)"
+    assert rows[0][header.index("**ratio**")] == "**0.50**"
+
+
+def test_accelerator_expected_before_the_backend_starts():
+    expected = train_speed.accelerator_expected
+    assert expected({"JAX_PLATFORMS": "cuda,cpu"}, distributions=[]) is True
+    assert expected({"JAX_PLATFORMS": "cpu"}, distributions=["jax-cuda12-plugin"]) is False
+    assert expected({}, distributions=["jax_cuda13_plugin", "numpy"]) is True
+    assert expected({}, distributions=["libtpu"]) is True
+    assert expected({}, distributions=["jax", "jaxlib", "torch"]) is False
+
+
+def test_quick_defaults_and_explicit_options():
+    args = train_speed.parse_args(["--quick"])
+    assert (args.batch, args.sides, args.models, args.repeats) == (16, (28,), ("st_cnn_affine",), 1)
+    args = train_speed.parse_args(["--batch", "8"])
+    assert (args.batch, args.sides, args.models) == (8, train_speed.SIDES, train_speed.MODELS)
+    assert sampler.parse_args(["--quick"]).repeats == 2 and sampler.parse_args([]).repeats == 9
+
+
+def test_render_without_an_implementation_option():
+    # Before `sample` takes implementation= (or on a library that never will): one column of ours.
+    args = sampler.parse_args(["--quick", "--no-write"])
+    meta = dict(backend="cpu", device="cpu", pick=None, impls=(), have_pix=True, machine="m", load_before=0.1)
+    row = dict(label="tiny", which="fwd", torch=1e-3, layout="NCHW", times={"default": 1e-3}, ratios={"default": 1.0},
+               cells={}, compile={"default": 0.1}, mc=2e-3, pix=4e-3)  # fmt: skip
+    text = sampler.render([row], [], args, meta, partial=True)
+    assert "Partial table" in text and "no `implementation` option" in text
+    header, rows = _table(text, "| workload |")
+    assert header[2] == "stn_jax ms" and "dm-pix ms" in header and len(rows[0]) == len(header)
+    assert not any(h.startswith("stn_jax[") for h in header)

@@ -1,7 +1,12 @@
 import os
 
 import jax
+import jax.experimental
 import pytest
+
+# `jax.enable_x64` as a context manager is jax >= 0.8; before, `jax.experimental.enable_x64`
+# (removed in 0.9). The oldest supported jax (tests/oldest-versions.txt) is 0.7.
+enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +22,6 @@ def torch():
 
 @pytest.fixture
 def x64():
-    """float64 inside one test: ``jax.enable_x64`` as a context, so other tests keep JAX's defaults."""
-    with jax.enable_x64(True):
+    """float64 inside one test: ``enable_x64`` as a context, so other tests keep JAX's defaults."""
+    with enable_x64(True):
         yield

@@ -8,6 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import stn_jax
+from conftest import enable_x64
 
 finite = st.floats(-1.0, 1.0, allow_nan=False, width=32)
 
@@ -23,7 +24,7 @@ def well_conditioned_affine(draw, ndim=2):
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from([1, 2, 3]).flatmap(well_conditioned_affine))
 def test_composing_with_the_inverse_is_the_identity(theta):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         inverse = stn_jax.invert_affine(theta)
         n = theta.shape[0]
         for product in (stn_jax.compose_affine(theta, inverse), stn_jax.compose_affine(inverse, theta)):
@@ -34,7 +35,7 @@ def test_composing_with_the_inverse_is_the_identity(theta):
 @given(well_conditioned_affine(), well_conditioned_affine())
 def test_compose_agrees_with_applying_points_in_turn(outer, inner):
     points = np.random.default_rng(0).uniform(-1, 1, size=(10, 2))
-    with jax.enable_x64(True):
+    with enable_x64(True):
         composed = stn_jax.transform_points(stn_jax.compose_affine(outer, inner), points)
         in_turn = stn_jax.transform_points(outer, stn_jax.transform_points(inner, points))
         np.testing.assert_allclose(composed, in_turn, atol=1e-12)
@@ -49,7 +50,7 @@ def test_compose_agrees_with_applying_points_in_turn(outer, inner):
     st.tuples(finite, finite),
 )
 def test_params_round_trip(rotation, scale_x, scale_y, shear, translation):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         theta = stn_jax.affine_from_params(
             rotation=rotation, scale=(scale_x, scale_y), shear=shear, translation=translation
         )

@@ -25,6 +25,7 @@ else:
     pytest.importorskip("tensorflow_datasets")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 import data_fixtures as fx  # noqa: E402
 from train import __main__ as cli  # noqa: E402
@@ -352,6 +353,206 @@ def test_nan_loss_skip_mode_skips_steps_and_finishes(data_dir, tmp_path):
     summary = train_lib.train_and_evaluate(config, tmp_path)
     assert summary["skipped_steps"] >= 1
     assert all(np.isfinite(p).all() for p in flat_params(tmp_path))
+
+
+def poison_steps(monkeypatch, bad_steps, *, interrupt_at=None):
+    """Makes the loop's step non-finite at ``bad_steps`` (1-based; params and optimiser state kept, as the
+    real step keeps them), and raise KeyboardInterrupt when step ``interrupt_at`` is about to be dispatched."""
+    real = train_lib.make_train_step
+    calls = []
+
+    def make(config, *args, **kwargs):
+        step = real(config, *args, **kwargs)
+        bad = jnp.asarray(sorted(s - 1 for s in bad_steps) or [-1], jnp.int32)
+
+        @jax.jit
+        def poisoned(params, opt_state, other, images, labels, index):
+            new_params, new_opt_state, out = step(params, opt_state, other, images, labels, index)
+            hit = jnp.any(index == bad)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(hit, b, a), new, old)  # noqa: E731
+            out = dict(out, loss=jnp.where(hit, jnp.nan, out["loss"]), finite=out["finite"] & ~hit)
+            return keep(new_params, params), keep(new_opt_state, opt_state), out
+
+        def counted(*args):
+            calls.append(None)
+            if len(calls) == interrupt_at:
+                raise KeyboardInterrupt
+            return poisoned(*args)
+
+        return counted
+
+    monkeypatch.setattr(train_lib, "make_train_step", make)
+
+
+@pytest.mark.parametrize("bad, found_at, last_good", [(6, 6, 3), (7, 8, 6)])
+def test_nan_stop_lands_at_the_next_boundary_and_no_checkpoint_follows_it(bad, found_at, last_good, data_dir,
+                                                                           tmp_path, monkeypatch):  # fmt: skip
+    # Metrics are fetched at steps 1, 3, 4, 6, 8, 9, 12 (first step, log_every=4, checkpoint_every=3).
+    poison_steps(monkeypatch, {bad})
+    config = tiny_config("tiny", data_dir, "steps=12", "log_every=4", "checkpoint_every=3", "eval_every=100")
+    with pytest.raises(errors.NonFiniteLossError) as info:
+        train_lib.train_and_evaluate(config, tmp_path)
+    message = str(info.value)
+    assert f"or gradients at step {bad}: stopped" in message
+    assert (f"(seen at step {found_at}, where the metrics were fetched)" in message) == (found_at != bad)
+    assert f"The last good checkpoint is step {last_good} in {tmp_path / 'checkpoints'}" in message
+    manager = checkpoints.Checkpoints(tmp_path / "checkpoints", keep=2)
+    assert manager.all_steps() == [s for s in (3, 6) if s < bad]  # step 6's checkpoint only when 6 was good
+    manager.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [4]
+    assert all(np.isfinite(p).all() for p in flat_params(tmp_path))
+
+
+def test_nan_skip_counts_skipped_steps_and_stops_after_too_many_in_a_row(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_lib, "MAX_SKIPPED_IN_A_ROW", 2)
+    config = tiny_config("tiny", data_dir, "steps=8", "log_every=4", "checkpoint_every=100", "eval_every=100",
+                         "nonfinite=skip")  # fmt: skip
+    poison_steps(monkeypatch, {2, 3, 6})  # never more than 2 in a row
+    summary = train_lib.train_and_evaluate(config, tmp_path / "finishes")
+    assert summary["skipped_steps"] == 3
+    err = capsys.readouterr().err
+    assert all(f"step {s}: non-finite loss, step skipped ({n} so far)" in err for s, n in ((2, 1), (3, 2), (6, 3)))
+    records = [json.loads(line) for line in (tmp_path / "finishes" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [4, 8] and all(np.isfinite(r["loss"]) for r in train)
+
+    poison_steps(monkeypatch, {3, 5, 6, 7})  # the third in a row (7) is one too many; seen at step 8
+    with pytest.raises(errors.NonFiniteLossError, match=r"or gradients at step 7: stopped \(seen at step 8"):
+        train_lib.train_and_evaluate(config, tmp_path / "stops")
+
+
+def test_interrupted_run_resumes_bit_exactly_from_its_checkpoint(data_dir, tmp_path, monkeypatch):
+    """The checkpoint's iterator position matches its step although the loop reads ahead (in-process, quick)."""
+    config = tiny_config("tiny", data_dir, "steps=6", "checkpoint_every=3", "eval_every=100", "async_checkpoints=False")
+    train_lib.train_and_evaluate(config, tmp_path / "reference")
+    with monkeypatch.context() as m:
+        poison_steps(m, set(), interrupt_at=5)  # steps 1-4 dispatched, the checkpoint of step 3 saved
+        with pytest.raises(KeyboardInterrupt):
+            train_lib.train_and_evaluate(config, tmp_path / "interrupted")
+    assert checkpoints.Checkpoints(tmp_path / "interrupted" / "checkpoints", keep=2).latest_step() == 3
+    summary = train_lib.train_and_evaluate(config, tmp_path / "interrupted")
+    assert summary["resumed_from"] == 3
+    assert_same_params(flat_params(tmp_path / "interrupted"), flat_params(tmp_path / "reference"), rtol=0, atol=0)
+
+
+# -- the loop's driver ------------------------------------------------------------------------------------
+
+
+def test_loop_step_and_loop_benchmark_import_nothing_a_bare_accelerator_machine_lacks():
+    """A GPU box with only jax, flax, optax, chex, numpy and torch runs the loop's inner part and its benchmark."""
+    absent = ("tensorflow", "tensorflow_datasets", "grain", "orbax", "ml_collections")
+    code = ("import sys, train.loop, train.step, loop_speed; from jax._src import xla_bridge; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {absent!r}), sorted(xla_bridge._backends))")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'benchmarks'}"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["[]", "[]"], out.stdout  # nothing absent there imported; no backend started
+
+
+class FakeMetric:
+    """A step's metric that records every way of reading it on the host (a sync with the device)."""
+
+    def __init__(self, step: int, events: list):
+        self.step, self.events = step, events
+
+    def _read(self, how):
+        self.events.append(("read", self.step, how))
+        return np.asarray(float(self.step))
+
+    def __array__(self, dtype=None, copy=None):
+        return self._read("__array__")
+
+    def __float__(self):
+        return float(self._read("__float__"))
+
+    def __bool__(self):
+        return bool(self._read("__bool__"))
+
+    def block_until_ready(self):
+        self._read("block_until_ready")
+        return self
+
+    def item(self):
+        return self._read("item").item()
+
+
+@pytest.mark.parametrize("start", [0, 4])
+def test_drive_dispatches_every_step_and_reads_metrics_only_at_boundaries(start, monkeypatch):
+    from train import loop
+
+    events = []
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def batches():
+        for k in range(start + 1, 100):
+            events.append(("batch", k))
+            yield {"image": np.full((2, 3), k, np.uint8)}
+
+    def step(carry, batch, s):
+        assert isinstance(batch["image"], jax.Array) and batch["image"].sharding == sharding  # already sent
+        events.append(("step", s, int(np.asarray(batch["image"])[0, 0])))
+        return carry + [s], {"loss": FakeMetric(s, events), "finite": FakeMetric(s, events)}
+
+    real_device_get = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda x: (events.append(("device_get",)), real_device_get(x))[1])
+    stop = start + 7
+    got = []
+    for s, carry, fetched in loop.drive(step, [], batches(), sharding=sharding, start=start, stop=stop,
+                                        boundary=lambda s: s % 3 == 0):  # fmt: skip
+        events.append(("yield", s))
+        got.append((s, list(carry), [(float(m["loss"]), float(m["finite"])) for m in fetched]))
+    boundaries = [s for s in range(start + 1, stop + 1) if s % 3 == 0 or s == stop]
+
+    expected, previous = [], start
+    for b in boundaries:
+        for s in range(previous + 1, b + 1):
+            # Batch s is read after step s-1 was dispatched (and after the boundary of s-1 was handled).
+            expected += [("batch", s), ("step", s, s)]
+        expected.append(("device_get",))
+        for s in range(previous + 1, b + 1):
+            expected += [("read", s, "__array__")] * 2
+        expected.append(("yield", b))
+        previous = b
+    assert events == expected
+    assert [g[0] for g in got] == boundaries
+    assert got[-1][1] == list(range(start + 1, stop + 1))
+    assert [m for g in got for m in g[2]] == [(float(s), float(s)) for s in range(start + 1, stop + 1)]
+
+
+def test_run_returns_every_steps_metrics_of_a_jitted_step():
+    from train import loop
+
+    sharding = jax.sharding.NamedSharding(jax.make_mesh((1,), ("data",)), jax.sharding.PartitionSpec("data"))
+    rng = np.random.default_rng(0)
+    host = [{"x": rng.integers(0, 255, (4, 3), dtype=np.uint8)} for _ in range(5)]
+    jitted = jax.jit(lambda c, x: (c + x.sum(), {"sum": x.sum(), "total": c + x.sum()}))
+    carry, metrics = loop.run(lambda c, b, s: jitted(c, b["x"].astype(jnp.int32)), jnp.int32(0), iter(host),
+                              sharding=sharding, steps=5, fetch_every=2)  # fmt: skip
+    sums = [int(b["x"].astype(np.int64).sum()) for b in host]
+    assert [int(m["sum"]) for m in metrics] == sums
+    assert [int(m["total"]) for m in metrics] == list(np.cumsum(sums))
+    assert all(isinstance(m["sum"], np.ndarray) for m in metrics) and int(carry) == sum(sums)
+
+
+def test_progress_shows_the_logged_mean_loss_and_draws_only_when_called():
+    import io
+
+    from train import metrics
+
+    stream = io.StringIO()
+    progress = metrics.Progress(total=8, start=0, batch_size=4, log_every=4, stream=stream)
+    progress.update(1)  # a boundary that is no log step: starts the clock, draws nothing (not a TTY)
+    progress.update(3)
+    assert stream.getvalue() == ""
+    progress.update(4, 0.25, mean_of=4)
+    progress.update(6)
+    progress.update(8, 0.125, mean_of=1)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "step 4/8  loss 0.2500 (mean of last 4 steps)" in lines[0]
+    assert "step 8/8  loss 0.1250 (mean of last step)" in lines[1]
+    assert progress.rate(8) > 0
 
 
 @pytest.fixture

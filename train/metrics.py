@@ -5,7 +5,10 @@ get no-op writers, so the calling code is the same on every host.
 
 ``<workdir>/metrics.jsonl`` holds one object per record, e.g.
 ``{"step": 500, "split": "train", "loss": 0.21, "learning_rate": 0.002, "images_per_s": 900.1}``
-and ``{"step": 500, "split": "val", "error": 0.031, "loss": 0.1}``. On resume, records
+and ``{"step": 500, "split": "val", "error": 0.031, "loss": 0.1}``. A train record's
+``loss`` is the mean over the finite steps since the previous train record (the
+progress line shows the same value, labelled "mean of last N steps"); ``accuracy``,
+``learning_rate`` and ``grad_norm`` are the logged step's own. On resume, records
 after the restored step are dropped first, so the file describes one history.
 """
 
@@ -75,6 +78,11 @@ class Progress:
 
     Not a TTY (CI logs, files): silent except one plain line every ``log_every`` steps,
     so logs stay short. Inactive (processes other than 0): silent.
+
+    The loop calls :meth:`update` only where it has fetched the metrics from the devices
+    (never once a step, which would make the host wait for every step), so the line is
+    redrawn there; the loss it shows is the one last logged, the mean over the finite
+    steps since the log before, and says so (``loss 0.1234 (mean of last 50 steps)``).
     """
 
     def __init__(self, *, total: int, start: int, batch_size: int, log_every: int, active: bool = True,
@@ -86,9 +94,11 @@ class Progress:
         self._t0 = None
         self._t0_step = start
         self._last_draw = 0.0
+        self._loss: float | None = None
+        self._loss_steps = 0
 
     def rate(self, step: int) -> float:
-        """Steps per second since the first step after (re)start (compilation excluded)."""
+        """Steps per second since the first update after (re)start (compilation excluded)."""
         if self._t0 is None or step <= self._t0_step:
             return float("nan")
         return (step - self._t0_step) / (time.perf_counter() - self._t0)
@@ -98,9 +108,16 @@ class Progress:
         if self._t0 is not None:
             self._t0 += seconds
 
-    def update(self, step: int, loss: float) -> None:
-        if self._t0 is None:  # the first step includes compilation: time from its end
+    def update(self, step: int, loss: float | None = None, *, mean_of: int = 1) -> None:
+        """Step ``step`` is complete on the devices; ``loss``, when given, is the mean over the last ``mean_of`` steps.
+
+        The first call starts the clock (the first step includes compilation); call it
+        where the loop has waited for the devices anyway, or the rate is the host's.
+        """
+        if self._t0 is None:
             self._t0, self._t0_step = time.perf_counter(), step
+        if loss is not None:
+            self._loss, self._loss_steps = float(loss), mean_of
         if not self.active:
             return
         now = time.perf_counter()
@@ -114,7 +131,12 @@ class Progress:
         width = 24
         filled = int(width * step / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
-        line = (f"[{bar}] step {step}/{self.total}  loss {loss:.4f}  "
+        if self._loss is None:
+            loss_text = "loss -"
+        else:
+            steps = "step" if self._loss_steps == 1 else f"{self._loss_steps} steps"
+            loss_text = f"loss {self._loss:.4f} (mean of last {steps})"
+        line = (f"[{bar}] step {step}/{self.total}  {loss_text}  "
                 f"{rate * self.batch_size:,.0f} images/s  ETA {_duration(eta)}")  # fmt: skip
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")

@@ -11,14 +11,21 @@ host round-trip inside. Each process feeds only its shard of the training set
 ``jax.make_array_from_process_local_data``. Process 0 alone writes metrics, figures and
 the summary; checkpoints are written collectively by Orbax and every process restores.
 
+The host waits for the devices only at boundaries (:func:`train.loop.drive`): steps are
+dispatched asynchronously, the next batch is read and sent while the current step runs,
+and the per-step metrics (loss, non-finite flag) stay on the devices until a boundary —
+the first step, every ``log_every``, ``eval_every`` and ``checkpoint_every`` step, and
+the last — fetches them all.
+
 Randomness is a pure function of ``(config.seed, step)``: step ``s`` distorts and drops
 out with ``fold_in(key(seed), s)``, and the data iterator's position is checkpointed, so
 a resumed run sees exactly the batches and keys of an uninterrupted one.
 
 Errors and exit codes (see :data:`EXIT_CODES`): a bad configuration raises
 :class:`ConfigError` before any data is read or anything compiled; a non-finite loss
-raises :class:`NonFiniteLossError` after the pending checkpoint is complete, leaving the
-last good checkpoint as the latest one.
+raises :class:`NonFiniteLossError` at the boundary that fetches it (naming the step it
+happened at) after the pending checkpoint is complete; the flags are checked before
+anything is saved, so the latest checkpoint is the last good one, older than that step.
 
 Files in ``workdir``: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
 ``samples/step_<s>.png`` (test inputs beside the transformer's outputs, every
@@ -27,6 +34,7 @@ evaluation), ``curves.png`` (loss and error curves) and ``summary.json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -44,7 +52,8 @@ import optax
 from flax import nnx
 
 from stn_jax.models import MODEL_NAMES, build_model
-from train import checkpoints, data, distortions, metrics, optim, plots
+from train import checkpoints, data, distortions, loop, metrics, optim, plots
+from train import step as step_lib
 from train.errors import (  # noqa: F401  (re-exported: the exit codes belong to this loop)
     EXIT_CODES, EXIT_CONFIG, EXIT_DATA, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK,
     ConfigError, DataError, NonFiniteLossError,
@@ -202,19 +211,13 @@ class EvalSet:
 # -- the jitted functions ---------------------------------------------------------------------------
 
 
-def _rngs(abstract_rng_state: Any) -> Any:
-    """Concrete RNG variables made inside the current trace (NNX only reseeds its own trace's).
+_rngs = step_lib.rngs  # the eval and transform functions below merge the model like the step does
 
-    Their values never matter: training reseeds dropout with the step's key, evaluation
-    is deterministic.
-    """
 
-    def make(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.key(0)
-        return jnp.zeros(x.shape, x.dtype)
-
-    return jax.tree.map(make, abstract_rng_state)
+def _preprocess(config, key: jax.Array, images: jax.Array, labels: jax.Array):
+    if config.dataset == "svhn" or config.train_distortion == "fixed":
+        return images.astype(jnp.float32) / 255.0, labels.astype(jnp.int32)
+    return distortions.distort(config.distortion, key, images, labels)
 
 
 def init_state(config, tx: optax.GradientTransformation, replicated) -> dict[str, Any]:
@@ -232,55 +235,16 @@ def init_state(config, tx: optax.GradientTransformation, replicated) -> dict[str
     return jax.jit(init, out_shardings=replicated)()
 
 
-def _preprocess(config, key: jax.Array, images: jax.Array, labels: jax.Array):
-    if config.dataset == "svhn" or config.train_distortion == "fixed":
-        return images.astype(jnp.float32) / 255.0, labels.astype(jnp.int32)
-    return distortions.distort(config.distortion, key, images, labels)
-
-
-def _finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def make_train_step(config, graphdef, rng_state, tx: optax.GradientTransformation, *, replicated, batch) -> Callable:
-    """``step(params, opt_state, other, images, labels, step) -> (params, opt_state, metrics)``.
+    """``step(params, opt_state, other, images, labels, step) -> (params, opt_state, metrics)``
+    (:func:`train.step.make_train_step` with the config's seed, distortion and schedule).
 
     A non-finite loss or gradient leaves params and optimiser state unchanged (the host
     then stops or skips, per ``config.nonfinite``).
     """
-    root = jax.random.fold_in(jax.random.key(config.seed), 1)
-    schedule = optim.schedule(config)
-
-    def step_fn(params, opt_state, other, images, labels, step):
-        k_distort, k_dropout = jax.random.split(jax.random.fold_in(root, step))
-        x, y = _preprocess(config, k_distort, images, labels)
-
-        def loss_fn(p):
-            # A copy made inside this trace: NNX refuses to reseed variables of an outer trace.
-            model = nnx.merge(graphdef, p, _rngs(rng_state), other)
-            nnx.reseed(model, default=k_dropout)
-            logits = model(x, train=True)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, new_opt_state = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        ok = jnp.isfinite(loss) & _finite(grads)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        out = {
-            "loss": loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
-            "grad_norm": optax.tree.norm(grads),
-            "learning_rate": schedule(step),
-            "finite": ok,
-        }
-        return keep(new_params, params), keep(new_opt_state, opt_state), out
-
-    return jax.jit(
-        step_fn,
-        in_shardings=(replicated, replicated, replicated, batch, batch, replicated),
-        out_shardings=(replicated, replicated, replicated),
-    )
+    return step_lib.make_train_step(graphdef, rng_state, tx, seed=config.seed,
+                                    preprocess=functools.partial(_preprocess, config),
+                                    schedule=optim.schedule(config), replicated=replicated, batch=batch)  # fmt: skip
 
 
 def make_eval_step(graphdef, rng_state, *, replicated, batch) -> Callable:
@@ -397,35 +361,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     window, skipped_in_a_row, skipped = [], 0, 0
     params, opt_state, other = state["params"], state["opt_state"], state["other"]
     val = None
+
+    def one_step(carry, batch, step):
+        index = jnp.asarray(step - 1, jnp.int32)  # keys and lr of the step being taken
+        params, opt_state, out = train_step(*carry, other, batch["image"], batch["label"], index)
+        return (params, opt_state), out
+
+    def boundary(step: int) -> bool:
+        """Where metrics are fetched: the first step (its end starts the clock), and before every log,
+        evaluation and checkpoint, so that nothing is logged or saved after an unseen non-finite step."""
+        every = (config.log_every, config.eval_every, config.checkpoint_every)
+        return step == start + 1 or any(step % n == 0 for n in every)
+
     try:
-        for step in range(start + 1, config.steps + 1):
-            batch = data.global_batch(next(iterator), batch_sharding)
-            step_index = jnp.asarray(step - 1, jnp.int32)  # keys and lr of the step being taken
-            params, opt_state, out = train_step(params, opt_state, other, batch["image"], batch["label"], step_index)
-            out = jax.device_get(out)
-            if not out["finite"]:
+        steps = loop.drive(one_step, (params, opt_state), iterator, sharding=batch_sharding, start=start,
+                           stop=config.steps, boundary=boundary)  # fmt: skip
+        for step, (params, opt_state), fetched in steps:
+            # The fetched steps in order: non-finite ones stop the run or are skipped, before any save.
+            for s, out in enumerate(fetched, start=step - len(fetched) + 1):
+                if out["finite"]:
+                    skipped_in_a_row = 0
+                    window.append(float(out["loss"]))
+                    continue
                 skipped += 1
                 skipped_in_a_row += 1
                 if config.nonfinite == "stop" or skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
                     ckpt.wait()
                     last = ckpt.latest_step()
+                    found = f" (seen at step {step}, where the metrics were fetched)" if s != step else ""
                     raise NonFiniteLossError(
-                        f"non-finite loss ({out['loss']}) or gradients at step {step}: stopped. The last good "
-                        f"checkpoint is step {last} in {workdir / 'checkpoints'}. Lower learning_rate, set "
+                        f"non-finite loss ({out['loss']}) or gradients at step {s}: stopped{found}. The last "
+                        f"good checkpoint is step {last} in {workdir / 'checkpoints'}. Lower learning_rate, set "
                         "grad_clip_norm, or --set nonfinite=skip to skip such steps."
                     )
-                progress.message(f"step {step}: non-finite loss, step skipped ({skipped} so far)")
-            else:
-                skipped_in_a_row = 0
-                window.append(float(out["loss"]))
-            progress.update(step, float(out["loss"]))
+                progress.message(f"step {s}: non-finite loss, step skipped ({skipped} so far)")
             if step % config.log_every == 0 or step == config.steps:
                 rate = progress.rate(step)
-                writer.write(step, "train", loss=np.mean(window) if window else float("nan"),
-                             accuracy=float(out["accuracy"]), learning_rate=float(out["learning_rate"]),
-                             grad_norm=float(out["grad_norm"]),
+                loss = float(np.mean(window)) if window else float("nan")
+                out = fetched[-1]
+                writer.write(step, "train", loss=loss, accuracy=float(out["accuracy"]),
+                             learning_rate=float(out["learning_rate"]), grad_norm=float(out["grad_norm"]),
                              images_per_s=rate * config.batch_size if rate == rate else 0.0)  # fmt: skip
+                progress.update(step, loss, mean_of=len(window))
                 window = []
+            else:
+                progress.update(step)
             val, t_other = None, time.perf_counter()
             if step % config.eval_every == 0 or step == config.steps:
                 val = evaluate(eval_step, params, other, val_set, batch_sharding)
@@ -437,16 +417,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
                         plots.save_transformed(workdir / "samples" / f"step_{step:06d}.png", test_images[: config.num_show],
                                                warped, title=f"{config.name}, step {step}")  # fmt: skip
             if step % config.checkpoint_every == 0 or step == config.steps or val is not None:
+                # The iterator has given exactly this step's batches: drive takes the next one after this.
                 state = {"params": params, "opt_state": opt_state, "other": other}
                 ckpt.save(step, state=state, iterator=iterator, meta={"step": step, **meta_base},
                           val_error=None if val is None else val["error"])  # fmt: skip
             progress.exclude(time.perf_counter() - t_other)
+        rate = progress.rate(config.steps)  # the training steps only: not the last save's wait nor the test set
         ckpt.wait()
     finally:
         progress.close()
 
     test = evaluate(eval_step, params, other, test_set, batch_sharding)
-    rate = progress.rate(config.steps)
     summary = {
         "config": config.name,
         "steps": config.steps,

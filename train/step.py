@@ -1,0 +1,79 @@
+"""The jitted training step, without a config: what ``train.train`` compiles and ``benchmarks/loop_speed.py`` times.
+
+Imports JAX, Flax and Optax only (no TFDS, grain, orbax or ml_collections), so a
+benchmark can build the real step on a machine that has nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def rngs(abstract_rng_state: Any) -> Any:
+    """Concrete RNG variables made inside the current trace (NNX only reseeds its own trace's).
+
+    Their values never matter: training reseeds dropout with the step's key, evaluation
+    is deterministic.
+    """
+
+    def make(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.key(0)
+        return jnp.zeros(x.shape, x.dtype)
+
+    return jax.tree.map(make, abstract_rng_state)
+
+
+def finite(tree: Any) -> jax.Array:
+    """True where every leaf of ``tree`` is finite everywhere."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_train_step(graphdef, rng_state, tx: optax.GradientTransformation, *, seed: int,
+                    preprocess: Callable, schedule: optax.Schedule, replicated, batch) -> Callable:  # fmt: skip
+    """``step(params, opt_state, other, images, labels, step) -> (params, opt_state, metrics)``, jitted.
+
+    Step ``s`` (0-based) draws its keys from ``fold_in(fold_in(key(seed), 1), s)``:
+    ``preprocess(key, images, labels) -> (x, y)`` (the distortion), then dropout. A
+    non-finite loss or gradient leaves params and optimiser state unchanged and sets
+    ``metrics["finite"]`` to False (the host then stops or skips). ``metrics`` also holds
+    ``loss``, ``accuracy``, ``grad_norm`` and ``learning_rate`` (``schedule(step)``).
+    """
+    root = jax.random.fold_in(jax.random.key(seed), 1)
+
+    def step_fn(params, opt_state, other, images, labels, step):
+        k_distort, k_dropout = jax.random.split(jax.random.fold_in(root, step))
+        x, y = preprocess(k_distort, images, labels)
+
+        def loss_fn(p):
+            # A copy made inside this trace: NNX refuses to reseed variables of an outer trace.
+            model = nnx.merge(graphdef, p, rngs(rng_state), other)
+            nnx.reseed(model, default=k_dropout)
+            logits = model(x, train=True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        ok = jnp.isfinite(loss) & finite(grads)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        out = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
+            "grad_norm": optax.tree.norm(grads),
+            "learning_rate": schedule(step),
+            "finite": ok,
+        }
+        return keep(new_params, params), keep(new_opt_state, opt_state), out
+
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated, replicated, replicated, batch, batch, replicated),
+        out_shardings=(replicated, replicated, replicated),
+    )

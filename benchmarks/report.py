@@ -31,3 +31,15 @@ def write_section(path: Path, table: str, *, begin: str, end: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text)
+
+
+def write_table(table: str, *, out: str | None, name: str, output: str, begin: str, end: str) -> Path:
+    """The table as ``out/name`` when ``--out`` is given, else as its section of ``output`` (BENCHMARKS.md)."""
+    if out:
+        path = Path(out) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(table)
+    else:
+        path = Path(output)
+        write_section(path, table, begin=begin, end=end)
+    return path

@@ -78,6 +78,7 @@ PASSES = ("fwd", "fwd+bwd", "grid-bwd")
 DENSE_BUDGET = 2**28  # elements of the dense implementation's largest intermediate
 DEFAULT = "default"  # our column for implementation=None
 BEGIN = "<!-- BEGIN benchmarks/sampler.py (generated, do not edit by hand) -->"
+NAME = "sampler.md"  # the table's file under --out
 END = "<!-- END benchmarks/sampler.py -->"
 
 
@@ -402,11 +403,7 @@ def main(argv=None):
     print()
     print(table)
     if not args.no_write:
-        if args.out:
-            path = write_out(args, table)
-        else:
-            path = Path(args.output)
-            report.write_section(path, table, begin=BEGIN, end=END)
+        path = report.write_table(table, out=args.out, name=NAME, output=args.output, begin=BEGIN, end=END)
         print(f"wrote {path}")
     if failures:
         print(f"{len(failures)} of our implementations failed:", *failures, sep="\n  ", file=sys.stderr)
@@ -440,10 +437,7 @@ def progress_line(row, ours, have_pix) -> str:
 
 
 def write_out(args, table: str) -> Path:
-    path = Path(args.out) / "sampler.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(table)
-    return path
+    return report.write_table(table, out=args.out, name=NAME, output=args.output, begin=BEGIN, end=END)
 
 
 def header_of(impl: str, pick: str | None) -> str:

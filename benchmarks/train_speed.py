@@ -63,6 +63,7 @@ from stn_jax.transformer import with_localisation_lr  # noqa: E402
 from train import xla_cpu  # noqa: E402
 
 BEGIN = "<!-- BEGIN benchmarks/train_speed.py (generated, do not edit by hand) -->"
+NAME = "train_speed.md"  # the table's file under --out
 END = "<!-- END benchmarks/train_speed.py -->"
 BATCH = 256
 SIDES = (28, 42, 60)
@@ -482,10 +483,7 @@ def parse_args(argv=None):
 
 
 def write_out(args, table: str) -> Path:
-    path = Path(args.out) / "train_speed.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(table)
-    return path
+    return report.write_table(table, out=args.out, name=NAME, output=args.output, begin=BEGIN, end=END)
 
 
 def main(argv=None):
@@ -518,11 +516,7 @@ def main(argv=None):
     print()
     print(table)
     if not args.no_write:
-        if args.out:
-            path = write_out(args, table)
-        else:
-            path = Path(args.output)
-            report.write_section(path, table, begin=BEGIN, end=END)
+        path = report.write_table(table, out=args.out, name=NAME, output=args.output, begin=BEGIN, end=END)
         print(f"wrote {path}")
 
 

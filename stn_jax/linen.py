@@ -93,7 +93,7 @@ class SpatialTransformer(nn.Module, kw_only=True):
       theta_init: ``"identity"`` (zero kernel, identity bias) or ``"random"``.
       num_transformers, combine: parallel transformers and how their outputs are
         returned (``"concat"`` on channels, ``"list"``, ``"stack"``).
-      method, padding, align_corners: sampler options of :func:`stn_jax.sample`.
+      method, padding, align_corners, antialias: sampler options of :func:`stn_jax.sample`.
       return_theta: also return θ.
 
     Raises:
@@ -119,6 +119,7 @@ class SpatialTransformer(nn.Module, kw_only=True):
     method: str = "bilinear"
     padding: str = "zeros"
     align_corners: bool = False
+    antialias: bool = False
     return_theta: bool = False
 
     def __post_init__(self):

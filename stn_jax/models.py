@@ -467,6 +467,11 @@ def _matched_width(count: Callable[[int], int], budget: int) -> int:
     return width
 
 
+def _warped_shape(input_shape, st_kw) -> tuple[int, ...]:
+    """The transformer's output shape: its ``out_shape`` (default: the input's) with the input's channels."""
+    return (*st_kw.get("out_shape", input_shape[:-1]), input_shape[-1])
+
+
 def _st_count(st: SpatialTransformer) -> int:
     return count_params(st)["total"]
 
@@ -475,7 +480,7 @@ def _st_fcn(input_shape, num_classes, *, rngs, transform="affine", hidden=None, 
     """ST-FCN; ``hidden=None`` matches the FCN baseline's parameter count (2 equal hidden layers)."""
     pool = _auto_pool(input_shape, output_pool)
     st = SpatialTransformer(input_shape, transform=transform, hidden=(32, 32), return_theta=True, rngs=rngs, **st_kw)
-    shape = _downsampled(input_shape, pool)
+    shape = _downsampled(_warped_shape(input_shape, st_kw), pool)
     if hidden is None:
         budget = _fcn_params(input_shape, num_classes, (128, 128)) - _st_count(st)
         h = _matched_width(lambda h: _fcn_params(shape, num_classes, (h, h)), budget)
@@ -488,7 +493,7 @@ def _st_cnn(input_shape, num_classes, *, rngs, transform="affine", channels=None
     pool = _auto_pool(input_shape, output_pool)
     loc = _Localisation(input_shape, ((20, 5), (20, 5)), (50,), downsample=2, rngs=rngs)
     st = SpatialTransformer(input_shape, transform=transform, localisation=loc, return_theta=True, rngs=rngs, **st_kw)
-    shape = _downsampled(input_shape, pool)
+    shape = _downsampled(_warped_shape(input_shape, st_kw), pool)
     if channels is None:
         budget = _cnn_params(input_shape, num_classes, (32, 32)) - _st_count(st)
         c = _matched_width(lambda c: _cnn_params(shape, num_classes, (c, c)), budget)

@@ -105,7 +105,7 @@ class SpatialTransformer(nnx.Module):
       num_transformers: parallel transformers regressed by the one localisation net.
       combine: parallel outputs ``"concat"``-enated on channels, as a ``"list"``, or
         ``"stack"``-ed on axis 1.
-      method, padding, align_corners: sampler options of :func:`stn_jax.sample`.
+      method, padding, align_corners, antialias: sampler options of :func:`stn_jax.sample`.
       return_theta: also return θ (``(B, *theta_shape)``; ``(B, N, *theta_shape)`` for
         ``num_transformers=N > 1``).
       rngs: random streams for the initialisers.
@@ -144,6 +144,7 @@ class SpatialTransformer(nnx.Module):
         method: str = "bilinear",
         padding: str = "zeros",
         align_corners: bool = False,
+        antialias: bool = False,
         return_theta: bool = False,
         rngs: nnx.Rngs,
     ):
@@ -167,6 +168,7 @@ class SpatialTransformer(nnx.Module):
             method=method,
             padding=padding,
             align_corners=align_corners,
+            antialias=antialias,
         )
         self.input_shape = input_shape
         self.return_theta = _checks.check_bool("return_theta", return_theta)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from stn_jax import _checks
+from stn_jax import _sampling_antialias as antialiased
 from stn_jax import _sampling_dense as dense
 from stn_jax import _sampling_reference as reference
 
@@ -105,6 +106,7 @@ def sample(
     method: str = "bilinear",
     padding: str = "zeros",
     align_corners: bool = False,
+    antialias: bool = False,
     implementation: str | None = None,
 ) -> jax.Array:
     """Samples ``image`` at the normalised points of ``grid`` (one example; vmap for batches).
@@ -126,6 +128,12 @@ def sample(
       padding: value read outside the image: ``"zeros"``, ``"border"`` (nearest edge
         pixel) or ``"reflection"`` (mirrored at the edges).
       align_corners: PyTorch's meaning.
+      antialias: read, at each point, the image averaged over the point's footprint (how
+        far apart neighbouring grid points land in the input), so that grids that shrink
+        the image do not alias; ``method="bilinear"`` only. Where the grid does not shrink
+        (identity, upsampling) the output equals ``antialias=False`` bit for bit. The
+        filter, its cost and its gradient: ``stn_jax/_sampling_antialias.py``; the
+        antialiased reads use the reference implementation on every platform.
       implementation: ``None`` (the platform's default, chosen when lowering: see
         :func:`default_implementation`) or one of :data:`IMPLEMENTATIONS`:
         ``"reference"`` (plain ``jnp``, every option), ``"cpu"`` (kernels tuned for XLA
@@ -148,6 +156,9 @@ def sample(
     method = _checks.check_option("method", method, METHODS)
     padding = _checks.check_option("padding", padding, PADDINGS)
     align_corners = _checks.check_bool("align_corners", align_corners)
+    antialias = _checks.check_bool("antialias", antialias)
+    if antialias and method != "bilinear":
+        raise ValueError(f"antialias=True needs method='bilinear' (linear in 1-D, trilinear in 3-D), got method={method!r}")
     image, grid = _check_inputs(image, grid, method)
     if implementation is not None:
         _check_implementation(implementation, method)
@@ -158,19 +169,24 @@ def sample(
 
     options = dict(method=method, padding=padding, align_corners=align_corners, dtype=dtype)
     grid = grid.astype(dtype)
+    out = _run(image, grid, options, implementation)
+    if antialias:
+        out = antialiased.sample(image, grid, out, padding=padding, align_corners=align_corners, dtype=dtype)
+    return out.astype(image.dtype)
+
+
+def _run(image: jax.Array, grid: jax.Array, options: dict, implementation: str | None) -> jax.Array:
     if implementation is not None:
-        out = _MODULES[implementation].sample(image, grid, **options)
-    elif method == "bilinear" and cpu_kernels is not None:
+        return _MODULES[implementation].sample(image, grid, **options)
+    if options["method"] == "bilinear" and cpu_kernels is not None:
         # Both branches are traced; lowering keeps the one of the platform compiled for.
-        out = jax.lax.platform_dependent(
+        return jax.lax.platform_dependent(
             image,
             grid,
             cpu=functools.partial(cpu_kernels.sample, **options),
             default=functools.partial(reference.sample, **options),
         )
-    else:  # Nearest and bicubic have one implementation everywhere.
-        out = reference.sample(image, grid, **options)
-    return out.astype(image.dtype)
+    return reference.sample(image, grid, **options)  # nearest and bicubic: one implementation
 
 
 def _check_implementation(implementation, method: str) -> None:

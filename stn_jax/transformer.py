@@ -182,7 +182,9 @@ class TransformerConfig:
       num_transformers: transformers regressed in parallel by one localisation net.
       combine: how parallel outputs are returned: ``"concat"`` on channels,
         ``"list"`` or ``"stack"`` (new axis 1).
-      method, padding, align_corners: options of :func:`stn_jax.sample`.
+      method, padding, align_corners, antialias: options of :func:`stn_jax.sample`
+        (``antialias=True``: the warp reads the input averaged over each output pixel's
+        footprint, for transforms that shrink; bilinear only).
 
     Example:
       >>> from stn_jax.transformer import TransformerConfig
@@ -204,6 +206,7 @@ class TransformerConfig:
     method: str = "bilinear"
     padding: str = "zeros"
     align_corners: bool = False
+    antialias: bool = False
 
     def __post_init__(self):
         _checks.check_option("transform", self.transform, stn_jax.TRANSFORMS)
@@ -224,6 +227,8 @@ class TransformerConfig:
         _checks.check_option("method", self.method, stn_jax.METHODS)
         _checks.check_option("padding", self.padding, stn_jax.PADDINGS)
         _checks.check_bool("align_corners", self.align_corners)
+        if _checks.check_bool("antialias", self.antialias) and self.method != "bilinear":
+            raise ValueError(f"antialias=True needs method='bilinear', got method={self.method!r}")
         if self.method == "bicubic" and self.out_shape is not None and len(self.out_shape) != 2:
             raise ValueError(f"method='bicubic' needs a 2-D out_shape, got {self.out_shape!r}")
         self._template(self._ndim(None))
@@ -320,7 +325,10 @@ class TransformerConfig:
 
         def one(image, th):
             g = stn_jax.grid(th, out_shape, transform=self.transform, align_corners=self.align_corners)
-            return stn_jax.sample(image, g, method=self.method, padding=self.padding, align_corners=self.align_corners)
+            return stn_jax.sample(
+                image, g, method=self.method, padding=self.padding, align_corners=self.align_corners,
+                antialias=self.antialias,
+            )
 
         out = jax.vmap(jax.vmap(one, in_axes=(None, 0)))(inputs, theta)  # (B, N, *out, C)
         return self.combine_outputs(out)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The benchmarks for a few minutes on an accelerator, in one command: sampler.py, train_speed.py
-# and loop_speed.py, each writing its table (not BENCHMARKS.md) and its log into one folder,
+# The benchmarks for a few minutes on an accelerator, in one command: sampler.py, antialias.py,
+# train_speed.py and loop_speed.py, each writing its table (not BENCHMARKS.md) and its log into one folder,
 # plus summary.md there (machine, versions, command, exit status and wall time of each script).
 #
 #   OUT=runs/h200 bash benchmarks/accelerator.sh     # the full run (sized for under 5 minutes on one H200)
 #   bash benchmarks/accelerator.sh --quick           # tiny sizes: a smoke run, also on a CPU (the tests run it)
 #
-# OUT defaults to ./out/accelerator. Needs only jax, flax, optax, chex, numpy and torch (no TensorFlow,
+# OUT defaults to ./out/accelerator. Needs only jax, flax, optax, chex, numpy, torch and matplotlib (no TensorFlow,
 # TFDS, grain, orbax, ml_collections, dm-pix or scipy). Every script runs even when an earlier one
 # failed; the exit status is then non-zero. PYTHON picks the interpreter (default: python, python3).
 set -euo pipefail
@@ -25,7 +25,7 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-scripts=(sampler train_speed loop_speed)
+scripts=(sampler antialias train_speed loop_speed)
 for name in "${scripts[@]}"; do
   if [[ ! -f "benchmarks/$name.py" ]]; then
     echo "accelerator.sh: benchmarks/$name.py is missing" >&2
@@ -46,9 +46,9 @@ export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
 
 # Extra options of the full run, sized for the time budget (the scripts' own defaults otherwise).
-declare -A extra=([sampler]="--repeats 5" [train_speed]="--repeats 5" [loop_speed]="")
+declare -A extra=([sampler]="--repeats 5" [antialias]="--repeats 5" [train_speed]="--repeats 5" [loop_speed]="")
 if [[ ${#quick[@]} -gt 0 ]]; then
-  extra=([sampler]="" [train_speed]="" [loop_speed]="")
+  extra=([sampler]="" [antialias]="" [train_speed]="" [loop_speed]="")
 fi
 
 now() { date +%s.%N; }

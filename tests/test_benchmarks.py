@@ -25,7 +25,7 @@ import train_speed  # noqa: E402
 # Not on the accelerator box (the `train` extra and optional peers).
 ABSENT_ON_ACCELERATOR = ("tensorflow", "tensorflow_datasets", "grain", "orbax", "ml_collections", "dm_pix", "scipy",
                          "PIL", "matplotlib", "tensorboardX", "array_record")  # fmt: skip
-SCRIPTS = ("sampler", "train_speed", "loop_speed")
+SCRIPTS = ("sampler", "antialias", "train_speed", "loop_speed")
 
 
 def _our_implementations() -> tuple[tuple[str, ...], str | None]:
@@ -165,7 +165,9 @@ def test_a_failing_script_fails_the_run_and_the_others_still_run(tmp_path):
     result = subprocess.run(["bash", "benchmarks/accelerator.sh", "--quick"], cwd=ROOT,
                             env=_env(OUT=str(out), PYTHON=str(fake)), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
-    assert (out / "ran.txt").read_text().split() == ["ran", "benchmarks/sampler.py", "ran", "benchmarks/loop_speed.py"]
+    assert (out / "ran.txt").read_text().split() == [
+        "ran", "benchmarks/sampler.py", "ran", "benchmarks/antialias.py", "ran", "benchmarks/loop_speed.py"
+    ]  # fmt: skip
     summary = (out / "summary.md").read_text()
     assert re.search(r"\| benchmarks/train_speed\.py \| 3 FAILED \|", summary)
     assert "ImportError" in (out / "train_speed.log").read_text()
@@ -241,3 +243,16 @@ def test_render_without_an_implementation_option():
     header, rows = _table(text, "| workload |")
     assert header[2] == "stn_jax ms" and "dm-pix ms" in header and len(rows[0]) == len(header)
     assert not any(h.startswith("stn_jax[") for h in header)
+
+
+def test_quick_antialias_table_shows_the_filter_helping(quick_run):
+    _, out, _ = quick_run
+    text = (out / "antialias.md").read_text()
+    assert "matplotlib is not installed" in text  # blocked here, as it may be on the accelerator box
+    header, rows = _table(text, "| image | warp |")
+    assert [r[:2] for r in rows] == [["zone plate", "zoom-out 4x, 30°"]]
+    plain = float(rows[0][header.index("plain bilinear")])
+    for variant in ("isotropic (probes=1)", "anisotropic (probes=2)"):
+        assert float(rows[0][header.index(variant)]) >= plain + 6, (variant, rows[0])
+    header, rows = _table(text, "| workload | pass |")
+    assert [r[1] for r in rows] == ["fwd", "fwd+bwd"] and all(r[2].endswith("(1.0x)") for r in rows)

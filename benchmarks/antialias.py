@@ -14,8 +14,8 @@ footprint's longest side: ``probes=1``) and anisotropic variants (``probes`` rea
 longest side), and ``jax.image.scale_and_translate(method="linear", antialias=True)`` where
 it applies (axis-aligned cases).
 
-**Loss along θ.** The mean squared error between the photograph warped at scale ``s`` (output
-half the input's size) and the reference at ``s = 0.7``, for ``s`` from 1 down to 0.25, with
+**Loss along θ.** The mean squared error between each image warped at scale ``s`` (output
+half the input's size) and its reference at ``s = 0.7``, for ``s`` from 1 down to 0.25, with
 and without ``antialias``, and its derivative by ``jax.grad``: a picture of how smooth the
 landscape is that a localisation network descends.
 
@@ -270,14 +270,17 @@ def save_pictures(picture: dict, curves: dict, scales, folder: Path) -> list[Pat
     fig.savefig(warps_png, dpi=90)
     plt.close(fig)
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
-    for on, label in ((False, "plain"), (True, "antialias=True")):
-        top.plot(scales, curves[on][0], label=label)
-        bottom.plot(scales, curves[on][1], label=label)
-    top.set_ylabel("MSE to the s=0.7 reference")
-    bottom.set_ylabel("d loss / d s")
-    bottom.set_xlabel("θ scale s (output half the input's size: s > 0.5 shrinks)")
-    top.legend()
+    fig, axes = plt.subplots(2, len(curves), figsize=(5 * len(curves), 5), sharex=True, squeeze=False)
+    for col, (name, curve) in enumerate(curves.items()):
+        top, bottom = axes[0, col], axes[1, col]
+        for on, label in ((False, "plain"), (True, "antialias=True")):
+            top.plot(scales, curve[on][0], label=label)
+            bottom.plot(scales, curve[on][1], label=label)
+        top.set_title(name, fontsize=10)
+        bottom.set_xlabel("θ scale s (s > 0.5 shrinks)")
+    axes[0, 0].set_ylabel("MSE to the s = 0.7 reference")
+    axes[1, 0].set_ylabel("d loss / d s")
+    axes[0, 0].legend()
     fig.tight_layout()
     loss_png = folder / "antialias_loss.png"
     fig.savefig(loss_png, dpi=90)
@@ -310,7 +313,7 @@ def main(argv=None) -> int:
         images["photograph"] = photograph(n)
     rows, picture = quality(images, n, args.quick)
     scales = np.linspace(0.25, 1.0, 16 if args.quick else 151)
-    curves = loss_line(images.get("photograph", images["zone plate"]), scales)
+    curves = {name: loss_line(image, scales) for name, image in images.items()}
     workloads = QUICK_SPEED if args.quick else SPEED_WORKLOADS
     if not args.quick and jax.default_backend() != "cpu":
         workloads = workloads + ACCELERATOR_SPEED
@@ -328,11 +331,15 @@ def main(argv=None) -> int:
         *quality_table(rows),
         "",
         *([] if matplotlib else ["matplotlib is not installed: no photograph, no pictures.", ""]),
-        f"Loss along θ (MSE of the {list(images)[-1]} warped at scale s to the reference at s = 0.7): "
-        "roughness of d loss/d s (total variation / range, 1 = monotone): "
-        f"plain {roughness(curves[False][1]):.1f}, antialias=True {roughness(curves[True][1]):.1f}; "
-        f"minimum at s = {scales[np.argmin(curves[False][0])]:.3f} (plain), "
-        f"{scales[np.argmin(curves[True][0])]:.3f} (antialias=True).",
+        "Loss along θ (MSE of the image warped at scale s, output half the input's size, to the "
+        "reference at s = 0.7; s from 0.25 to 1): roughness of d loss/d s (total variation / range, "
+        "1 = monotone) and where the loss is least, plain → antialias=True: "
+        + "; ".join(
+            f"{name} {roughness(c[False][1]):.1f} → {roughness(c[True][1]):.1f}, "
+            f"s = {scales[np.argmin(c[False][0])]:.3f} → {scales[np.argmin(c[True][0])]:.3f}"
+            for name, c in curves.items()
+        )
+        + ".",
         "",
         f"Time per batch, median of {repeats} rounds (x: ratio to antialias=False, lower is better):",
         "",

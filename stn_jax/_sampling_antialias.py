@@ -148,7 +148,7 @@ def sample(
 ) -> jax.Array:
     """Antialiased linear sampling of ``image`` (*spatial, C) at ``grid`` (*out, n) in ``dtype``.
 
-    ``plain`` is the plain sampler's output at ``grid``, returned where the grid does not shrink;
+    ``plain`` is the plain sampler's output at ``grid``, returned where the grid does not shrink.
     The levels are read by ``reference.linear`` (one trilinear read per probe: position and
     level) on every platform: the CPU kernels' windows do not suit reads that jump between
     levels (measured slower under ``vmap``).

@@ -19,6 +19,10 @@ from stn_jax.nnx import SpatialTransformer as NNXST
 from conftest import enable_x64
 
 
+# Jitted: one compilation per shape instead of one per operation (most of the time op by op).
+sample = jax.jit(stn_jax.sample, static_argnames=("method", "padding", "align_corners", "antialias", "implementation"))
+
+
 def _rng(*key) -> np.random.Generator:
     seed = zlib.crc32(repr(key).encode())
     print("seed", seed, "for", key)
@@ -41,7 +45,7 @@ def _box_average(image, theta, out_shape, per_pixel: int):
     """The bilinear image averaged over each output pixel's footprint by dense supersampling:
     ``per_pixel``**2 plain samples spread evenly over each output pixel."""
     h, w = out_shape
-    fine = stn_jax.sample(image, stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), (h * per_pixel, w * per_pixel)))
+    fine = sample(image, stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), (h * per_pixel, w * per_pixel)))
     return np.asarray(fine).reshape(h, per_pixel, w, per_pixel, -1).mean(axis=(1, 3))
 
 
@@ -107,8 +111,8 @@ def test_zoom_out_of_a_zone_plate_beats_plain_bilinear(zoom, degrees, gain):
     out = (n // zoom, n // zoom)
     grid = stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), out)
     reference = _box_average(image, theta, out, per_pixel=4 * zoom)
-    plain = _psnr(stn_jax.sample(image, grid), reference, 2.0)
-    ours = _psnr(stn_jax.sample(image, grid, antialias=True), reference, 2.0)
+    plain = _psnr(sample(image, grid), reference, 2.0)
+    ours = _psnr(sample(image, grid, antialias=True), reference, 2.0)
     assert ours >= plain + gain, (plain, ours)
 
 
@@ -119,23 +123,28 @@ def test_anisotropic_shrink_beats_plain_bilinear():
     out = (n, n // 4)  # 4x along x only, rotated
     grid = stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), out)
     reference = _box_average(image, theta, out, per_pixel=16)
-    plain = _psnr(stn_jax.sample(image, grid), reference, 2.0)
-    ours = _psnr(stn_jax.sample(image, grid, antialias=True), reference, 2.0)
-    assert ours >= plain + 6, (plain, ours)
+    plain = _psnr(sample(image, grid), reference, 2.0)
+    ours = _psnr(sample(image, grid, antialias=True), reference, 2.0)
+    assert ours >= plain + 10, (plain, ours)
+    # The probes along the long side are what does it: one isotropic read blurs the short side too.
+    isotropic = antialias.sample(image, grid, sample(image, grid), padding="zeros", align_corners=False,
+                                 dtype=jnp.float32, probes=1)  # fmt: skip
+    assert ours >= _psnr(isotropic, reference, 2.0) + 3, (ours, _psnr(isotropic, reference, 2.0))
 
 
 # -- unchanged where nothing shrinks ----------------------------------------------------
 
 
-@pytest.mark.parametrize("padding", stn_jax.PADDINGS)
-@pytest.mark.parametrize("implementation", [None, "reference"])
+@pytest.mark.parametrize(
+    "padding,implementation", [("zeros", None), ("border", None), ("reflection", None), ("zeros", "reference")]
+)
 def test_identity_and_upsampling_grids_are_unchanged_bit_for_bit(padding, implementation):
     rng = _rng("unchanged", padding, implementation)
     image = jnp.asarray(rng.normal(size=(12, 15, 3)), jnp.float32)
     for theta, out in [(_rotation_zoom(1.0, 0), (12, 15)), (_rotation_zoom(0.6, 25, (0.1, -0.2)), (20, 24))]:
         grid = stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), out)
         kw = dict(padding=padding, implementation=implementation)
-        np.testing.assert_array_equal(stn_jax.sample(image, grid, antialias=True, **kw), stn_jax.sample(image, grid, **kw))
+        np.testing.assert_array_equal(sample(image, grid, antialias=True, **kw), sample(image, grid, **kw))
 
 
 @pytest.mark.parametrize("ndim", [1, 3])
@@ -145,16 +154,16 @@ def test_other_dimensions(ndim):
     image = jnp.asarray(rng.normal(size=(size,) * ndim + (2,)), jnp.float32)
     theta = np.eye(ndim, ndim + 1)
     identity = stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), (size,) * ndim)
-    np.testing.assert_array_equal(stn_jax.sample(image, identity, antialias=True), stn_jax.sample(image, identity))
+    np.testing.assert_array_equal(sample(image, identity, antialias=True), sample(image, identity))
     # Shrinking by 4 along every axis: each output reads the 4-pixel average (level 2) at
     # the centre of its 4-pixel cell, i.e. the box average of the bilinear image over the cell.
     out = (size // 4,) * ndim
     shrunk = stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), out)
-    got = np.asarray(stn_jax.sample(image, shrunk, antialias=True, padding="border"))
+    got = np.asarray(sample(image, shrunk, antialias=True, padding="border"))
     stack = np.asarray(antialias.levels(image, padding="border", align_corners=False))
-    centres = np.asarray(stn_jax.sample(jnp.asarray(stack[2]), shrunk, padding="border"))
+    centres = np.asarray(sample(jnp.asarray(stack[2]), shrunk, padding="border"))
     np.testing.assert_allclose(got, centres, atol=1e-5)
-    assert not np.allclose(got, np.asarray(stn_jax.sample(image, shrunk, padding="border")), atol=1e-3)
+    assert not np.allclose(got, np.asarray(sample(image, shrunk, padding="border")), atol=1e-3)
 
 
 # -- transformations, dtypes, edge cases -------------------------------------------------
@@ -167,8 +176,9 @@ def test_gradients_match_finite_differences():
         theta = jnp.asarray(_rotation_zoom(1.3, 20, (0.05, -0.1)))
         grid = stn_jax.affine_grid(theta, (5, 6)) + jnp.asarray(rng.normal(size=(5, 6, 2)) * 0.02)
 
+        @jax.jit
         def warp(image, grid):
-            return stn_jax.sample(image, grid, antialias=True, padding="border")
+            return sample(image, grid, antialias=True, padding="border")
 
         check_grads(warp, (image, grid), order=1, modes=("fwd", "rev"), atol=1e-4, rtol=1e-4, eps=1e-6)
         # The footprint term: a neighbour's move changes this point's output.
@@ -181,12 +191,12 @@ def test_vmap_jit_and_bfloat16():
     images = jnp.asarray(rng.normal(size=(3, 24, 24, 2)), jnp.float32)
     thetas = jnp.asarray(np.stack([_rotation_zoom(s, d) for s, d in [(1.0, 0), (1.5, 30), (0.8, -10)]]), jnp.float32)
     grids = jax.vmap(lambda t: stn_jax.affine_grid(t, (6, 8)))(thetas)
-    batched = jax.jit(jax.vmap(lambda i, g: stn_jax.sample(i, g, antialias=True)))(images, grids)
+    batched = jax.jit(jax.vmap(lambda i, g: sample(i, g, antialias=True)))(images, grids)
     for b in range(3):
-        np.testing.assert_allclose(batched[b], stn_jax.sample(images[b], grids[b], antialias=True), atol=1e-6)
-    half = stn_jax.sample(images[1].astype(jnp.bfloat16), grids[1].astype(jnp.bfloat16), antialias=True)
+        np.testing.assert_allclose(batched[b], sample(images[b], grids[b], antialias=True), atol=1e-6)
+    half = sample(images[1].astype(jnp.bfloat16), grids[1].astype(jnp.bfloat16), antialias=True)
     assert half.dtype == jnp.bfloat16
-    full = stn_jax.sample(images[1], grids[1].astype(jnp.bfloat16).astype(jnp.float32), antialias=True)
+    full = sample(images[1], grids[1].astype(jnp.bfloat16).astype(jnp.float32), antialias=True)
     np.testing.assert_allclose(np.asarray(half, np.float32), full, atol=0.05)
 
 
@@ -195,13 +205,18 @@ def test_non_finite_points_read_zero_and_leave_their_neighbours_finite():
     image = jnp.asarray(rng.normal(size=(32, 32, 1)), jnp.float32)
     grid = stn_jax.affine_grid(jnp.asarray(_rotation_zoom(1.0, 10), jnp.float32), (8, 8))
     bad = grid.at[3, 4].set(jnp.array([jnp.nan, 0.0])).at[6, 1].set(jnp.array([jnp.inf, -jnp.inf]))
-    out = stn_jax.sample(image, bad, antialias=True)
+    out = sample(image, bad, antialias=True)
     assert float(out[3, 4, 0]) == 0 and float(out[6, 1, 0]) == 0
     assert bool(jnp.all(jnp.isfinite(out)))
-    # Away from the bad points (and their neighbours, whose footprint is one-sided) nothing changes.
-    clean = stn_jax.sample(image, grid, antialias=True)
-    np.testing.assert_allclose(out[0, :2], clean[0, :2], atol=1e-6)
-    g_image, g_grid = jax.grad(lambda i, g: stn_jax.sample(i, g, antialias=True).sum(), argnums=(0, 1))(image, bad)
+    # Everywhere else nothing changes: the bad points' neighbours take their footprint from
+    # their other neighbour (one-sided), which on an affine grid is the same. (6, 0) and (7, 1)
+    # sit at the edge beside (6, 1): with no usable neighbour along one axis they take no
+    # footprint along it (documented), so they are left out.
+    clean = np.asarray(sample(image, grid, antialias=True))
+    good = np.ones((8, 8), bool)
+    good[3, 4] = good[6, 1] = good[6, 0] = good[7, 1] = False
+    np.testing.assert_allclose(np.asarray(out)[good], clean[good], atol=1e-5)
+    g_image, g_grid = jax.jit(jax.grad(lambda i, g: sample(i, g, antialias=True).sum(), argnums=(0, 1)))(image, bad)
     assert bool(jnp.all(jnp.isfinite(g_image))) and bool(jnp.all(jnp.isfinite(g_grid)))
     assert float(jnp.abs(g_grid[3, 4]).max()) == 0
 
@@ -209,9 +224,9 @@ def test_non_finite_points_read_zero_and_leave_their_neighbours_finite():
 def test_bad_options_are_refused():
     image, grid = jnp.ones((4, 4, 1)), jnp.zeros((2, 2, 2))
     with pytest.raises(ValueError, match="antialias=True needs method='bilinear'"):
-        stn_jax.sample(image, grid, method="nearest", antialias=True)
+        sample(image, grid, method="nearest", antialias=True)
     with pytest.raises(TypeError, match="antialias must be a Python bool"):
-        stn_jax.sample(image, grid, antialias=1)
+        sample(image, grid, antialias=1)
     with pytest.raises(ValueError, match="antialias=True needs method='bilinear'"):
         NNXST((8, 8, 1), method="bicubic", antialias=True, rngs=nnx.Rngs(0))
 
@@ -223,14 +238,14 @@ def test_modules_pass_antialias_to_the_sampler():
     rng = _rng("modules")
     images = jnp.asarray(rng.normal(size=(2, 32, 32, 1)), jnp.float32)
     nnx_st = NNXST((32, 32, 1), out_shape=(8, 8), antialias=True, theta_init="random", return_theta=True, rngs=nnx.Rngs(1))
-    out, theta = nnx_st(images)
-    expected = jax.vmap(lambda i, t: stn_jax.sample(i, stn_jax.affine_grid(t, (8, 8)), antialias=True))(images, theta)
+    out, theta = nnx.jit(lambda m, x: m(x))(nnx_st, images)
+    expected = jax.vmap(lambda i, t: sample(i, stn_jax.affine_grid(t, (8, 8)), antialias=True))(images, theta)
     np.testing.assert_allclose(out, expected, atol=1e-6)
-    plain = jax.vmap(lambda i, t: stn_jax.sample(i, stn_jax.affine_grid(t, (8, 8))))(images, theta)
+    plain = jax.vmap(lambda i, t: sample(i, stn_jax.affine_grid(t, (8, 8))))(images, theta)
     assert not np.allclose(out, plain, atol=1e-3)
 
     linen_st = LinenST(out_shape=(8, 8), antialias=True, theta_init="random", return_theta=True)
     params = linen_st.init(jax.random.key(0), images)
-    out, theta = linen_st.apply(params, images)
-    expected = jax.vmap(lambda i, t: stn_jax.sample(i, stn_jax.affine_grid(t, (8, 8)), antialias=True))(images, theta)
+    out, theta = jax.jit(linen_st.apply)(params, images)
+    expected = jax.vmap(lambda i, t: sample(i, stn_jax.affine_grid(t, (8, 8)), antialias=True))(images, theta)
     np.testing.assert_allclose(out, expected, atol=1e-6)

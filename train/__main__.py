@@ -4,9 +4,11 @@ Examples::
 
     python -m train --config mnist_rts_st_cnn_affine --workdir runs/rts --data_dir data
     python -m train --config tiny --workdir /tmp/t --data_dir data --set steps=20 batch_size=16
-    python -m train --list                              # every experiment
+    python -m train --list                              # every experiment, one line each
+    python -m train --config tiny --print_config        # its keys and values (what --set can change)
 
-Rerunning the same command resumes from the latest checkpoint in ``--workdir``.
+Rerunning the same command resumes from the newest checkpoint in ``--workdir`` that
+verifies (damaged ones are reported and moved aside); one run at a time holds a workdir.
 ``--set`` values are Python literals (``steps=2000``, ``lr_drops=(0.3,0.6)``,
 ``model_kwargs.channels=(8,8)``), anything else is a string; unknown keys and values
 of the wrong type are configuration errors.
@@ -20,8 +22,13 @@ Devices and hosts:
   (SLURM, Cloud TPU, ...). CPU processes exchange data with gloo collectives.
 
 Exit codes: 0 success; 1 unexpected error; 2 bad configuration or command line
-(found before any compile); 3 non-finite loss (the last good checkpoint is the
-latest one); 4 dataset missing and not preparable; 130 interrupted (Ctrl-C).
+(found before any compile); 3 non-finite loss (the message names the checkpoint a
+rerun resumes from); 4 dataset missing and not preparable; 5 the workdir has
+checkpoints but none verifies (nothing moved or deleted); 6 another run holds the
+workdir; 130 interrupted (Ctrl-C).
+
+Console output that is not a terminal (logs, CI) carries no progress-bar escape codes and
+no TensorFlow/TFDS start-up warnings.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import ast
 import logging
 import os
 import sys
+from pathlib import Path
 
 from train import errors  # exit codes and errors; train.train is imported after JAX's set-up
 
@@ -78,8 +86,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="experiment name (see --list)")
     parser.add_argument("--workdir", help="checkpoints, metrics and figures go here; reruns resume")
     parser.add_argument("--data_dir", help="TFDS data dir (default: config's data_dir, else $TFDS_DATA_DIR)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides; values are Python literals (steps=2000 lr_drops=(0.3,0.6) "
+                             "model_kwargs.channels=(8,8)), anything else is a string; --print_config "
+                             "shows the keys")  # fmt: skip
+    parser.add_argument("--print_config", action="store_true", help="print the config's keys and values and exit")
+    parser.add_argument("--list", action="store_true", help="list the experiments (one line each) and exit")
     parser.add_argument("--num_cpu_devices", type=int, default=None, help="split the CPU into N devices")
     parser.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with auto-detection")
     parser.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"), help="HOST:PORT")
@@ -111,21 +123,40 @@ def init_jax(args: argparse.Namespace) -> None:
             jax.distributed.initialize()
 
 
+def _not_third_party_chatter(record: logging.LogRecord) -> bool:
+    """Drops absl records below ERROR logged by TensorFlow or TFDS code (e.g. "OpenCV is not installed")."""
+    parts = Path(record.pathname).parts
+    return record.levelno >= logging.ERROR or not ({"tensorflow", "tensorflow_datasets"} & set(parts))
+
+
+def quiet_third_party() -> None:
+    """No TensorFlow C++ start-up lines nor TFDS warnings that say nothing about the run; errors still show."""
+    from absl import logging as absl_logging  # absl's own logger class: records name the module that logs
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    absl_logging.get_absl_logger().addFilter(_not_third_party_chatter)  # once: addFilter skips a filter it has
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
     from train import configs
 
     if args.list:
-        print("\n".join(configs.NAMES))
+        width = max(map(len, configs.NAMES))
+        print("\n".join(f"{name:<{width}}  {configs.describe(name)}" for name in configs.NAMES))
         return errors.EXIT_OK
     try:
-        if not args.config or not args.workdir:
+        if not args.config or not (args.workdir or args.print_config):
             raise errors.ConfigError("--config and --workdir are required (see --help)")
         config = configs.get_config(args.config)
         apply_overrides(config, parse_overrides(args.set))
         if args.data_dir:
             config.data_dir = args.data_dir
+        if args.print_config:
+            print(config)
+            return errors.EXIT_OK
         init_jax(args)
         from train.train import train_and_evaluate  # imports JAX-using modules: after init_jax
 
@@ -139,8 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     except errors.DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return errors.EXIT_DATA
+    except errors.CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return errors.EXIT_CHECKPOINT
+    except errors.WorkdirBusyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return errors.EXIT_BUSY
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the latest checkpoint", file=sys.stderr)
+        print("interrupted; rerun the same command to resume from the newest checkpoint that verifies", file=sys.stderr)
         return errors.EXIT_INTERRUPTED
     return errors.EXIT_OK
 

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run: model/optimiser state, data iterator, step.
+"""Orbax checkpoints of a training run: model/optimiser state, data iterator, step; verified on restore.
 
 A checkpoint ``<workdir>/checkpoints/<step>/`` holds three items:
 
@@ -6,44 +6,72 @@ A checkpoint ``<workdir>/checkpoints/<step>/`` holds three items:
   variables), replicated ``jax.Array`` leaves, saved asynchronously where Orbax can;
 * ``data`` — the grain iterator's state, one JSON file per process
   (``grain.checkpoint``), so every host resumes its own shard exactly;
-* ``meta`` — ``{"step", "seed", "config"}`` as JSON.
+* ``meta`` — ``{"step", "seed", "config"}`` as JSON;
+
+plus Orbax's ``metrics`` (the validation error, where the step was evaluated) and one
+``digest.process_<i>.json`` per process (:mod:`train.digests`), written once Orbax has
+finished the checkpoint.
 
 The PRNG needs no saving: every random key of step ``s`` is ``fold_in(key(seed), s)``.
 Orbax writes each checkpoint into a temporary directory and renames it when complete,
 so a kill during a save leaves the previous checkpoints as they were (the half-written
-one is ignored and cleaned up at the next start). Retention: the last
-``keep`` checkpoints plus the one with the lowest validation error.
+one is ignored and cleaned up at the next start). Retention: the last ``keep``
+checkpoints plus the one with the lowest validation error (metrics are on disk, so
+this survives a resume).
+
+Restoring takes the newest checkpoint that verifies, all processes agreeing on it; a
+newer one that fails verification or cannot be read is reported in one line and moved
+aside to ``<step>.corrupt`` (never deleted). Checkpoints that exist but none verifies:
+:class:`CheckpointError`, nothing moved. A checkpoint without digests (written before
+they existed, or its run was killed before writing them) restores with a note.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from train import digests
+from train.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("train.checkpoints")
+
 VAL_METRIC = "val_error"
+_CODES = {digests.VERIFIED: 0, digests.NO_DIGEST: 1, digests.DAMAGED: 2}
+
+
+def _val_error(metrics: dict) -> float:
+    """Ranks checkpoints: those saved without an evaluation rank last."""
+    return metrics.get(VAL_METRIC, math.inf)
 
 
 class Checkpoints:
     """A run's ``CheckpointManager``: every process calls every method (saves are collective)."""
 
     def __init__(self, directory: os.PathLike | str, *, keep: int, async_save: bool = True):
-        policy = pp.AnyPreservationPolicy(
-            [pp.LatestN(n=keep), pp.BestN(get_metric_fn=lambda m: m[VAL_METRIC], reverse=True, n=1,
-                      keep_checkpoints_without_metrics=False)]
-        )
+        self.directory = Path(os.path.abspath(os.fspath(directory)))
+        best = pp.BestN(get_metric_fn=_val_error, reverse=True, n=1, keep_checkpoints_without_metrics=False)
+        policy = pp.AnyPreservationPolicy([pp.LatestN(n=keep), best])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
+            best_fn=_val_error,  # without it Orbax writes no metrics and best_step() is the latest step
+            best_mode="min",
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
             create=True,
         )
         self.manager = ocp.CheckpointManager(
-            os.path.abspath(os.fspath(directory)),
+            self.directory,
             options=options,
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
@@ -51,18 +79,23 @@ class Checkpoints:
                 "meta": ocp.JsonCheckpointHandler(),
             },
         )
+        self._unsealed: list[int] = []  # saved by this process, digest not yet written
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        """The kept checkpoint with the lowest validation error; None if none was evaluated."""
+        step = self.manager.best_step()
+        return step if step is not None and VAL_METRIC in (self.manager.metrics(step) or {}) else None
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
     def save(self, step: int, *, state: Any, iterator: Any, meta: dict, val_error: float | None = None) -> None:
-        metrics = None if val_error is None else {VAL_METRIC: float(val_error)}
+        self.seal()
+        # Metrics on every checkpoint ({} without an evaluation): Orbax warns on each save without.
+        metrics = {} if val_error is None else {VAL_METRIC: float(val_error)}
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -73,26 +106,180 @@ class Checkpoints:
             metrics=metrics,
             force=True,
         )
+        self._unsealed.append(step)
+        self.seal()  # a synchronous save is already complete
 
-    def restore(self, step: int, *, abstract_state: Any, iterator: Any) -> tuple[Any, dict]:
-        """Restores ``step`` into ``abstract_state``'s shapes and shardings; sets ``iterator``'s state."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(iterator),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-        return restored["state"], restored["meta"]
+    def seal(self, *, wait: bool = False) -> None:
+        """Writes this process's digest of each checkpoint it saved that Orbax has finished.
+
+        A step directory exists under its final name only once every process has written its
+        part (Orbax renames it last), so each process can seal on its own. ``wait`` (collective):
+        first wait for every pending save.
+        """
+        if wait:
+            self.manager.wait_until_finished()
+            _sync("checkpoints finished")  # the primary process has renamed every step into place
+        for step in list(self._unsealed):
+            step_dir = self.directory / str(step)
+            if step not in self.manager.all_steps():
+                self._unsealed.remove(step)  # already deleted by retention
+            elif step_dir.is_dir():
+                digests.write(step_dir, jax.process_index(), jax.process_count())
+                self._unsealed.remove(step)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self.seal(wait=True)
 
     def close(self) -> None:
+        self.seal(wait=True)
         self.manager.close()
 
+    def restore_newest(self, *, abstract_state: Any, iterator: Any) -> tuple[int, Any, dict, bool] | None:
+        """Restores the newest checkpoint that verifies into ``abstract_state``'s shapes and
+        shardings and sets ``iterator``'s state; returns ``(step, state, meta, verified)``, or
+        None when there is no checkpoint (``verified`` is False for one without digests).
 
-def abstract(tree: Any) -> Any:
-    """Shapes, dtypes and shardings of ``tree`` (what a restore should produce)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+        Newer checkpoints that fail verification or cannot be read are moved aside.
+        Raises :class:`CheckpointError` when checkpoints exist and none verifies (nothing moved),
+        :class:`ConfigError` when the newest verified one does not fit this run.
+        """
+        damaged: list[tuple[int, str]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            status, reason = self._status(step)
+            if status != digests.DAMAGED:
+                restored, error = self._try_restore(step, abstract_state, iterator)
+                if _everywhere(not error):
+                    self._move_aside(damaged)
+                    if status == digests.NO_DIGEST and jax.process_index() == 0:
+                        log.warning("checkpoint step %d in %s has no digest (written before digests existed, or "
+                                    "its run stopped first): restored unverified", step, self.directory)  # fmt: skip
+                    return step, restored["state"], restored["meta"], status == digests.VERIFIED
+                what = error or "another process could not read it"
+                if status == digests.VERIFIED:
+                    raise ConfigError(
+                        f"checkpoint step {step} in {self.directory} verifies but does not fit this run ({what}): "
+                        "rerun with the configuration and process count it was written with, or use another --workdir"
+                    )
+                reason = f"cannot be read: {what}"
+            damaged.append((step, reason))
+        if damaged:
+            listed = "; ".join(f"step {s}: {r}" for s, r in damaged)
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} verifies ({listed}); nothing was moved or deleted: restore "
+                "them from a copy, or move the directory away to start from step 0"
+            )
+        return None
+
+    def newest_good(self) -> tuple[int, str] | None:
+        """``(step, VERIFIED or NO_DIGEST)`` of the checkpoint a rerun would resume from (collective)."""
+        for step in sorted(self.all_steps(), reverse=True):
+            status, _ = self._status(step)
+            if status != digests.DAMAGED:
+                return step, status
+        return None
+
+    def _try_restore(self, step: int, abstract_state: Any, iterator: Any) -> tuple[dict | None, str]:
+        """``(restored items, "")``, or ``(None, what went wrong)`` in one line."""
+        _drop_closed_loop_noise()
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(iterator),
+            meta=ocp.args.JsonRestore(),
+        )
+        try:
+            return self.manager.restore(step, args=args), ""
+        except Exception as err:  # noqa: BLE001  (Orbax and TensorStore raise many kinds for unreadable files)
+            return None, _first_line(err)
+
+    def _status(self, step: int) -> tuple[str, str]:
+        """Status of ``step`` that every process agrees on; each process checks its own part."""
+        status, reason = digests.check(self.directory / str(step), jax.process_index())
+        if jax.process_count() == 1:
+            return status, reason
+        codes = _allgather(_CODES[status])
+        if len(set(codes)) == 1:
+            return status, reason
+        if status == digests.DAMAGED:
+            log.warning("checkpoint step %d: process %d's part: %s", step, jax.process_index(), reason)
+            return status, f"process {jax.process_index()}'s part: {reason}"
+        if _CODES[digests.DAMAGED] in codes:
+            return digests.DAMAGED, f"damage in process {codes.index(_CODES[digests.DAMAGED])}'s part, named in its log"
+        return digests.DAMAGED, f"process {codes.index(_CODES[digests.NO_DIGEST])}'s part has no digest"
+
+    def _move_aside(self, damaged: list[tuple[int, str]]) -> None:
+        if not damaged:
+            return
+        if jax.process_index() == 0:
+            for step, reason in damaged:
+                target = self.directory / f"{step}.corrupt"
+                n = 1
+                while target.exists():
+                    n += 1
+                    target = self.directory / f"{step}.corrupt{n}"
+                os.rename(self.directory / str(step), target)
+                log.warning("checkpoint step %d is damaged (%s): moved aside to %s", step, reason, target)
+        _sync("damaged checkpoints moved aside")
+        self.manager.reload()
+
+
+def pick(directory: os.PathLike | str, steps: list[int], step: int | None = None) -> int:
+    """The checkpoint a reader outside a run should restore: ``step`` if given and not damaged,
+    else the newest of ``steps`` that verifies (damaged ones are skipped with a warning and
+    left in place). Raises :class:`CheckpointError` when there is none."""
+    directory = Path(directory)
+    if step is not None and step not in steps:
+        raise CheckpointError(f"no checkpoint step {step} in {directory}; there are steps {sorted(steps)}")
+    candidates = [step] if step is not None else sorted(steps, reverse=True)
+    for s in candidates:
+        status, reason = digests.check_all(directory / str(s))
+        if status == digests.DAMAGED:
+            if step is not None:
+                raise CheckpointError(f"checkpoint step {s} in {directory} is damaged: {reason}")
+            log.warning("skipping checkpoint step %d in %s: damaged (%s)", s, directory, reason)
+            continue
+        if status == digests.NO_DIGEST:
+            log.warning("checkpoint step %d in %s has no digest: read unverified", s, directory)
+        return s
+    raise CheckpointError(f"no checkpoint in {directory} verifies" if steps else f"no checkpoint in {directory}")
+
+
+def _drop_closed_loop_noise() -> None:
+    """Installed before any checkpoint is read: a read that fails inside TensorStore leaves
+    callbacks that later hit Orbax's closed asyncio loop, and Python would print each as a
+    traceback (dozens, at unpredictable times) although the failure is reported once. Only
+    those errors are dropped, for the rest of the process."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_noise", False):
+        return
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_noise = True
+    sys.unraisablehook = hook
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _allgather(code: int) -> list[int]:
+    from jax.experimental import multihost_utils
+
+    return [int(c) for c in np.asarray(multihost_utils.process_allgather(np.int32(code))).ravel()]
+
+
+def _everywhere(ok: bool) -> bool:
+    """True when ``ok`` on every process (collective in a multi-process run)."""
+    return ok if jax.process_count() == 1 else min(_allgather(int(ok))) == 1

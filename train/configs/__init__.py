@@ -22,6 +22,20 @@ _TABLE1 = {f"mnist_{d.lower()}_{m}": (d, m) for d in TABLE1_DISTORTIONS for m in
 NAMES: tuple[str, ...] = tuple(sorted(_MODULES | set(_TABLE1)))
 
 
+_MODEL_WORDS = {"fcn": "FCN", "cnn": "CNN", "st_fcn": "ST-FCN", "st_cnn": "ST-CNN"}
+
+
+def describe(name: str) -> str:
+    """One line about experiment ``name``: its module's first docstring line, or which Table 1 cell it is."""
+    if name in _MODULES:
+        doc = (importlib.import_module(f"{__name__}.{name}").__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+    distortion, model = _TABLE1[name]
+    net, _, transform = model.rpartition("_") if model.startswith("st_") else (model, "", "")
+    what = f"{_MODEL_WORDS[net]} ({transform.replace('tps', 'TPS')})" if transform else _MODEL_WORDS[net]
+    return f"Table 1 cell: {what} on {distortion}-distorted MNIST"
+
+
 class UnknownConfigError(ValueError):
     """No experiment of that name."""
 

@@ -1,0 +1,123 @@
+"""SHA-256 digests of a finished checkpoint, one file per process for the part that process wrote.
+
+Every process writes into a step directory ``checkpoints/<step>/``: files whose path names
+``process_<i>`` (``state/ocdbt.process_1/…``, ``state/array_metadatas/process_1``,
+``data/process_1-of-2.json``) are process ``i``'s; everything else (metadata, manifests, the
+merged OCDBT tree, ``meta/``, ``metrics/``) is written by the primary process 0. Once Orbax has
+renamed the directory into place (the checkpoint is complete), each process hashes its own part
+and writes ``digest.process_<i>.json`` into it: a temporary file renamed over, so a digest is
+either complete or absent. Verifying re-hashes the files the digest lists: a damaged checkpoint
+(truncated, overwritten, edited, a file or item directory missing) no longer matches.
+
+No JAX here: plain files, readable by any tool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+PREFIX = "digest.process_"  # digest files (and their temporaries) are not part of what they digest
+VERIFIED, NO_DIGEST, DAMAGED = "verified", "no digest", "damaged"
+_OWNER = re.compile(r"(?:^|[._])process_(\d+)(?=$|[-._])")
+
+
+def owner(relpath: str) -> int:
+    """The process that writes ``relpath`` (relative to the step directory)."""
+    for part in relpath.split("/"):
+        if match := _OWNER.search(part):
+            return int(match.group(1))
+    return 0
+
+
+def path(step_dir: os.PathLike | str, process: int) -> Path:
+    return Path(step_dir) / f"{PREFIX}{process}.json"
+
+
+def _part(step_dir: Path, process: int) -> list[str]:
+    """Sorted relative paths of ``process``'s files in ``step_dir``."""
+    found = []
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), step_dir).replace(os.sep, "/")
+            if not name.startswith(PREFIX) and owner(rel) == process:
+                found.append(rel)
+    return sorted(found)
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write(step_dir: os.PathLike | str, process: int, process_count: int) -> None:
+    """Writes ``process``'s digest of its part of the finished ``step_dir`` (atomically)."""
+    step_dir = Path(step_dir)
+    files = {rel: {"size": (step_dir / rel).stat().st_size, "sha256": _sha256(step_dir / rel)}
+             for rel in _part(step_dir, process)}  # fmt: skip
+    target = path(step_dir, process)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"process": process, "process_count": process_count, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())  # the digest must not reach the disk later than its name
+    os.replace(tmp, target)
+
+
+def _load(file: Path) -> dict | None:
+    """A digest's ``{path: (size, sha256)}`` and process count; None when unreadable."""
+    try:
+        data = json.loads(file.read_text())
+        files = {rel: (int(v["size"]), str(v["sha256"])) for rel, v in data["files"].items()}
+        return {"files": files, "process_count": int(data["process_count"])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def check(step_dir: os.PathLike | str, process: int) -> tuple[str, str]:
+    """``(status, what is wrong)`` of ``process``'s part: VERIFIED, NO_DIGEST or DAMAGED."""
+    step_dir = Path(step_dir)
+    digest = path(step_dir, process)
+    if not step_dir.is_dir():
+        return DAMAGED, "its directory is gone"
+    if not digest.exists():
+        lead = _load(path(step_dir, 0)) if process else None
+        if lead is not None and process >= lead["process_count"]:
+            return VERIFIED, ""  # written by fewer processes: nothing of this one's in it
+        return NO_DIGEST, f"no {digest.name}"
+    if (loaded := _load(digest)) is None:
+        return DAMAGED, f"{digest.name} is unreadable"
+    problems = []
+    for rel, (size, sha) in loaded["files"].items():
+        file = step_dir / rel
+        if not file.is_file():
+            problems.append(f"{rel} is missing")
+        elif (actual := file.stat().st_size) != size:
+            problems.append(f"{rel} has {actual} bytes, {size} when written")
+        elif _sha256(file) != sha:
+            problems.append(f"{rel} differs from its digest")
+    if not problems:
+        return VERIFIED, ""
+    more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
+    return DAMAGED, problems[0] + more
+
+
+def check_all(step_dir: os.PathLike | str) -> tuple[str, str]:
+    """Status of the whole checkpoint (every process's part), for readers outside a run."""
+    status, reason = check(step_dir, 0)
+    if status == NO_DIGEST:
+        others = sorted(Path(step_dir).glob(f"{PREFIX}*.json"))
+        return (DAMAGED, f"{reason} but {others[0].name}") if others else (status, reason)
+    if status == DAMAGED:
+        return status, reason
+    for process in range(1, _load(path(step_dir, 0))["process_count"]):
+        status, reason = check(step_dir, process)
+        if status != VERIFIED:
+            return DAMAGED, f"process {process}'s part: {reason}"
+    return VERIFIED, ""

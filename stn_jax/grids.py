@@ -310,6 +310,14 @@ def identity_params(transform: str = "affine", *, ndim: int = 2, num_control_poi
 def num_params(transform: str, *, ndim: int = 2, num_control_points: int = 16) -> int:
     """Number of scalars in ``identity_params(transform, ...)`` (the regression layer's width).
 
+    Args:
+      transform: a name accepted by :func:`grid`.
+      ndim: spatial dimensions (1, 2 or 3) for the affine family.
+      num_control_points: K for ``"tps"`` (a perfect square).
+
+    Returns:
+      the number of parameters, an ``int``.
+
     Example:
       >>> import stn_jax
       >>> stn_jax.num_params("affine"), stn_jax.num_params("tps", num_control_points=9)

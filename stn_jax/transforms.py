@@ -198,6 +198,15 @@ def normalized_to_pixel(points: ArrayLike, spatial_shape, *, align_corners: bool
 def pixel_to_normalized(points: ArrayLike, spatial_shape, *, align_corners: bool = False) -> jax.Array:
     """Pixel coordinates to normalised ``[-1, 1]`` coordinates; inverse of :func:`normalized_to_pixel`.
 
+    Args:
+      points: ``(..., n)`` pixel coordinates in ``(x, y[, z])`` order (x is the column, y the row;
+        pixel centres at integers).
+      spatial_shape: the image's spatial shape ``(W,)``, ``(H, W)`` or ``(D, H, W)``.
+      align_corners: PyTorch's meaning.
+
+    Returns:
+      ``(..., n)`` normalised coordinates.
+
     Example:
       >>> import jax.numpy as jnp, stn_jax
       >>> stn_jax.pixel_to_normalized(jnp.array([0.0, 0.0]), (3, 5), align_corners=True)

@@ -20,6 +20,7 @@ for f in test_sampling.py test_sampling_cpu.py test_windows.py test_grids.py tes
 done
 
 # CI=true: a missing torch is a failure, not a skip. The deselected test imports train/, whose
-# dependencies (the train extra) are not part of this environment.
-CI=true "$venv/bin/python" -m pytest -q -p no:cacheprovider "${files[@]}" stn_jax \
+# dependencies (the train extra) are not part of this environment. -n auto: one worker per core,
+# each taking whole files (their module fixtures are built once).
+CI=true "$venv/bin/python" -m pytest -q -p no:cacheprovider -n auto --dist loadfile "${files[@]}" stn_jax \
   --deselect tests/test_api.py::test_imports_do_not_start_a_jax_backend "$@"

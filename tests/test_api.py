@@ -1,6 +1,7 @@
 """Conventions every public function of `stn_jax` follows (after dm-pix's api_test)."""
 
 import inspect
+import re
 
 import pytest
 
@@ -16,12 +17,24 @@ def test_all_names_exist_and_version_is_set():
     assert len(PUBLIC_FUNCTIONS) >= 10
 
 
+def _sections(doc: str) -> dict[str, str]:
+    """Google-style sections of a (dedented) docstring: ``{"Args": text, "Returns": text, ...}``."""
+    parts = re.split(r"^(\w+):[ \t]*$", doc, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
 @pytest.mark.parametrize("name", PUBLIC_FUNCTIONS)
 def test_docstring_has_args_returns_and_an_executed_example(name):
-    doc = inspect.getdoc(getattr(stn_jax, name))
-    assert doc, f"{name} has no docstring"
+    function = getattr(stn_jax, name)
+    sections = _sections(inspect.getdoc(function) or "")
+    assert {"Args", "Returns", "Example"} <= set(sections), f"{name}: sections {sorted(sections)}"
+    # Every parameter is described: an "  name:" (or "  a, b, c:") line of the Args section.
+    described = {n for line in re.findall(r"^  (\w+(?:, \w+)*):", sections["Args"], re.M) for n in line.split(", ")}
+    missing = [p for p in inspect.signature(function).parameters if p not in described]
+    assert not missing, f"{name}: Args does not describe {missing}"
+    assert sections["Returns"].strip(), f"{name}: empty Returns"
     # Examples are doctests: pytest runs them with --doctest-modules.
-    assert "Example" in doc and ">>> " in doc, f"{name} has no runnable example"
+    assert ">>> " in sections["Example"], f"{name} has no runnable example"
 
 
 @pytest.mark.parametrize("name", PUBLIC_FUNCTIONS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-    import tensorflow_datasets  # noqa: F401  (in CI a missing `train` extra fails, never skips)
-else:
-    pytest.importorskip("tensorflow_datasets")
+import helpers
+
+helpers.require("tensorflow_datasets")  # in CI a missing `train` extra fails, never skips
 
 import jax  # noqa: E402
 
@@ -202,17 +200,11 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_read_their_own_shards_into_one_global_batch(prepared, tmp_path):
     data_dir, _, _ = prepared
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
-    port = str(_free_port())
+    port = str(helpers.free_port())
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     procs = [
         subprocess.Popen([sys.executable, str(script), str(i), port, str(data_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

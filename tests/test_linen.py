@@ -1,7 +1,5 @@
 """stn_jax.linen.SpatialTransformer: identity at init, parity with NNX, training, errors."""
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,20 +7,12 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.test_util import check_grads
 
 import stn_jax
+from helpers import MODULE_CASES, identity_resample, images, randomize_head, seed_of, transformer_reference
 from stn_jax import linen as stn_linen
 from stn_jax import nnx as stn_nnx
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _identity_resample(x, out_shape):
-    grid = stn_jax.identity_grid(out_shape)
-    return jax.vmap(lambda image: stn_jax.sample(image, grid))(x)
-
-
-def _images(shape, seed=0):
-    return jax.random.normal(jax.random.key(seed), shape)
 
 
 @pytest.mark.parametrize(
@@ -35,15 +25,39 @@ def _images(shape, seed=0):
     ],
 )
 def test_identity_at_init(shape, kwargs):
-    x = _images((2, *shape))
+    x = images((2, *shape))
     st = stn_linen.SpatialTransformer(hidden=(4,), return_theta=True, **kwargs)
     variables = st.init(jax.random.key(0), x)
     out, theta = st.apply(variables, x)
     out_shape = kwargs.get("out_shape", shape[:-1])
     assert out.shape == (2, *out_shape, shape[-1])
-    np.testing.assert_allclose(out, _identity_resample(x, out_shape), atol=1e-5)
+    np.testing.assert_allclose(out, identity_resample(x, out_shape), atol=1e-5)
     identity = stn_jax.identity_params(kwargs.get("transform", "affine"), ndim=len(shape) - 1, num_control_points=9)
     np.testing.assert_array_equal(theta, jnp.broadcast_to(identity, theta.shape))
+
+
+@pytest.mark.parametrize("transform,input_shape,out_shape,options", MODULE_CASES)
+def test_module_computes_grid_and_sample_of_its_regressed_theta(transform, input_shape, out_shape, options):
+    """A random regression layer: the output and θ equal the functions' (helpers.transformer_reference)."""
+    seed = seed_of("linen", transform, input_shape, options)
+    x = images((3, *input_shape), seed=seed % 1000)
+    st = stn_linen.SpatialTransformer(out_shape=out_shape, transform=transform, hidden=(8,), return_theta=True, **options)
+    params = randomize_head(st.init(jax.random.key(seed % 1000), x)["params"], seed)
+    out, theta = st.apply({"params": params}, x)
+    expected, expected_theta = transformer_reference(params, x, transform=transform, out_shape=out_shape, **options)
+    message = f"seed {seed}"
+    np.testing.assert_allclose(theta, expected_theta, rtol=1e-5, atol=1e-5, err_msg=message)
+    identity = np.asarray(stn_jax.identity_params(transform, ndim=len(out_shape), num_control_points=9))
+    assert np.abs(expected_theta - identity).max() > 0.1 and np.abs(expected_theta[0] - expected_theta[1]).max() > 1e-3
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4, err_msg=message)
+
+
+def test_gradients_through_the_module_match_finite_differences(x64):
+    x = images((2, 5, 6, 2), seed=5).astype(jnp.float64)
+    st = stn_linen.SpatialTransformer(out_shape=(4, 5), transform="tps", num_control_points=9, hidden=(4,),
+                                      theta_init="random")  # fmt: skip
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), st.init(jax.random.key(6), x)["params"])
+    check_grads(jax.jit(lambda p, x: st.apply({"params": p}, x)), (params, x), order=1, modes=("rev",), eps=1e-6)
 
 
 PARITY_CASES = [
@@ -57,7 +71,7 @@ PARITY_CASES = [
 
 @pytest.mark.parametrize("kwargs", PARITY_CASES)
 def test_nnx_and_linen_agree_given_the_same_parameters(kwargs):
-    x = _images((3, 6, 6, 2))
+    x = images((3, 6, 6, 2))
     nnx_st = stn_nnx.SpatialTransformer(
         (6, 6, 2), hidden=(8,), theta_init="random", return_theta=True, rngs=nnx.Rngs(1), **kwargs
     )
@@ -70,7 +84,7 @@ def test_nnx_and_linen_agree_given_the_same_parameters(kwargs):
     out_linen, theta_linen = linen_st.apply({"params": params}, x)
     np.testing.assert_allclose(theta_linen, theta_nnx, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out_linen, out_nnx, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(out_nnx, _identity_resample(x, out_nnx.shape[1:-1]) if out_nnx.shape[-1] == 2 else 0)
+    assert not np.allclose(out_nnx, identity_resample(x, out_nnx.shape[1:-1]) if out_nnx.shape[-1] == 2 else 0)
 
 
 class _ConvLocalisation(nn.Module):
@@ -88,7 +102,7 @@ class _Classifier(nn.Module):
 
 
 def test_custom_localisation_jit_and_optax_step_with_localisation_lr():
-    x = _images((4, 6, 6, 1))
+    x = images((4, 6, 6, 1))
     labels = jnp.array([0, 1, 2, 0])
     model = _Classifier()
     params = model.init(jax.random.key(0), x)["params"]
@@ -123,7 +137,7 @@ def test_custom_localisation_jit_and_optax_step_with_localisation_lr():
 
 
 def test_list_output_of_parallel_transformers():
-    x = _images((2, 6, 6, 1))
+    x = images((2, 6, 6, 1))
     st = stn_linen.SpatialTransformer(num_transformers=3, combine="list", hidden=(4,))
     out = st.apply(st.init(jax.random.key(0), x), x)
     assert isinstance(out, list) and len(out) == 3 and out[2].shape == x.shape

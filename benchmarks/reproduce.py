@@ -127,6 +127,11 @@ VARIANTS = {
                "the transformer samples its 30×30 output directly (standard: samples 60×60, then average-pools 2×)"),
     "antialias": ({"model_kwargs.antialias": True},
                   "the transformer samples with `antialias=True` (standard: plain bilinear)"),
+    "ema": ({"ema_decay": 0.999}, "evaluated with a moving average of the weights, decay 0.999 (standard: the weights)"),
+    "ls_01": ({"label_smoothing": 0.1}, "trained on labels smoothed by 0.1 (standard: none)"),
+    "lr_1e3": ({"learning_rate": 1e-3}, "peak learning rate 1e-3 (standard: 3e-3)"),
+    "lr_6e3": ({"learning_rate": 6e-3}, "peak learning rate 6e-3 (standard: 3e-3)"),
+    "warmup_600": ({"warmup_steps": 600}, "600 warm-up steps (standard: 5% of the steps, at most 200)"),
     "fc_128": ({"model_kwargs.hidden": [128]},
                "a hidden FC layer of 128 units before the CNN's output (standard: none); on addition "
                "467,603 parameters, as many as the FCN (470,675) and 2×ST-FCN (469,169)"),

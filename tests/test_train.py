@@ -127,7 +127,27 @@ def test_every_config_validates_and_builds_its_model_for_its_data(name, data_dir
 
 @pytest.mark.parametrize("name", TRAINED)
 def test_config_trains_at_tiny_size_and_its_checkpoint_restores(name, data_dir, tmp_path):
-    config = tiny_config(name, data_dir)
+    train_restore_and_recompute_the_test_error(tiny_config(name, data_dir), data_dir, tmp_path)
+
+
+def test_weight_average_is_what_the_run_evaluates_and_restore_model_returns(data_dir, tmp_path):
+    """With ``ema_decay`` the reported errors, the returned params and ``restore_model`` are the average's."""
+    config = tiny_config("mnist_rts_st_cnn_affine", data_dir, "ema_decay=0.5", "label_smoothing=0.2")
+    params = train_restore_and_recompute_the_test_error(config, data_dir, tmp_path)
+    raw = jax.tree.leaves(train_lib.final_params(tmp_path))
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(raw, jax.tree.leaves(params))) > 1e-4
+    with pytest.raises(errors.CheckpointError, match="no average of the weights"):
+        train_lib.final_params(tiny_trained(data_dir, tmp_path / "plain"), ema_decay=0.5)
+
+
+def tiny_trained(data_dir: Path, workdir: Path) -> Path:
+    train_lib.train_and_evaluate(tiny_config("tiny", data_dir), workdir)
+    return workdir
+
+
+def train_restore_and_recompute_the_test_error(config, data_dir: Path, tmp_path: Path):
+    """Trains ``config``; checks its files, ``restore_model`` against the returned params and the reported test
+    error and loss against that model's on the test set. Returns the params."""
     summary, params = train_lib.train_and_evaluate(config, tmp_path, return_params=True)
     assert summary["steps"] == 4
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -138,7 +158,7 @@ def test_config_trains_at_tiny_size_and_its_checkpoint_restores(name, data_dir, 
     assert checkpoints.Checkpoints(tmp_path / "checkpoints", keep=2).latest_step() == 4
 
     # The restored model holds the parameters the run ended with (in memory, not read back from the checkpoint).
-    model = train_lib.restore_model(tiny_config(name, data_dir), tmp_path)
+    model = train_lib.restore_model(config, tmp_path)
     assert_same_params(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(params), rtol=0, atol=0)
     samples = sorted(p.name for p in (tmp_path / "samples").glob("*.png")) if (tmp_path / "samples").exists() else []
     assert samples == (["step_000002.png", "step_000004.png"] if model.has_transformer else [])
@@ -157,6 +177,7 @@ def test_config_trains_at_tiny_size_and_its_checkpoint_restores(name, data_dir, 
     wrong = int(np.sum(logits.argmax(-1) != labels))
     assert round(summary["test_error"] * len(labels)) == wrong, (summary, wrong)
     np.testing.assert_allclose(summary["test_loss"], -log_softmax[np.arange(len(labels)), labels].mean(), rtol=1e-4)
+    return params
 
 
 def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir, tmp_path, monkeypatch):
@@ -621,6 +642,8 @@ def compilations():
         (["--config", "tiny", "--set", "train_distortion=fixed"], "needs an MNIST distortion"),
         (["--config", "tiny", "--set", "optimizer=adagrad"], "optimizer must be one of"),
         (["--config", "tiny", "--set", "steps=0"], "steps must be a positive int"),
+        (["--config", "tiny", "--set", "ema_decay=1.0"], "ema_decay must be a number in [0, 1)"),
+        (["--config", "tiny", "--set", "label_smoothing=-0.1"], "label_smoothing must be a number in [0, 1)"),
         (["--config", "tiny", "--set", "model_kwargs.depth=3"], "model_kwargs"),
         (["--config", "tiny", "--data_dir", "/nonexistent/stn/data"], "data_dir /nonexistent/stn/data does not exist"),
         (["--config", "svhn_cnn", "--data_dir", "{tmp}/absent"], "does not exist"),

@@ -28,10 +28,19 @@ and the classifier.
 Both train the localisation nets at ``localisation_lr`` × the rate (paper: 0.1) through
 :func:`stn_jax.transformer.with_localisation_lr` (``optax.multi_transform`` on the
 ``localisation*`` parameter labels).
+
+With ``ema_decay > 0`` the optimiser also keeps an exponential moving average of the
+parameters (:func:`params_ema`, in the optimiser state, so checkpoints and exact resume
+carry it); evaluation, pictures and :func:`train.train.restore_model` then use the average
+(:func:`eval_params`), training keeps updating the raw parameters.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -68,4 +77,43 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
     if config.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-    return with_localisation_lr(tx, multiplier=config.localisation_lr)
+    tx = with_localisation_lr(tx, multiplier=config.localisation_lr)
+    return optax.chain(tx, params_ema(config.ema_decay)) if config.ema_decay else tx
+
+
+class ParamsEMAState(NamedTuple):
+    count: jax.Array  # updates averaged so far
+    ema: Any  # biased average (starts at zero); see eval_params for the debiased one
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+    """Leaves the updates unchanged; its state averages the parameters they lead to.
+
+    Last in a chain, so it sees the final updates: ``ema = decay·ema + (1 − decay)·(params + updates)``.
+    """
+
+    def init(params):
+        return ParamsEMAState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("params_ema needs the parameters: call update(updates, state, params)")
+        new = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema, new)
+        return updates, ParamsEMAState(state.count + 1, ema)
+
+    return optax.GradientTransformation(init, update)
+
+
+def debiased(state: ParamsEMAState, decay: float) -> Any:
+    """The average with its zero start divided out (Adam's correction): a true weighted mean of the parameters."""
+    correction = 1 - decay ** state.count.astype(jnp.float32)
+    return jax.tree.map(lambda e: (e / jnp.maximum(correction, 1e-12)).astype(e.dtype), state.ema)
+
+
+def eval_params(config: ml_collections.ConfigDict, params: Any, opt_state: Any) -> Any:
+    """The parameters to evaluate: the debiased average with ``ema_decay > 0`` (once a step was taken), else ``params``."""
+    if not config.ema_decay:
+        return params
+    state = opt_state[-1]  # params_ema is last in the chain
+    return jax.lax.cond(state.count > 0, lambda: debiased(state, config.ema_decay), lambda: params)

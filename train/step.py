@@ -36,7 +36,8 @@ def finite(tree: Any) -> jax.Array:
 
 
 def make_train_step(graphdef, rng_state, tx: optax.GradientTransformation, *, seed: int,
-                    preprocess: Callable, schedule: optax.Schedule, replicated, batch) -> Callable:  # fmt: skip
+                    preprocess: Callable, schedule: optax.Schedule, replicated, batch,
+                    label_smoothing: float = 0.0) -> Callable:  # fmt: skip
     """``step(params, opt_state, other, images, labels, step) -> (params, opt_state, metrics)``, jitted.
 
     Step ``s`` (0-based) draws its keys from ``fold_in(fold_in(key(seed), 1), s)``:
@@ -44,6 +45,7 @@ def make_train_step(graphdef, rng_state, tx: optax.GradientTransformation, *, se
     non-finite loss or gradient leaves params and optimiser state unchanged and sets
     ``metrics["finite"]`` to False (the host then stops or skips). ``metrics`` also holds
     ``loss``, ``accuracy``, ``grad_norm`` and ``learning_rate`` (``schedule(step)``).
+    With ``label_smoothing`` the loss is against labels smoothed by that much.
     """
     root = jax.random.fold_in(jax.random.key(seed), 1)
 
@@ -56,6 +58,9 @@ def make_train_step(graphdef, rng_state, tx: optax.GradientTransformation, *, se
             model = nnx.merge(graphdef, p, rngs(rng_state), other)
             nnx.reseed(model, default=k_dropout)
             logits = model(x, train=True)
+            if label_smoothing:
+                targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype), label_smoothing)
+                return optax.softmax_cross_entropy(logits, targets).mean(), logits
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

@@ -115,6 +115,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _positive_int(config, name)
     if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
         raise ConfigError(f"learning_rate must be a positive finite number, got {config.learning_rate!r}")
+    for name in ("ema_decay", "label_smoothing"):
+        if not (isinstance(config[name], (int, float)) and 0 <= config[name] < 1):
+            raise ConfigError(f"{name} must be a number in [0, 1) (0: off), got {config[name]!r}")
     devices, processes = jax.device_count(), jax.process_count()
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % devices or config[name] % processes:
@@ -248,7 +251,8 @@ def make_train_step(config, graphdef, rng_state, tx: optax.GradientTransformatio
     """
     return step_lib.make_train_step(graphdef, rng_state, tx, seed=config.seed,
                                     preprocess=functools.partial(_preprocess, config),
-                                    schedule=optim.schedule(config), replicated=replicated, batch=batch)  # fmt: skip
+                                    schedule=optim.schedule(config), replicated=replicated, batch=batch,
+                                    label_smoothing=config.label_smoothing)  # fmt: skip
 
 
 def make_eval_step(graphdef, rng_state, *, replicated, batch) -> Callable:
@@ -391,6 +395,8 @@ def _train_and_evaluate(config, workdir: Path, data_dir: Path, t_start: float, *
     eval_step = make_eval_step(graphdef, rng_state, replicated=replicated, batch=batch_sharding)
     show = replicate(test_images[: config.num_show], replicated)
     transform = make_transform(graphdef, rng_state, replicated=replicated) if model.has_transformer else None
+    # What evaluation, pictures and the returned params use: the weights' average with ema_decay, else the weights.
+    eval_params = jax.jit(functools.partial(optim.eval_params, config), out_shardings=replicated)
 
     progress = metrics.Progress(total=config.steps, start=start, batch_size=config.batch_size,
                                 log_every=config.log_every, active=lead)  # fmt: skip
@@ -446,11 +452,11 @@ def _train_and_evaluate(config, workdir: Path, data_dir: Path, t_start: float, *
                 progress.update(step)
             val, t_other = None, time.perf_counter()
             if step % config.eval_every == 0 or step == config.steps:
-                val = evaluate(eval_step, params, other, val_set, batch_sharding)
+                val = evaluate(eval_step, eval_params(params, opt_state), other, val_set, batch_sharding)
                 writer.write(step, "val", **val)
                 progress.message(f"step {step}: val error {100 * val['error']:.2f}%  val loss {val['loss']:.4f}")
                 if transform is not None:
-                    warped = np.asarray(jax.device_get(transform(params, other, show)))
+                    warped = np.asarray(jax.device_get(transform(eval_params(params, opt_state), other, show)))
                     if lead:
                         plots.save_transformed(workdir / "samples" / f"step_{step:06d}.png", test_images[: config.num_show],
                                                warped, title=f"{config.name}, step {step}")  # fmt: skip
@@ -467,6 +473,7 @@ def _train_and_evaluate(config, workdir: Path, data_dir: Path, t_start: float, *
         ckpt.seal()  # stopped by an error or Ctrl-C: digests of the saves already complete
         progress.close()
 
+    params = eval_params(params, opt_state)
     test = evaluate(eval_step, params, other, test_set, batch_sharding)
     summary = {
         "config": config.name,
@@ -512,8 +519,11 @@ def _resume_note(ckpt: checkpoints.Checkpoints) -> str:
     return f"A rerun resumes from step {step} in {ckpt.directory}, unverified (it has no digest)."
 
 
-def final_params(workdir: os.PathLike | str, *, step: int | None = None) -> Any:
+def final_params(workdir: os.PathLike | str, *, step: int | None = None, ema_decay: float = 0.0) -> Any:
     """Parameters of a checkpoint in ``workdir`` (default: the newest that verifies) as host NumPy arrays.
+
+    With the run's ``ema_decay`` (> 0), the debiased moving average of the weights, the parameters
+    the run evaluated (:func:`train.optim.eval_params`).
 
     Reads on any machine, whatever the device count of the run that wrote it. The checkpoint's
     digests are checked first (:func:`train.checkpoints.pick`): a damaged one raises
@@ -527,15 +537,24 @@ def final_params(workdir: os.PathLike | str, *, step: int | None = None) -> Any:
         tree = mngr.item_metadata(step)["state"].tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=restore_args)))
-    return restored["state"]["params"]
+    state = restored["state"]
+    if not ema_decay:
+        return state["params"]
+    chain = state["opt_state"]  # with optim.params_ema: a list (the chain), the average last, as a dict
+    average = chain[-1] if isinstance(chain, list) and chain else None
+    if not isinstance(average, dict) or set(average) != {"count", "ema"}:
+        raise CheckpointError(f"ema_decay={ema_decay} but the checkpoint of step {step} in {directory} has no "
+                              "average of the weights: was the run trained with ema_decay=0?")  # fmt: skip
+    ema = optim.ParamsEMAState(np.asarray(average["count"]), average["ema"])
+    return jax.tree.map(np.asarray, optim.debiased(ema, ema_decay)) if ema.count > 0 else state["params"]
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: os.PathLike | str, *, step: int | None = None):
     """The config's model with the parameters of a checkpoint in ``workdir`` (default: the newest that
-    verifies; see :func:`final_params`)."""
+    verifies; see :func:`final_params`): those the run evaluated (the average with ``ema_decay``)."""
     model = build(config)
     params = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(params, _unwrap_values(final_params(workdir, step=step)))
+    nnx.replace_by_pure_dict(params, _unwrap_values(final_params(workdir, step=step, ema_decay=config.ema_decay)))
     nnx.update(model, params)
     return model
 

@@ -22,6 +22,10 @@ Fields (all overridable from the command line with ``--set key=value``):
 ``lr_drops``                 fractions of ``steps`` where ``"steps"`` divides the rate by 10
 ``localisation_lr``          learning-rate multiplier of the localisation nets (paper: 0.1)
 ``nonfinite``                ``"stop"`` (exit code 3) or ``"skip"`` the step
+``ema_decay``                0: off; else evaluate an exponential moving average of the
+                             weights with this decay (:func:`train.optim.params_ema`)
+``label_smoothing``          0: off; else train on labels smoothed by this much
+                             (``optax.smooth_labels``; evaluation losses stay unsmoothed)
 ===========================  ================================================================
 """
 
@@ -59,6 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.weight_decay = 1e-4
     c.localisation_lr = 0.1
     c.grad_clip_norm = 0.0  # 0: off
+    c.ema_decay = 0.0  # 0: off
+    c.label_smoothing = 0.0  # 0: off
     c.nonfinite = "stop"
     # Evaluation, logging, checkpoints.
     c.eval_every = 500

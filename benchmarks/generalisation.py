@@ -23,10 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-import reproduce
+from cells import GENERALISATION_ANGLES, GENERALISATION_CELLS, ROOT, RUNS_DIR, run_stem
+from records import RESULTS_DIR, RESULTS_MD, generalisation_path, load_records, write_results
 
-ANGLES = (45, 60, 75, 90)
-CELLS = ("rts28_cnn", "rts28_st_cnn_affine")
 EVAL_BATCH = 500
 
 
@@ -66,10 +65,9 @@ def accuracy(model, images, labels) -> float:
 
 def evaluate_run(record: dict, *, data_dir: Path, runs_dir: Path) -> dict:
     """Accuracy at each angle of the run that ``record`` describes (its workdir holds the checkpoints)."""
-    sys.path.insert(0, str(reproduce.ROOT))
     from train import data, configs, train
 
-    stem = reproduce.run_stem(record["cell"], record["steps"], record["batch_size"])
+    stem = run_stem(record["cell"], record["steps"], record["batch_size"])
     config = configs.get_config(record["config"])
     model = train.restore_model(config, runs_dir / stem)
     images, labels = data.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1,
@@ -77,7 +75,7 @@ def evaluate_run(record: dict, *, data_dir: Path, runs_dir: Path) -> dict:
     result = {"cell": record["cell"], "label": record["label"], "run": stem, "steps": record["steps"],
               "batch_size": record["batch_size"], "test_examples": int(len(labels)),
               "in_distribution_error_pct": record["test_error_pct"], "accuracy_pct": {}}  # fmt: skip
-    for degrees in ANGLES:
+    for degrees in GENERALISATION_ANGLES:
         x, y = rotated_test_set(images, labels, degrees)
         result["accuracy_pct"][str(degrees)] = round(100 * accuracy(model, x, y), 2)
         print(f"[generalisation] {stem}: {degrees}° accuracy {result['accuracy_pct'][str(degrees)]:.2f}%", flush=True)
@@ -85,53 +83,26 @@ def evaluate_run(record: dict, *, data_dir: Path, runs_dir: Path) -> dict:
     return result
 
 
-def result_path(results_dir: Path, stem: str) -> Path:
-    return results_dir / f"generalisation__{stem}.json"
-
-
-def load_results(results_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(results_dir.glob("generalisation__*.json"))]
-
-
-def render(results: list[dict]) -> list[str]:
-    """The RESULTS.md table of experiment (a) (most images seen per cell)."""
-    lines = ["(a) Generalisation beyond the training rotations: trained on RTS28 (rotation ±45°, scale 0.7–1.3, "
-             "shift ±0.1), tested on the 10,000 test digits rotated by exactly each angle (alternately clockwise "
-             "and anticlockwise); percent accuracy (`benchmarks/generalisation.py`).", ""]  # fmt: skip
-    if not results:
-        return lines + ["Not measured yet.", ""]
-    lines += ["| model | " + " | ".join(f"{a}°" for a in ANGLES) + " | in-distribution error % | steps × batch |",
-              "| --- | " + " | ".join("---:" for _ in ANGLES) + " | ---: | --- |"]  # fmt: skip
-    best = {}
-    for r in sorted(results, key=lambda r: (r["steps"] * r["batch_size"], r["finished"])):
-        best[r["cell"]] = r
-    for r in best.values():
-        cells = " | ".join(f"{r['accuracy_pct'][str(a)]:.2f}" for a in ANGLES)
-        lines.append(f"| {r['label']} | {cells} | {r['in_distribution_error_pct']:.2f} | "
-                     f"{r['steps']} × {r['batch_size']} |")  # fmt: skip
-    return lines + [""]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default=str(reproduce.ROOT / "out" / "data"))
-    parser.add_argument("--runs_dir", default=str(reproduce.RUNS_DIR))
-    parser.add_argument("--results_dir", default=str(reproduce.RESULTS_DIR))
+    parser.add_argument("--data_dir", default=str(ROOT / "out" / "data"))
+    parser.add_argument("--runs_dir", default=str(RUNS_DIR))
+    parser.add_argument("--results_dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     results_dir = Path(args.results_dir)
-    records = [r for r in reproduce.load_records(results_dir) if r["cell"] in CELLS]
+    records = [r for r in load_records(results_dir) if r["cell"] in GENERALISATION_CELLS]
     if not records:
         print("no trained rts28 run recorded; train them first:\n  PYTHONPATH=. python benchmarks/reproduce.py "
-              f"--cells {','.join(CELLS)}", file=sys.stderr)  # fmt: skip
+              f"--cells {','.join(GENERALISATION_CELLS)}", file=sys.stderr)  # fmt: skip
         return 1
     for record in records:
-        stem = reproduce.run_stem(record["cell"], record["steps"], record["batch_size"])
-        if result_path(results_dir, stem).exists():
+        stem = run_stem(record["cell"], record["steps"], record["batch_size"])
+        if generalisation_path(results_dir, stem).exists():
             continue
         result = evaluate_run(record, data_dir=Path(args.data_dir), runs_dir=Path(args.runs_dir))
-        result_path(results_dir, stem).write_text(json.dumps(result, indent=2) + "\n")
-    reproduce.write_results(results_dir)
-    print(f"wrote {reproduce.RESULTS_MD}")
+        generalisation_path(results_dir, stem).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(results_dir)
+    print(f"wrote {RESULTS_MD}")
     return 0
 
 

@@ -5,6 +5,7 @@ training extra's packages (TensorFlow, TFDS, grain, orbax, ...) made unimportabl
 benchmarks are scripts, not timed tests.
 """
 
+import ast
 import inspect
 import os
 import re
@@ -256,3 +257,41 @@ def test_quick_antialias_table_shows_the_filter_helping(quick_run):
         assert float(rows[0][header.index(variant)]) >= plain + 6, (variant, rows[0])
     header, rows = _table(text, "| workload | pass |")
     assert [r[1] for r in rows] == ["fwd", "fwd+bwd"] and all(r[2].endswith("(1.0x)") for r in rows)
+
+
+def _imports(path: Path) -> tuple[set[str], list[int]]:
+    """(modules ``path`` imports anywhere, function bodies too; lines that touch ``sys.path``)."""
+    modules, sys_path = set(), []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules.add(node.module)
+        elif isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys":
+            sys_path.append(node.lineno)
+    return modules, sys_path
+
+
+def test_benchmarks_import_no_circle_no_cli_internals_and_leave_sys_path_alone():
+    """The scripts find ``stn_jax`` and ``train`` installed (or on PYTHONPATH) and their siblings in their own folder."""
+    scripts = {path.stem: path for path in BENCHMARKS.glob("*.py")}
+    siblings = {}
+    for name, path in scripts.items():
+        modules, sys_path = _imports(path)
+        assert not sys_path, f"benchmarks/{name}.py edits sys.path (lines {sys_path})"
+        assert "train.__main__" not in modules, f"benchmarks/{name}.py imports the CLI; use train.configs"
+        siblings[name] = {m for m in modules if m in scripts}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise AssertionError("import circle: " + " -> ".join([*path[path.index(name):], name]))
+        if name not in done:
+            for sibling in sorted(siblings[name]):
+                visit(sibling, (*path, name))
+            done.add(name)
+
+    for name in sorted(scripts):
+        visit(name, ())
+    assert siblings["reproduce"] >= {"cells", "records"} and "reproduce" not in siblings["generalisation"]
+

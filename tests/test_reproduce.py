@@ -1,4 +1,5 @@
-"""Bookkeeping of benchmarks/reproduce.py: records -> RESULTS.md, finished cells skipped (no training)."""
+"""Bookkeeping of benchmarks/reproduce.py: cells (cells.py), records -> RESULTS.md (records.py), finished cells
+skipped (no training)."""
 
 import json
 import sys
@@ -6,18 +7,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import cells  # noqa: E402
+import records  # noqa: E402
 import reproduce  # noqa: E402
 
 
 def _record(cell, error, steps=100, batch=8):
-    distortion, model = reproduce.parse_cell(cell)
+    distortion, model = cells.parse_cell(cell)
     return {
-        "cell": cell, "distortion": distortion, "model": model, "label": reproduce.cell_label(cell),
-        "config": reproduce.config_name(cell), "paper_error_pct": reproduce.paper_error(cell),
+        "cell": cell, "distortion": distortion, "model": model, "label": cells.cell_label(cell),
+        "config": cells.config_name(cell), "paper_error_pct": cells.paper_error(cell),
         "test_error": error, "test_error_pct": round(100 * error, 2), "test_examples": 10_000,
         "steps": steps, "batch_size": batch, "images_seen": steps * batch, "epochs": 0.01,
         "wall_time_s": 61.0, "train_images_per_s": 500.0, "last_val_error": error,
-        "command": f"python -m train --config {reproduce.config_name(cell)}", "finished": "2026-01-01T00:00:00",
+        "command": f"python -m train --config {cells.config_name(cell)}", "finished": "2026-01-01T00:00:00",
         "pictures": {"samples": f"{cell}_samples.png"} if model.startswith("st_") else {},
     }  # fmt: skip
 
@@ -25,11 +28,11 @@ def _record(cell, error, steps=100, batch=8):
 def test_cells_parse_and_have_configs():
     from train import configs
 
-    for cell in reproduce.DEFAULT_ORDER:
-        assert reproduce.config_name(cell) in configs.NAMES
-        assert reproduce.paper_error(cell) is not None
-    for cell in reproduce.ADDITION_CELLS:
-        assert reproduce.config_name(cell) in configs.NAMES
+    for cell in cells.DEFAULT_ORDER:
+        assert cells.config_name(cell) in configs.NAMES
+        assert cells.paper_error(cell) is not None
+    for cell in cells.ADDITION_CELLS:
+        assert cells.config_name(cell) in configs.NAMES
 
 
 def test_addition_variant_sets_its_override_on_the_command_and_in_the_config():
@@ -42,11 +45,11 @@ def test_addition_variant_sets_its_override_on_the_command_and_in_the_config():
 
 
 def test_table_regenerated_from_records(tmp_path):
-    records = [_record("rts_st_cnn_affine", 0.0091), _record("rts_cnn", 0.0123),
+    runs = [_record("rts_st_cnn_affine", 0.0091), _record("rts_cnn", 0.0123),
                _record("rts_st_cnn_affine", 0.02, steps=10)]  # fmt: skip
-    for r in records:
-        (tmp_path / f"{reproduce.run_stem(r['cell'], r['steps'], r['batch_size'])}.json").write_text(json.dumps(r))
-    text = reproduce.render_results(reproduce.load_records(tmp_path))
+    for r in runs:
+        (tmp_path / f"{cells.run_stem(r['cell'], r['steps'], r['batch_size'])}.json").write_text(json.dumps(r))
+    text = records.render_results(records.load_records(tmp_path))
     assert "| ST-CNN Aff | — (0.7) | **0.91** <sub>100×8</sub> (0.5) | — (0.8) | — (1.2) |" in text  # most images
     assert "| CNN | — (1.2) | **1.23** <sub>100×8</sub> (0.8) |" in text
     # sqrt(0.0091·0.9909/1e4 + 0.0123·0.9877/1e4) = 0.00145: 0.32 points is more than 2σ.
@@ -58,8 +61,8 @@ def test_table_regenerated_from_records(tmp_path):
 
 def test_addition_table_shows_accuracy_beside_the_reported_figures(tmp_path):
     r = _record("addition_2st_fcn_random_init", 0.25)
-    reproduce.record_path(tmp_path, r["cell"], 100, 8).write_text(json.dumps(r))
-    text = reproduce.render_results(reproduce.load_records(tmp_path))
+    records.record_path(tmp_path, r["cell"], 100, 8).write_text(json.dumps(r))
+    text = records.render_results(records.load_records(tmp_path))
     assert "| 2×ST-FCN, random init | **75.00** (25.00) | — | 69 | — | 100 × 8 | 1m01s |" in text
     assert "| CNN | — | 85.3 | 85 | 14.7 | — | — |" in text
 
@@ -67,7 +70,7 @@ def test_addition_table_shows_accuracy_beside_the_reported_figures(tmp_path):
 def test_finished_cells_are_skipped(tmp_path):
     todo = reproduce.plan(["rts_st_cnn_affine", "rts_cnn"], 100, 8)
     assert reproduce.pending(todo, tmp_path) == todo
-    reproduce.record_path(tmp_path, "rts_cnn", 100, 8).write_text(json.dumps(_record("rts_cnn", 0.01)))
+    records.record_path(tmp_path, "rts_cnn", 100, 8).write_text(json.dumps(_record("rts_cnn", 0.01)))
     assert reproduce.pending(todo, tmp_path) == [("rts_st_cnn_affine", 100, 8)]
     assert reproduce.pending(reproduce.plan(["rts_cnn"], 200, 8), tmp_path) == [("rts_cnn", 200, 8)]  # new budget
 
@@ -86,16 +89,14 @@ def test_generalisation_rotates_alternately_by_exactly_the_angle():
 
 
 def test_generalisation_table_is_rendered_into_results(tmp_path):
-    import generalisation
-
     r = _record("rts28_st_cnn_affine", 0.02)
-    reproduce.record_path(tmp_path, r["cell"], 100, 8).write_text(json.dumps(r))
+    records.record_path(tmp_path, r["cell"], 100, 8).write_text(json.dumps(r))
     result = {"cell": r["cell"], "label": r["label"], "run": "x", "steps": 100, "batch_size": 8,
               "test_examples": 10000, "in_distribution_error_pct": 2.0, "finished": "2026-01-01T00:00:00",
               "accuracy_pct": {"45": 97.5, "60": 90.25, "75": 70.0, "90": 40.0}}  # fmt: skip
-    generalisation.result_path(tmp_path, "x").write_text(json.dumps(result))
+    records.generalisation_path(tmp_path, "x").write_text(json.dumps(result))
     out = tmp_path / "RESULTS.md"
-    reproduce.write_results(tmp_path, out)
+    records.write_results(tmp_path, out)
     assert "| ST-CNN Aff | 97.50 | 90.25 | 70.00 | 40.00 | 2.00 | 100 × 8 |" in out.read_text()
 
 
@@ -105,8 +106,8 @@ def test_variant_cell_runs_its_base_config_with_the_variant_overrides():
     assert "model_kwargs.output_pool=1" in command
     config = reproduce._config("tc_st_cnn_affine+full_res", 10, 8)
     assert config["model_kwargs"]["output_pool"] == 1 and config["model"] == "st_cnn_affine"
-    assert reproduce.parse_cell("tc_st_cnn_affine+full_res") == ("TC", "st_cnn_affine")
-    assert reproduce.paper_error("tc_st_cnn_affine+full_res") == 1.7
+    assert cells.parse_cell("tc_st_cnn_affine+full_res") == ("TC", "st_cnn_affine")
+    assert cells.paper_error("tc_st_cnn_affine+full_res") == 1.7
     assert reproduce.plan(["tc_cnn+seed_1:30:4"], None, None) == [("tc_cnn+seed_1", 30, 4)]
 
 
@@ -118,12 +119,12 @@ def test_unknown_variant_is_refused_with_the_known_ones():
 
 
 def test_variants_are_compared_with_the_same_budget_cnn_but_stay_out_of_table_1(tmp_path):
-    records = [_record("tc_cnn", 0.0187), _record("tc_st_cnn_affine", 0.0218),
+    runs = [_record("tc_cnn", 0.0187), _record("tc_st_cnn_affine", 0.0218),
                _record("tc_st_cnn_affine+full_res", 0.0150), _record("tc_st_cnn_affine+seed_1", 0.0190),
                _record("tc_cnn+seed_1", 0.0200), _record("tc_st_cnn_affine+loc_lr_1", 0.01, steps=50)]  # fmt: skip
-    for r in records:
-        reproduce.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
-    text = reproduce.render_results(reproduce.load_records(tmp_path))
+    for r in runs:
+        records.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
+    text = records.render_results(records.load_records(tmp_path))
     assert "| ST-CNN Aff | **2.18** <sub>100×8</sub> (1.7) |" in text  # the standard recipe, not the 1.50
     assert "TC, 100 steps × 8: ST-CNN Aff +full_res 1.50% vs CNN 1.87%, difference 0.37" in text
     assert "TC, 100 steps × 8: ST-CNN Aff +seed_1 1.90% vs CNN +seed_1 2.00%, difference 0.10" in text
@@ -136,8 +137,8 @@ def test_variants_are_compared_with_the_same_budget_cnn_but_stay_out_of_table_1(
 def test_addition_table_lists_every_run_and_variant(tmp_path):
     runs = [_record("addition_cnn", 0.6, steps=200), _record("addition_cnn", 0.7), _record("addition_cnn+fc_128", 0.2)]
     for r in runs:
-        reproduce.record_path(tmp_path, r["cell"], r["steps"], 8).write_text(json.dumps(r))
-    text = reproduce.render_results(reproduce.load_records(tmp_path))
+        records.record_path(tmp_path, r["cell"], r["steps"], 8).write_text(json.dumps(r))
+    text = records.render_results(records.load_records(tmp_path))
     assert ("| CNN | **30.00** (70.00) | 85.3 | 85 | 14.7 | 100 × 8 | 1m01s |\n"
             "| CNN | **40.00** (60.00) | 85.3 | 85 | 14.7 | 200 × 8 | 1m01s |\n"
             "| CNN +fc_128 | **80.00** (20.00) | 85.3 |") in text  # fmt: skip
@@ -152,14 +153,14 @@ def test_combined_variants_apply_every_part_and_pair_with_the_same_combination(t
     config = reproduce._config("tc_cnn+fixed_train+seed_1", 10, 8)
     assert config["train_distortion"] == "fixed" and config["seed"] == 1 and config["model"] == "cnn"
     with pytest.raises(ValueError, match="unknown variant 'seed_9'"):
-        reproduce.split_variant("tc_cnn+fixed_train+seed_9")
-    records = [_record("tc_cnn", 0.0187), _record("tc_cnn+fixed_train", 0.03),
+        cells.split_variant("tc_cnn+fixed_train+seed_9")
+    runs = [_record("tc_cnn", 0.0187), _record("tc_cnn+fixed_train", 0.03),
                _record("tc_cnn+fixed_train+seed_1", 0.04), _record("tc_st_cnn_affine+fixed_train+seed_1", 0.02),
                _record("tc_st_cnn_affine+fixed_train+full_res", 0.025),
                _record("tc_st_cnn_affine+fixed_train", 0.01, steps=200)]  # fmt: skip
-    for r in records:
-        reproduce.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
-    text = reproduce.render_results(reproduce.load_records(tmp_path))
+    for r in runs:
+        records.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
+    text = records.render_results(records.load_records(tmp_path))
     assert "ST-CNN Aff +fixed_train+seed_1 2.00% vs CNN +fixed_train+seed_1 4.00%, difference 2.00" in text
     assert "ST-CNN Aff +fixed_train+full_res 2.50% vs CNN +fixed_train 3.00%" in text  # transformer-only part dropped
     assert "ST-CNN Aff +fixed_train 1.00%" not in text  # no CNN +fixed_train of 200 steps: never the standard CNN
@@ -167,3 +168,11 @@ def test_combined_variants_apply_every_part_and_pair_with_the_same_combination(t
     # The TC table: the standard run, and the fixed-training-set run of seed 0 (not the seed-1 one).
     assert "| CNN | **1.87** <sub>100×8</sub> (3.5) | **3.00** <sub>100×8</sub> (3.5) |" in text
     assert "| ST-CNN Aff | — (1.7) | **1.00** <sub>200×8</sub> (1.7) |" in text
+
+
+def test_results_md_is_what_the_recorded_runs_render(tmp_path):
+    """RESULTS.md is generated, never edited by hand: benchmarks/results/ renders it byte for byte."""
+    out = tmp_path / "RESULTS.md"
+    records.write_results(records.RESULTS_DIR, out)
+    assert out.read_bytes() == records.RESULTS_MD.read_bytes(), "rerun: PYTHONPATH=. python benchmarks/reproduce.py --render"
+

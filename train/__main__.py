@@ -34,47 +34,15 @@ no TensorFlow/TFDS start-up warnings.
 from __future__ import annotations
 
 import argparse
-import ast
 import logging
 import os
 import sys
 from pathlib import Path
 
 from train import errors  # exit codes and errors; train.train is imported after JAX's set-up
+from train.configs import apply_overrides, parse_overrides  # noqa: F401 -- kept for callers of the CLI module
 
 EXIT_CODE_HELP = ", ".join(f"{code} {what}" for code, what in errors.EXIT_CODES.items())
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    out = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise errors.ConfigError(f"--set expects key=value, got {pair!r}")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text  # a bare word: a string
-        out[key.strip()] = value
-    return out
-
-
-def apply_overrides(config, overrides: dict[str, object]) -> None:
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            if part not in node:
-                raise errors.ConfigError(f"unknown config key {key!r}")
-            node = node[part]
-        if leaf not in node and not (parents and parents[-1] == "model_kwargs"):
-            raise errors.ConfigError(f"unknown config key {key!r}; keys: {', '.join(sorted(config.keys()))}")
-        try:
-            if leaf in node and isinstance(node[leaf], tuple) and isinstance(value, list):
-                value = tuple(value)
-            node[leaf] = value
-        except (TypeError, ValueError, KeyError) as err:
-            raise errors.ConfigError(f"--set {key}={value!r}: {err}") from err
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -150,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.config or not (args.workdir or args.print_config):
             raise errors.ConfigError("--config and --workdir are required (see --help)")
-        config = configs.get_config(args.config)
-        apply_overrides(config, parse_overrides(args.set))
+        config = configs.get_config(args.config, args.set)
         if args.data_dir:
             config.data_dir = args.data_dir
         if args.print_config:

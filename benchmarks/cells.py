@@ -1,0 +1,173 @@
+"""What benchmarks/reproduce.py runs, by name: the cells of Table 1, the smaller experiments, the recipe variants.
+
+A *cell* is one model on one distortion, ``<distortion>_<model>`` (``rts_st_cnn_affine``), trained by the
+config ``mnist_<cell>`` of :mod:`train.configs`, whose Table 1 names (distortions, models, row labels) it
+uses; or one of the MNIST-addition experiments (:data:`ADDITION_CELLS`). ``<cell>+<variant>[+<variant>...]``
+is that cell with recipe variants (:data:`VARIANTS`). A *run* is a cell with a budget, named
+``<cell>__s<steps>_b<batch>`` (:func:`run_stem`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from train import configs
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS_DIR = ROOT / "out" / "reproduce"  # gitignored: checkpoints and whole workdirs stay here
+
+DISTORTIONS = (*configs.TABLE1_DISTORTIONS, "TC")  # TC: measured in the paper's text (sec. 4.1), not in Table 1
+LABELS = configs.TABLE1_LABELS  # model name -> row label of Table 1, in its order
+# The paper's percent test errors, per model (Table 1; TC from sec. 4.1's text).
+PAPER = {
+    "fcn": {"R": 2.1, "RTS": 5.2, "P": 3.1, "E": 3.2},
+    "cnn": {"R": 1.2, "RTS": 0.8, "P": 1.5, "E": 1.4, "TC": 3.5},
+    "st_fcn_affine": {"R": 1.2, "RTS": 0.8, "P": 1.5, "E": 2.7},
+    "st_fcn_projective": {"R": 1.3, "RTS": 0.9, "P": 1.4, "E": 2.6},
+    "st_fcn_tps": {"R": 1.1, "RTS": 0.8, "P": 1.4, "E": 2.4},
+    "st_cnn_affine": {"R": 0.7, "RTS": 0.5, "P": 0.8, "E": 1.2, "TC": 1.7},
+    "st_cnn_projective": {"R": 0.8, "RTS": 0.6, "P": 0.8, "E": 1.3},
+    "st_cnn_tps": {"R": 0.7, "RTS": 0.5, "P": 0.8, "E": 1.1},
+}
+
+# The issue's cells, in the order they are run by default (priority first).
+DEFAULT_ORDER = (
+    "rts_st_cnn_affine", "rts_cnn",
+    "r_cnn", "r_st_cnn_affine", "p_cnn", "p_st_cnn_affine", "e_cnn", "e_st_cnn_affine",
+    "tc_cnn", "tc_st_cnn_affine",
+    "rts_st_cnn_projective", "rts_st_cnn_tps", "e_st_cnn_projective", "e_st_cnn_tps",
+    "rts_fcn", "rts_st_fcn_affine",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class AdditionCell:
+    """One of the smaller experiments (b) and (c): MNIST addition, two RTS digits as two channels of a 42×42
+    image, label = their sum."""
+
+    config: str
+    label: str  # its row in RESULTS.md
+    overrides: dict[str, object] = dataclasses.field(default_factory=dict)  # beyond the config and the budget
+    reported_two_channels: float | None = None  # percent accuracy the source documents report for (b)
+    reported_init: float | None = None  # ... and for (c), the regression layer's initialisation
+    paper_error: float | None = None  # the paper's percent error
+
+
+ADDITION_CELLS = {
+    "addition_2st_fcn": AdditionCell("mnist_addition_2st_fcn", "2×ST-FCN, identity init",
+                                     reported_two_channels=93.47, reported_init=90, paper_error=5.8),
+    "addition_2st_fcn_random_init": AdditionCell("mnist_addition_2st_fcn", "2×ST-FCN, random init",
+                                                 {"model_kwargs.theta_init": "random"}, reported_init=69),
+    "addition_cnn": AdditionCell("mnist_addition_cnn", "CNN", reported_two_channels=85.30, reported_init=85,
+                                 paper_error=14.7),
+    "addition_fcn": AdditionCell("mnist_addition_fcn", "FCN"),
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A change to the recipe, run as ``<cell>+<variant>``: the cell's config with these fields changed."""
+
+    overrides: dict[str, object]
+    description: str  # what it changes, against the standard recipe
+    transformer_only: bool = False  # changes only the transformer: a CNN has nothing to change
+
+
+# Recipe variants, run as "<cell>+<variant>" (e.g. "tc_st_cnn_affine+full_res"; combined:
+# "tc_cnn+fixed_train+seed_1"). Recorded and compared with the same-budget CNN like the standard
+# recipe, but the Table 1 entries stay the standard recipe's.
+VARIANTS = {
+    "loc_lr_1": Variant({"localisation_lr": 1.0}, "localisation nets at the full learning rate (standard: 0.1×)",
+                        transformer_only=True),
+    "full_res": Variant({"model_kwargs.output_pool": 1},
+                        "classifier on the transformer's full-resolution output (standard: average-pooled 2× above "
+                        "32 px)", transformer_only=True),
+    "seed_1": Variant({"seed": 1}, "another initialisation and data order (seed 1; standard: 0)"),
+    "fixed_train": Variant({"train_distortion": "fixed"},
+                           "trained on one fixed distorted copy of the training split, the same every epoch "
+                           "(standard: distorted afresh every step)"),
+    "out_30": Variant({"model_kwargs.out_shape": (30, 30), "model_kwargs.output_pool": 1},
+                      "the transformer samples its 30×30 output directly (standard: samples 60×60, then "
+                      "average-pools 2×)", transformer_only=True),
+    "antialias": Variant({"model_kwargs.antialias": True},
+                         "the transformer samples with `antialias=True` (standard: plain bilinear)",
+                         transformer_only=True),
+    "ema": Variant({"ema_decay": 0.999},
+                   "evaluated with a moving average of the weights, decay 0.999 (standard: the weights)"),
+    "ls_01": Variant({"label_smoothing": 0.1}, "trained on labels smoothed by 0.1 (standard: none)"),
+    "lr_1e3": Variant({"learning_rate": 1e-3}, "peak learning rate 1e-3 (standard: 3e-3)"),
+    "lr_6e3": Variant({"learning_rate": 6e-3}, "peak learning rate 6e-3 (standard: 3e-3)"),
+    "warmup_600": Variant({"warmup_steps": 600}, "600 warm-up steps (standard: 5% of the steps, at most 200)"),
+    "fc_128": Variant({"model_kwargs.hidden": [128]},
+                      "a hidden FC layer of 128 units before the CNN's output (standard: none); on addition "
+                      "467,603 parameters, as many as the FCN (470,675) and 2×ST-FCN (469,169)"),
+}  # fmt: skip
+
+
+def cell_name(distortion: str, model: str) -> str:
+    return f"{distortion.lower()}_{model}"
+
+
+def variant_parts(variant: str | None) -> list[str]:
+    """``"fixed_train+seed_1"`` -> ``["fixed_train", "seed_1"]``; None or "" -> []."""
+    return variant.split("+") if variant else []
+
+
+def split_variant(cell: str) -> tuple[str, str | None]:
+    """``"tc_cnn+fixed_train+seed_1"`` -> ``("tc_cnn", "fixed_train+seed_1")``; no variant: None."""
+    base, plus, variant = cell.partition("+")
+    for part in variant.split("+") if plus else ():  # "tc_cnn+" names the empty variant: refused
+        if part not in VARIANTS:
+            raise ValueError(f"unknown variant {part!r} of cell {cell!r}: expected one of {', '.join(VARIANTS)}")
+    return base, (variant if plus else None)
+
+
+def parse_cell(cell: str) -> tuple[str, str]:
+    """``"rts_st_cnn_affine"`` -> ``("RTS", "st_cnn_affine")`` (a variant's: its base cell's)."""
+    cell = split_variant(cell)[0]
+    if cell in ADDITION_CELLS:
+        return "addition", cell.removeprefix("addition_")
+    head, _, model = cell.partition("_")
+    distortion = head.upper()
+    if distortion not in (*DISTORTIONS, "RTS28") or model not in LABELS:
+        raise ValueError(f"unknown cell {cell!r}: expected <{'|'.join(d.lower() for d in DISTORTIONS)}>_<"
+                         f"{'|'.join(LABELS)}> or one of {', '.join(ADDITION_CELLS)}")  # fmt: skip
+    return distortion, model
+
+
+def config_name(cell: str) -> str:
+    cell = split_variant(cell)[0]
+    return ADDITION_CELLS[cell].config if cell in ADDITION_CELLS else f"mnist_{cell}"
+
+
+def extra_overrides(cell: str) -> dict[str, object]:
+    """What the cell sets beyond its config and the budget (e.g. the random-init variant)."""
+    cell, variant = split_variant(cell)
+    overrides = dict(ADDITION_CELLS[cell].overrides) if cell in ADDITION_CELLS else {}
+    for part in variant_parts(variant):
+        overrides |= VARIANTS[part].overrides
+    return overrides
+
+
+def cell_label(cell: str) -> str:
+    base, variant = split_variant(cell)
+    label = ADDITION_CELLS[base].label if base in ADDITION_CELLS else LABELS[parse_cell(base)[1]]
+    return f"{label} +{variant}" if variant else label
+
+
+def paper_error(cell: str) -> float | None:
+    cell = split_variant(cell)[0]
+    if cell in ADDITION_CELLS:
+        return ADDITION_CELLS[cell].paper_error
+    distortion, model = parse_cell(cell)
+    return PAPER[model].get(distortion)
+
+
+def run_stem(cell: str, steps: int, batch: int) -> str:
+    return f"{cell}__s{steps}_b{batch}"
+
+
+# Experiment (a), benchmarks/generalisation.py: these cells, tested on digits rotated by exactly these angles.
+GENERALISATION_CELLS = ("rts28_cnn", "rts28_st_cnn_affine")
+GENERALISATION_ANGLES = (45, 60, 75, 90)

@@ -56,7 +56,7 @@ from flax import nnx
 import report
 import train_speed
 from stn_jax.models import build_model
-from stn_jax.transformer import with_localisation_lr
+from stn_jax.optim import with_localisation_lr
 from train import distortions, loop, xla_cpu
 from train import step as step_lib
 

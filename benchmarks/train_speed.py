@@ -59,7 +59,7 @@ from flax import nnx  # noqa: E402
 
 import report  # noqa: E402
 from stn_jax.models import build_model  # noqa: E402
-from stn_jax.transformer import with_localisation_lr  # noqa: E402
+from stn_jax.optim import with_localisation_lr  # noqa: E402
 from train import xla_cpu  # noqa: E402
 
 BEGIN = "<!-- BEGIN benchmarks/train_speed.py (generated, do not edit by hand) -->"

@@ -4,7 +4,16 @@ Pure per-example functions: :func:`grid` turns transform parameters θ into a sa
 grid, :func:`sample` reads an image at the grid's points. Batch with ``jax.vmap``.
 """
 
-from stn_jax.grids import TRANSFORMS, affine_grid, affine_matrix, grid, identity_grid, identity_params, num_params
+from stn_jax.grids import (
+    TRANSFORMS,
+    affine_grid,
+    affine_matrix,
+    grid,
+    identity_grid,
+    identity_params,
+    num_params,
+    tps_control_points,
+)
 from stn_jax.sampling import IMPLEMENTATIONS, METHODS, PADDINGS, sample
 from stn_jax.transforms import (
     AffineParams,
@@ -39,5 +48,6 @@ __all__ = [
     "num_params",
     "pixel_to_normalized",
     "sample",
+    "tps_control_points",
     "transform_points",
 ]

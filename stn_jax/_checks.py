@@ -26,6 +26,14 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def check_int(name: str, value, *, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_shape_tuple(name: str, shape, ranks: Sequence[int] = (1, 2, 3)) -> tuple[int, ...]:
     """An output shape: a tuple of positive Python ints of one of the allowed lengths."""
     try:

@@ -13,6 +13,8 @@ import numpy as np
 
 import stn_jax
 
+__all__ = ["checkerboard", "gallery", "main"]
+
 
 def checkerboard(size: int = 96, squares: int = 8) -> np.ndarray:
     """An RGB test card: checkerboard with a colour gradient, so warps are easy to read."""

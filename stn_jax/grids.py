@@ -16,11 +16,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stn_jax import _checks, tps
+from stn_jax import _checks, _tps
+
+__all__ = [
+    "TRANSFORMS",
+    "affine_grid",
+    "affine_matrix",
+    "grid",
+    "identity_grid",
+    "identity_params",
+    "num_params",
+    "tps_control_points",
+]
 
 TRANSFORMS = ("affine", "attention", "translation", "similarity", "projective", "tps")
 
-# Transforms that exist only in 2-D.
+# Transforms that exist only in 2-D (the one list: the modules' checks use it too).
 _PLANAR_ONLY = ("similarity", "projective", "tps")
 
 
@@ -172,32 +183,47 @@ def affine_matrix(theta: ArrayLike, *, transform: str = "affine", ndim: int = 2)
     return jnp.stack([jnp.stack([cos, -sin, tx]), jnp.stack([sin, cos, ty])])
 
 
-def _projective_grid(theta: jax.Array, out_shape: tuple, align_corners: bool, eps: float) -> jax.Array:
+def _homography(theta: jax.Array) -> jax.Array:
+    """θ of ``transform="projective"``, ``(3, 3)`` or its first 8 entries (``h_22 = 1``), as a ``(3, 3)`` matrix."""
     _check_theta_shape(theta, (3, 3), "projective", flat=(8,))
-    dtype = _checks.compute_dtype(theta.dtype)
-    h = theta.astype(dtype)
-    if h.shape == (8,):
-        h = jnp.concatenate([h, jnp.ones((1,), dtype)]).reshape(3, 3)
-    base = jnp.asarray(_identity_grid_np(out_shape, align_corners, dtype.name))
-    x, y = base[..., 0], base[..., 1]
+    if theta.shape == (8,):
+        return jnp.concatenate([theta, jnp.ones((1,), theta.dtype)]).reshape(3, 3)
+    return theta
+
+
+def _projective_map(h: jax.Array, points: jax.Array, eps: float) -> jax.Array:
+    """2-D points ``(..., 2)`` through the homography ``h`` ``(3, 3)``."""
+    x, y = points[..., 0], points[..., 1]
     num_x = x * h[0, 0] + y * h[0, 1] + h[0, 2]
     num_y = x * h[1, 0] + y * h[1, 1] + h[1, 2]
     den = x * h[2, 0] + y * h[2, 1] + h[2, 2]
     # Keep |den| >= eps with its sign: points at (or beyond) the horizon land far
     # outside [-1, 1] and sample as padding, with finite values and gradients.
     safe = jnp.where(jnp.abs(den) < eps, jnp.where(den < 0, -eps, eps), den)
-    return jnp.stack([num_x / safe, num_y / safe], axis=-1).astype(theta.dtype)
+    return jnp.stack([num_x / safe, num_y / safe], axis=-1)
+
+
+def _projective_grid(theta: jax.Array, out_shape: tuple, align_corners: bool, eps: float) -> jax.Array:
+    dtype = _checks.compute_dtype(theta.dtype)
+    h = _homography(theta).astype(dtype)
+    base = jnp.asarray(_identity_grid_np(out_shape, align_corners, dtype.name))
+    return _projective_map(h, base, eps).astype(theta.dtype)
+
+
+def _check_tps_theta(theta: jax.Array) -> int:
+    """K of a TPS θ ``(K, 2)``."""
+    if theta.ndim != 2 or theta.shape[1] != 2:
+        raise ValueError(f"theta for transform='tps' must have shape (K, 2), got {theta.shape}")
+    _tps.lattice_side(theta.shape[0], name="the number of TPS control points K (theta.shape[0])")
+    return theta.shape[0]
 
 
 def _tps_grid(theta: jax.Array, out_shape: tuple, align_corners: bool) -> jax.Array:
-    if theta.ndim != 2 or theta.shape[1] != 2:
-        raise ValueError(f"theta for transform='tps' must have shape (K, 2), got {theta.shape}")
-    k = theta.shape[0]
-    tps.lattice_side(k)
+    k = _check_tps_theta(theta)
     dtype = _checks.compute_dtype(theta.dtype)
     base = _identity_grid_np(out_shape, align_corners, dtype.name)
     points = np.ascontiguousarray(base.reshape(-1, 2), dtype=np.float64)
-    m = jnp.asarray(tps.offset_matrix(k, (points.shape, points.tobytes())), dtype)
+    m = jnp.asarray(_tps.offset_matrix(k, (points.shape, points.tobytes())), dtype)
     # base + M @ θ rather than M @ (lattice + θ): θ = 0 gives the identity grid exactly.
     displacement = jnp.matmul(m, theta.astype(dtype), precision=jax.lax.Precision.HIGHEST)
     return (jnp.asarray(base) + displacement.reshape(base.shape)).astype(theta.dtype)
@@ -303,8 +329,33 @@ def identity_params(transform: str = "affine", *, ndim: int = 2, num_control_poi
         return jnp.array([1, 0, 0, 0], dtype)
     if transform == "projective":
         return jnp.eye(3, dtype=dtype)
-    tps.lattice_side(num_control_points)
+    _tps.lattice_side(num_control_points)
     return jnp.zeros((num_control_points, 2), dtype)
+
+
+def tps_control_points(num_control_points: int, *, dtype=jnp.float32) -> jax.Array:
+    """The TPS control points in the output: θ = 0 of ``transform="tps"`` leaves them in place.
+
+    A regular ``√K × √K`` lattice over ``[-1, 1]²``; a TPS θ ``(K, 2)`` moves control point
+    ``k`` to ``tps_control_points(K)[k] + θ[k]`` in the input.
+
+    Args:
+      num_control_points: K, a perfect square >= 4.
+      dtype: floating dtype of the result.
+
+    Returns:
+      ``(K, 2)`` normalised ``(x, y)`` points, row-major (y outer, x inner).
+
+    Example:
+      >>> import stn_jax
+      >>> stn_jax.tps_control_points(4)
+      Array([[-1., -1.],
+             [ 1., -1.],
+             [-1.,  1.],
+             [ 1.,  1.]], dtype=float32)
+    """
+    _tps.lattice_side(num_control_points)
+    return jnp.asarray(_tps.control_points(num_control_points), dtype)
 
 
 def num_params(transform: str, *, ndim: int = 2, num_control_points: int = 16) -> int:

@@ -1,7 +1,8 @@
 """Spatial transformer as a Flax Linen module.
 
-The Linen twin of :mod:`stn_jax.nnx`: same options (checked by the shared
-:class:`stn_jax.transformer.TransformerConfig` when the module is constructed), same
+The Linen twin of :mod:`stn_jax.nnx`: same options (its fields are generated from the one
+option list, ``TransformerConfig`` in ``stn_jax._config``, and checked by it when the module is
+constructed), same
 parameter names (``localisation/dense_i``, ``localisation_head``), same numbers.
 Shapes are inferred at ``init`` time, so no ``input_shape`` is needed.
 
@@ -21,21 +22,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stn_jax import _checks
-from stn_jax.transformer import (
-    TransformerConfig,
-    affine_constraints,
-    check_hidden,
-    localisation_labels,
-    with_localisation_lr,
-)
+from stn_jax import _config, _warp
+from stn_jax._config import affine_constraints
+from stn_jax.optim import localisation_labels, with_localisation_lr
 
 __all__ = [
     "MLPLocalisation",
@@ -60,7 +56,7 @@ class MLPLocalisation(nn.Module, kw_only=True):
     hidden: Sequence[int] = (32, 32)
 
     def __post_init__(self):
-        check_hidden(self.hidden)
+        _config.check_hidden(self.hidden)
         super().__post_init__()
 
     @nn.compact
@@ -71,7 +67,17 @@ class MLPLocalisation(nn.Module, kw_only=True):
         return x
 
 
-class SpatialTransformer(nn.Module, kw_only=True):
+def _option_fields(namespace: dict) -> None:
+    namespace["__module__"] = __name__
+    namespace["__annotations__"] = {f.name: f.type for f in dataclasses.fields(_config.TransformerConfig)}
+    namespace.update(_config.OPTIONS)
+
+
+# The transformer's options as Linen fields (with their defaults), generated from the one list.
+_Options = types.new_class("_Options", (nn.Module,), {"kw_only": True}, _option_fields)
+
+
+class SpatialTransformer(_Options, kw_only=True):
     """A spatial transformer layer (Jaderberg et al., 2015) for batched inputs.
 
     ``inputs`` ``(B, *spatial, C)`` with 1, 2 or 3 spatial axes → localisation net →
@@ -79,22 +85,13 @@ class SpatialTransformer(nn.Module, kw_only=True):
     :func:`stn_jax.sample`, vmapped over the batch.
 
     Attributes (keyword-only):
-      out_shape: spatial output shape; ``None``: the input's spatial shape.
-      transform: a name of :data:`stn_jax.TRANSFORMS`.
       localisation: any Linen module mapping the inputs to features ``(B, ...)``;
         default :class:`MLPLocalisation` with ``hidden`` widths. Inside a parent's
         ``@nn.compact`` method create it with ``parent=None`` (e.g.
         ``SpatialTransformer(localisation=MyNet(parent=None))``) so that the transformer
         adopts it as its ``localisation`` submodule; otherwise the parent owns its
         parameters and :func:`localisation_labels` cannot tell them apart.
-      hidden: widths of the default localisation network.
-      num_control_points: K for ``"tps"`` (a perfect square).
-      constraints: fix entries of θ (``None`` = regressed, number = fixed).
-      theta_init: ``"identity"`` (zero kernel, identity bias) or ``"random"``.
-      num_transformers, combine: parallel transformers and how their outputs are
-        returned (``"concat"`` on channels, ``"list"``, ``"stack"``).
-      method, padding, align_corners, antialias: sampler options of :func:`stn_jax.sample`.
-      return_theta: also return θ.
+      <options>
 
     Raises:
       ValueError, TypeError: at construction, for a bad option (naming it).
@@ -107,32 +104,15 @@ class SpatialTransformer(nn.Module, kw_only=True):
       ValueError: out_shape must have length in (1, 2, 3), got (1, 2, 3, 4) (length 4)
     """
 
-    out_shape: Sequence[int] | None = None
-    transform: str = "affine"
     localisation: nn.Module | None = None
-    hidden: Sequence[int] = (32, 32)
-    num_control_points: int = 16
-    constraints: Any = None
-    theta_init: str = "identity"
-    num_transformers: int = 1
-    combine: str = "concat"
-    method: str = "bilinear"
-    padding: str = "zeros"
-    align_corners: bool = False
-    antialias: bool = False
-    return_theta: bool = False
 
     def __post_init__(self):
         self.config  # validates every option now, at construction
-        check_hidden(self.hidden)
-        _checks.check_bool("return_theta", self.return_theta)
         super().__post_init__()
 
     @property
-    def config(self) -> TransformerConfig:
-        return TransformerConfig(
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(TransformerConfig)}
-        )
+    def config(self) -> _config.TransformerConfig:
+        return _config.TransformerConfig(**{name: getattr(self, name) for name in _config.OPTIONS})
 
     @nn.compact
     def __call__(self, inputs: jax.Array):
@@ -143,7 +123,7 @@ class SpatialTransformer(nn.Module, kw_only=True):
         ndim = inputs.ndim - 2
         localisation = self.localisation
         if localisation is None:
-            localisation = MLPLocalisation(hidden=self.hidden, name="localisation")
+            localisation = MLPLocalisation(hidden=config.hidden, name="localisation")
         features = localisation(inputs)
         raw = nn.Dense(
             config.outputs_for(ndim),
@@ -151,7 +131,10 @@ class SpatialTransformer(nn.Module, kw_only=True):
             bias_init=config.bias_init(ndim),
             name="localisation_head",
         )(features.reshape(features.shape[0], -1))
-        out, theta = config.apply(inputs, raw, out_shape)
+        out, theta = _warp.apply(config, inputs, raw, out_shape)
         if self.return_theta:
             return out, config.returned_theta(theta)
         return out
+
+
+SpatialTransformer.__doc__ = _config.with_option_docs(SpatialTransformer.__doc__)

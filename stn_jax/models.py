@@ -23,7 +23,7 @@ SVHN models built with ``max_digits=N`` return a dict instead of an array:
 ``transform`` returns the warped input before any pooling, channels of parallel
 transformers concatenated, and θ as ``(B, *theta_shape)`` — or ``(B, n, *theta_shape)``
 for models with ``n`` parallel transformers. Train the localisation nets at 0.1× the
-learning rate with ``stn_jax.transformer.with_localisation_lr(tx)``.
+learning rate with ``stn_jax.optim.with_localisation_lr(tx)``.
 
 Models (``MODEL_NAMES``):
 
@@ -116,8 +116,8 @@ import optax
 from flax import nnx
 
 from stn_jax import _checks
-from stn_jax.nnx import SpatialTransformer
-from stn_jax.transformer import is_localisation_path
+from stn_jax.nnx import MLPLocalisation, SpatialTransformer
+from stn_jax.optim import is_localisation_path
 
 __all__ = [
     "MODEL_NAMES",
@@ -216,39 +216,20 @@ class ConvFeatures(nnx.Module):
         return x.reshape(x.shape[0], -1)
 
 
-class MLP(nnx.Module):
-    """``[Linear → ReLU → (dropout)]`` per hidden width, then a linear output layer (if ``out``)."""
-
-    def __init__(
-        self, in_features: int, hidden: Sequence[int], out: int | None, *, dropout: float = 0.0, rngs: nnx.Rngs
-    ):
-        widths = (in_features, *hidden)
-        self.num_hidden = len(hidden)
-        for i in range(self.num_hidden):
-            setattr(self, f"dense_{i}", nnx.Linear(widths[i], widths[i + 1], rngs=rngs))
-        self.out = nnx.Linear(widths[-1], out, rngs=rngs) if out is not None else None
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
-
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = x.reshape(x.shape[0], -1)
-        for i in range(self.num_hidden):
-            x = self.dropout(nnx.relu(getattr(self, f"dense_{i}")(x)), deterministic=not train)
-        return self.out(x) if self.out is not None else x
-
-
-class _Localisation(nnx.Module):
+class _ConvLocalisation(nnx.Module):
     """Conv features then hidden FC layers: a localisation net's feature extractor."""
 
     def __init__(self, input_shape, convs, hidden, *, padding="SAME", downsample=1, rngs):
         self.features = ConvFeatures(input_shape, convs, padding=padding, downsample=downsample, rngs=rngs)
-        self.mlp = MLP(_flat_size(self.features, tuple(input_shape)), hidden, None, rngs=rngs)
+        # A dropout layer even at rate 0: the key it takes from rngs keeps the models' initial parameters.
+        self.mlp = MLPLocalisation(_flat_size(self.features, tuple(input_shape)), hidden=hidden, dropout=0.0, rngs=rngs)
 
     def __call__(self, x):
         return self.mlp(self.features(x))
 
 
 class Classifier(nnx.Module):
-    """A baseline: :class:`ConvFeatures` then an :class:`MLP` head. No transformer."""
+    """A baseline: :class:`ConvFeatures` then an MLP head. No transformer."""
 
     has_transformer = False
 
@@ -275,7 +256,8 @@ class Classifier(nnx.Module):
             global_pool=global_pool,
             rngs=rngs,
         )
-        self.head = MLP(_flat_size(self.features, self.input_shape), hidden, num_classes, dropout=dropout, rngs=rngs)
+        flat = _flat_size(self.features, self.input_shape)
+        self.head = MLPLocalisation(flat, hidden=hidden, out=num_classes, dropout=dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False):
         return self.head(self.features(x, train=train), train=train)
@@ -364,7 +346,7 @@ class SVHNNet(nnx.Module):
             stride = 2 if i % 2 == 0 else 1
             shape = (shape[0] // stride, shape[1] // stride, features)
         fc = max(16, round(3072 * width))
-        self.mlp = MLP(math.prod(shape), (fc, fc), None, dropout=dropout, rngs=rngs)
+        self.mlp = MLPLocalisation(math.prod(shape), hidden=(fc, fc), dropout=dropout, rngs=rngs)
         if max_digits is None:
             self.head = nnx.Linear(fc, num_classes, rngs=rngs)
         else:
@@ -443,8 +425,12 @@ def _fcn(input_shape, num_classes, *, rngs, hidden=(128, 128), dropout=0.0):
     return Classifier(input_shape, num_classes, hidden=hidden, dropout=dropout, rngs=rngs)
 
 
+# Kernel sizes of the CNN baseline's two convolutions (the paper's 9×9 and 7×7).
+_CNN_KERNELS = (9, 7)
+
+
 def _cnn(input_shape, num_classes, *, rngs, channels=(32, 32), hidden=(), dropout=0.0):
-    convs = ((channels[0], 9), (channels[1], 7))
+    convs = tuple(zip(channels, _CNN_KERNELS, strict=True))
     return Classifier(input_shape, num_classes, convs=convs, hidden=hidden, dropout=dropout, rngs=rngs)
 
 
@@ -454,9 +440,13 @@ def _fcn_params(input_shape, num_classes, hidden) -> int:
 
 
 def _cnn_params(input_shape, num_classes, channels) -> int:
-    (h, w, c), (c1, c2) = input_shape, channels
-    flat = (h // 2 // 2) * (w // 2 // 2) * c2
-    return (81 * c + 1) * c1 + (49 * c1 + 1) * c2 + (flat + 1) * num_classes
+    """Parameters of ``_cnn(input_shape, num_classes, channels=channels)`` (SAME convs, each pooled by 2)."""
+    *spatial, c = input_shape
+    total = 0
+    for features, kernel in zip(channels, _CNN_KERNELS, strict=True):
+        total += (kernel ** len(spatial) * c + 1) * features
+        spatial, c = [s // 2 for s in spatial], features
+    return total + (math.prod(spatial) * c + 1) * num_classes
 
 
 def _matched_width(count: Callable[[int], int], budget: int) -> int:
@@ -491,7 +481,7 @@ def _st_fcn(input_shape, num_classes, *, rngs, transform="affine", hidden=None, 
 def _st_cnn(input_shape, num_classes, *, rngs, transform="affine", channels=None, output_pool=None, **st_kw):
     """ST-CNN; ``channels=None`` matches the CNN baseline's parameter count (equal widths)."""
     pool = _auto_pool(input_shape, output_pool)
-    loc = _Localisation(input_shape, ((20, 5), (20, 5)), (50,), downsample=2, rngs=rngs)
+    loc = _ConvLocalisation(input_shape, ((20, 5), (20, 5)), (50,), downsample=2, rngs=rngs)
     st = SpatialTransformer(input_shape, transform=transform, localisation=loc, return_theta=True, rngs=rngs, **st_kw)
     shape = _downsampled(_warped_shape(input_shape, st_kw), pool)
     if channels is None:
@@ -522,7 +512,7 @@ def _svhn_cnn(input_shape, num_classes, *, rngs, **kw):
 
 
 def _svhn_st_cnn_single(input_shape, num_classes, *, rngs, transform="affine", **kw):
-    loc = _Localisation(input_shape, ((32, 5), (32, 5)), (32, 32), rngs=rngs)
+    loc = _ConvLocalisation(input_shape, ((32, 5), (32, 5)), (32, 32), rngs=rngs)
     st = SpatialTransformer(input_shape, transform=transform, localisation=loc, return_theta=True, rngs=rngs)
     return STClassifier([st], SVHNNet(input_shape, num_classes, rngs=rngs, **kw))
 
@@ -540,7 +530,7 @@ def _colour_cnn(input_shape, num_classes, *, rngs, dropout=0.5):
 
 
 def _colour_stn(input_shape, num_classes, *, rngs, transform="affine", dropout=0.5):
-    loc = _Localisation(input_shape, ((64, 7), (128, 5)), (256,), padding="VALID", rngs=rngs)
+    loc = _ConvLocalisation(input_shape, ((64, 7), (128, 5)), (256,), padding="VALID", rngs=rngs)
     st = SpatialTransformer(input_shape, transform=transform, localisation=loc, return_theta=True, rngs=rngs)
     return STClassifier([st], _colour_cnn(input_shape, num_classes, dropout=dropout, rngs=rngs))
 
@@ -551,7 +541,7 @@ def _cnn_1d(input_shape, num_classes, *, rngs, channels=(32, 64)):
 
 
 def _st_1d(input_shape, num_classes, *, rngs, transform="affine", channels=(32, 64)):
-    loc = _Localisation(input_shape, ((16, 7), (16, 5)), (32,), rngs=rngs)
+    loc = _ConvLocalisation(input_shape, ((16, 7), (16, 5)), (32,), rngs=rngs)
     st = SpatialTransformer(input_shape, transform=transform, localisation=loc, return_theta=True, rngs=rngs)
     return STClassifier([st], _cnn_1d(input_shape, num_classes, channels=channels, rngs=rngs))
 

@@ -2,8 +2,8 @@
 
 A thin wrapper: a localisation network (any module, or a small MLP), a regression
 layer initialised to the identity transform, and :func:`stn_jax.grid` /
-:func:`stn_jax.sample` vmapped over the batch. Options and their checks live in
-:class:`stn_jax.transformer.TransformerConfig`, shared with :mod:`stn_jax.linen`; the
+:func:`stn_jax.sample` vmapped over the batch. The options, their checks and their docs are
+one list shared with :mod:`stn_jax.linen` (``TransformerConfig`` in ``stn_jax._config``); the
 parameter names are the same as the Linen module's, so
 ``nnx.state(st, nnx.Param).to_pure_dict()`` is a valid Linen ``params`` dict.
 
@@ -22,22 +22,17 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from stn_jax import _checks
-from stn_jax.transformer import (
-    TransformerConfig,
-    affine_constraints,
-    check_hidden,
-    localisation_labels,
-    with_localisation_lr,
-)
+from stn_jax import _checks, _config, _warp
+from stn_jax._config import affine_constraints
+from stn_jax.optim import localisation_labels, with_localisation_lr
 
 __all__ = [
     "MLPLocalisation",
@@ -51,10 +46,16 @@ __all__ = [
 class MLPLocalisation(nnx.Module):
     """The default localisation network: flatten, then ``Linear → ReLU`` per hidden width.
 
+    The one NNX MLP of the library: :mod:`stn_jax.models` builds its classifier heads and the
+    FC layers of its localisation nets with it too (``out``, ``dropout``).
+
     Args:
       in_features: size of one flattened input example.
       hidden: widths of the hidden layers (may be empty: the regression layer then
         reads the raw input).
+      out: width of a linear output layer after the hidden ones (no ReLU); ``None``: none.
+      dropout: rate of the dropout after each hidden layer's ReLU (active with ``train=True``);
+        ``None``: no dropout layer at all (it would take a key from ``rngs``).
       rngs: random streams for the initialisers.
 
     Example:
@@ -65,18 +66,30 @@ class MLPLocalisation(nnx.Module):
       (2, 4)
     """
 
-    def __init__(self, in_features: int, *, hidden: Sequence[int] = (32, 32), rngs: nnx.Rngs):
-        hidden = check_hidden(hidden)
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        hidden: Sequence[int] = (32, 32),
+        out: int | None = None,
+        dropout: float | None = None,
+        rngs: nnx.Rngs,
+    ):
+        hidden = _config.check_hidden(hidden)
         self.num_layers = len(hidden)
         widths = (in_features, *hidden)
         for i in range(self.num_layers):
             setattr(self, f"dense_{i}", nnx.Linear(widths[i], widths[i + 1], rngs=rngs))
+        self.out = nnx.Linear(widths[-1], out, rngs=rngs) if out is not None else None
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout is not None else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
         for i in range(self.num_layers):
             x = nnx.relu(getattr(self, f"dense_{i}")(x))
-        return x
+            if self.dropout is not None:
+                x = self.dropout(x, deterministic=not train)
+        return self.out(x) if self.out is not None else x
 
 
 class SpatialTransformer(nnx.Module):
@@ -87,27 +100,12 @@ class SpatialTransformer(nnx.Module):
 
     Args:
       input_shape: one example's shape ``(W, C)``, ``(H, W, C)`` or ``(D, H, W, C)``.
-      out_shape: spatial output shape (smaller: down-sampling, larger: over-sampling);
-        default: the input's spatial shape.
-      transform: a name of :data:`stn_jax.TRANSFORMS` (``"affine"`` works in 1-D, 2-D
-        and 3-D; ``"projective"``, ``"tps"``, ``"similarity"`` are 2-D).
       localisation: any callable module mapping the batched inputs to features
         ``(B, ...)`` (flattened before the regression layer); default
         :class:`MLPLocalisation` with ``hidden`` widths.
       localisation_features: flattened feature size of ``localisation``; inferred with
         ``nnx.eval_shape`` when omitted.
-      hidden: widths of the default localisation network.
-      num_control_points: K for ``"tps"`` (a perfect square).
-      constraints: fix some entries of θ (``None`` = regressed, number = fixed); see
-        :func:`stn_jax.transformer.affine_constraints`.
-      theta_init: ``"identity"`` (zero kernel, identity bias) or ``"random"`` (LeCun-normal
-        kernel, identity bias).
-      num_transformers: parallel transformers regressed by the one localisation net.
-      combine: parallel outputs ``"concat"``-enated on channels, as a ``"list"``, or
-        ``"stack"``-ed on axis 1.
-      method, padding, align_corners, antialias: sampler options of :func:`stn_jax.sample`.
-      return_theta: also return θ (``(B, *theta_shape)``; ``(B, N, *theta_shape)`` for
-        ``num_transformers=N > 1``).
+      <options>
       rngs: random streams for the initialisers.
 
     Raises:
@@ -131,25 +129,14 @@ class SpatialTransformer(nnx.Module):
         self,
         input_shape: Sequence[int],
         *,
-        out_shape: Sequence[int] | None = None,
-        transform: str = "affine",
         localisation: Callable[[jax.Array], jax.Array] | None = None,
         localisation_features: int | None = None,
-        hidden: Sequence[int] = (32, 32),
-        num_control_points: int = 16,
-        constraints: Any = None,
-        theta_init: str = "identity",
-        num_transformers: int = 1,
-        combine: str = "concat",
-        method: str = "bilinear",
-        padding: str = "zeros",
-        align_corners: bool = False,
-        antialias: bool = False,
-        return_theta: bool = False,
         rngs: nnx.Rngs,
+        **options,
     ):
         input_shape = _checks.check_shape_tuple("input_shape", input_shape, ranks=(2, 3, 4))
         spatial = input_shape[:-1]
+        out_shape = options.get("out_shape")
         if out_shape is None:
             out_shape = spatial
         out_shape = _checks.check_shape_tuple("out_shape", out_shape)
@@ -157,25 +144,13 @@ class SpatialTransformer(nnx.Module):
             raise ValueError(
                 f"out_shape must have as many axes as the input's spatial shape {spatial}, got {out_shape!r}"
             )
-        self.config = TransformerConfig(
-            transform=transform,
-            out_shape=out_shape,
-            num_control_points=num_control_points,
-            constraints=constraints,
-            theta_init=theta_init,
-            num_transformers=num_transformers,
-            combine=combine,
-            method=method,
-            padding=padding,
-            align_corners=align_corners,
-            antialias=antialias,
-        )
+        self.config = _config.config_from("SpatialTransformer", {**options, "out_shape": out_shape})
         self.input_shape = input_shape
-        self.return_theta = _checks.check_bool("return_theta", return_theta)
+        self.return_theta = self.config.return_theta
         if localisation is None:
             if localisation_features is not None:
                 raise ValueError("localisation_features is only for a custom localisation network")
-            localisation = MLPLocalisation(math.prod(input_shape), hidden=hidden, rngs=rngs)
+            localisation = MLPLocalisation(math.prod(input_shape), hidden=self.config.hidden, rngs=rngs)
         if localisation_features is None:
             probe = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
             features = nnx.eval_shape(lambda m, x: m(x), localisation, probe)
@@ -203,7 +178,16 @@ class SpatialTransformer(nnx.Module):
         out_shape = self.config.check_inputs(inputs)
         features = self.localisation(inputs)
         raw = self.localisation_head(features.reshape(features.shape[0], -1))
-        out, theta = self.config.apply(inputs, raw, out_shape)
+        out, theta = _warp.apply(self.config, inputs, raw, out_shape)
         if self.return_theta:
             return out, self.config.returned_theta(theta)
         return out
+
+
+SpatialTransformer.__doc__ = _config.with_option_docs(SpatialTransformer.__doc__)
+# What inspect (and an IDE) shows: the options as keyword arguments with their defaults.
+_init = inspect.signature(SpatialTransformer.__init__)
+SpatialTransformer.__init__.__signature__ = _init.replace(
+    parameters=[*list(_init.parameters.values())[:-1], *_config.option_parameters()]
+)
+del _init

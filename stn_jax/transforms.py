@@ -15,8 +15,18 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from stn_jax import _checks, tps
-from stn_jax.grids import TRANSFORMS, affine_matrix
+from stn_jax import _checks, _tps, grids
+
+__all__ = [
+    "AffineParams",
+    "affine_from_params",
+    "affine_to_params",
+    "compose_affine",
+    "invert_affine",
+    "normalized_to_pixel",
+    "pixel_to_normalized",
+    "transform_points",
+]
 
 
 def _check_matrix(name: str, theta) -> jax.Array:
@@ -249,7 +259,7 @@ def transform_points(theta: ArrayLike, points: ArrayLike, *, transform: str = "a
       >>> stn_jax.transform_points(jnp.array([0.5, 0.2, 0.0]), jnp.array([[1.0, 1.0]]), transform="attention")
       Array([[0.7, 0.5]], dtype=float32)
     """
-    _checks.check_option("transform", transform, TRANSFORMS)
+    _checks.check_option("transform", transform, grids.TRANSFORMS)
     points = _checks.as_float_array("points", points)
     theta = _checks.as_float_array("theta", theta)
     if points.ndim < 1 or points.shape[-1] not in (1, 2, 3):
@@ -258,27 +268,17 @@ def transform_points(theta: ArrayLike, points: ArrayLike, *, transform: str = "a
     if transform == "projective":
         if n != 2:
             raise ValueError(f"transform='projective' needs 2-D points, got shape {points.shape}")
-        h = theta.reshape(-1)
-        if h.shape != (8,) and h.shape != (9,):
-            raise ValueError(f"theta for transform='projective' must have shape (3, 3) or (8,), got {theta.shape}")
-        h = jnp.concatenate([h[:8], jnp.ones((1,), h.dtype)]).reshape(3, 3) if h.shape == (8,) else h.reshape(3, 3)
-        mapped = points @ h[:, :2].T + h[:, 2]
-        den = mapped[..., 2:]
-        safe = jnp.where(jnp.abs(den) < projective_eps, jnp.where(den < 0, -projective_eps, projective_eps), den)
-        return mapped[..., :2] / safe
+        return grids._projective_map(grids._homography(theta), points, projective_eps)
     if transform == "tps":
-        if n != 2 or theta.ndim != 2 or theta.shape[1] != 2:
-            raise ValueError(f"transform='tps' needs 2-D points and theta of shape (K, 2), got {points.shape}, {theta.shape}")
+        if n != 2:
+            raise ValueError(f"transform='tps' needs 2-D points, got shape {points.shape}")
         return points + _tps_displacement(theta, points)
-    matrix = affine_matrix(theta, transform=transform, ndim=n)
+    matrix = grids.affine_matrix(theta, transform=transform, ndim=n)
     return points @ matrix[:, :n].T + matrix[:, n]
 
 
 def _tps_displacement(theta: jax.Array, points: jax.Array) -> jax.Array:
-    k = theta.shape[0]
-    centres = jnp.asarray(tps.control_points(k), points.dtype)
-    inverse = jnp.asarray(tps.inverse_system(k)[:, :k], points.dtype)
-    r2 = jnp.sum((points[..., None, :] - centres) ** 2, axis=-1)
-    radial = jnp.where(r2 > 0, r2 * jnp.log(jnp.where(r2 > 0, r2, 1)), 0)
-    basis = jnp.concatenate([radial, jnp.ones_like(points[..., :1]), points], axis=-1)
-    return basis @ (inverse @ theta)
+    k = grids._check_tps_theta(theta)
+    centres = jnp.asarray(_tps.control_points(k), points.dtype)
+    inverse = jnp.asarray(_tps.inverse_system(k)[:, :k], points.dtype)
+    return _tps.basis(points, centres, jnp) @ (inverse @ theta)

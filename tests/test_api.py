@@ -66,3 +66,79 @@ def test_imports_do_not_start_a_jax_backend():
     code = f"import {modules}; from jax._src import xla_bridge; print(sorted(xla_bridge._backends))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# The public surface, exactly: every public module (no leading underscore) and the names it exports.
+PUBLIC_SURFACE = {
+    "stn_jax": {
+        "AffineParams", "IMPLEMENTATIONS", "METHODS", "PADDINGS", "TRANSFORMS", "__version__", "affine_from_params",
+        "affine_grid", "affine_matrix", "affine_to_params", "compose_affine", "grid", "identity_grid",
+        "identity_params", "invert_affine", "normalized_to_pixel", "num_params", "pixel_to_normalized", "sample",
+        "tps_control_points", "transform_points",
+    },
+    "stn_jax.demo": {"checkerboard", "gallery", "main"},
+    "stn_jax.grids": {
+        "TRANSFORMS", "affine_grid", "affine_matrix", "grid", "identity_grid", "identity_params", "num_params",
+        "tps_control_points",
+    },
+    "stn_jax.linen": {
+        "MLPLocalisation", "SpatialTransformer", "affine_constraints", "localisation_labels", "with_localisation_lr",
+    },
+    "stn_jax.models": {
+        "MODEL_NAMES", "ConvFeatures", "Classifier", "STClassifier", "SVHNNet", "build_model", "count_params",
+        "param_count_table", "sequence_accuracy", "sequence_loss",
+    },
+    "stn_jax.nnx": {
+        "MLPLocalisation", "SpatialTransformer", "affine_constraints", "localisation_labels", "with_localisation_lr",
+    },
+    "stn_jax.optim": {"is_localisation_path", "localisation_labels", "with_localisation_lr"},
+    "stn_jax.sampling": {"IMPLEMENTATIONS", "METHODS", "PADDINGS", "default_implementation", "sample"},
+    "stn_jax.transforms": {
+        "AffineParams", "affine_from_params", "affine_to_params", "compose_affine", "invert_affine",
+        "normalized_to_pixel", "pixel_to_normalized", "transform_points",
+    },
+}  # fmt: skip
+
+
+def _exposed(module) -> set[str]:
+    """Names a module offers without an underscore that stn_jax defines (not other modules, not
+    third-party or typing names it imports)."""
+    import types
+
+    names = set()
+    for name, value in vars(module).items():
+        if name.startswith("_") or isinstance(value, types.ModuleType):
+            continue
+        home = getattr(value, "__module__", None)
+        if home is None or home.split(".")[0] == "stn_jax":  # constants have no __module__
+            names.add(name)
+    return names
+
+
+def test_the_public_modules_are_exactly_these():
+    import pkgutil
+
+    public = {f"stn_jax.{m.name}" for m in pkgutil.iter_modules(stn_jax.__path__) if not m.name.startswith("_")}
+    assert public | {"stn_jax"} == set(PUBLIC_SURFACE)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_SURFACE))
+def test_each_public_module_exports_exactly_its_names_and_no_private_helper(name):
+    import importlib
+
+    module = importlib.import_module(name)
+    expected = PUBLIC_SURFACE[name]
+    if hasattr(module, "__all__"):
+        assert set(module.__all__) == expected, f"{name}.__all__"
+    else:  # sampling.py (left to the sampler's issue) has no __all__
+        assert name == "stn_jax.sampling"
+    for public in expected:
+        assert hasattr(module, public), f"{name}.{public}"
+    # Anything else the module offers without an underscore is public API of the module that defines it
+    # (a re-export), never a helper of a private module or a name nobody exports.
+    for extra in _exposed(module) - expected:
+        value = getattr(module, extra)
+        home = getattr(value, "__module__", None)
+        assert home in PUBLIC_SURFACE and extra in PUBLIC_SURFACE[home], (
+            f"{name} exposes {extra!r} (from {home}), which is no public module's API: import it with an underscore"
+        )

@@ -93,6 +93,21 @@ def test_projective_horizon_is_finite_and_samples_as_padding():
     assert np.all(np.isfinite(grad))
 
 
+def test_projective_divisor_is_clamped_to_eps_with_its_sign():
+    # w' = 1.5 x + 1 crosses 0 inside the grid; |w'| < eps becomes ±eps with w''s sign (+eps at 0).
+    h = np.array([[1.0, 0.1, 0.0], [0.05, 0.9, 0.1], [1.5, 0.0, 1.0]])
+    eps = 0.3
+    base = np.asarray(stn_jax.identity_grid((4, 9), align_corners=True), np.float64)
+    x, y = base[..., 0], base[..., 1]
+    den = h[2, 0] * x + h[2, 1] * y + h[2, 2]
+    assert np.any((np.abs(den) < eps) & (den < 0)) and np.any((np.abs(den) < eps) & (den > 0))
+    safe = np.where(np.abs(den) < eps, np.where(den < 0, -eps, eps), den)
+    expected = np.stack([(h[r, 0] * x + h[r, 1] * y + h[r, 2]) / safe for r in (0, 1)], axis=-1)
+    theta = jnp.asarray(h, jnp.float32)
+    g = stn_jax.grid(theta, (4, 9), transform="projective", align_corners=True, projective_eps=eps)
+    np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("k", [4, 9, 16, 25])
 def test_tps_matches_scipy_thin_plate_spline(x64, k):
     rng = np.random.default_rng(k)
@@ -145,7 +160,7 @@ def test_float64_grid(x64):
 
 
 def test_tps_system_is_solved_once_per_lattice():
-    from stn_jax import tps
+    from stn_jax import _tps as tps
 
     before = tps.inverse_system.cache_info().misses
     for _ in range(3):

@@ -166,3 +166,84 @@ def test_options_are_keyword_only_and_inputs_checked_at_call():
     st = stn_linen.SpatialTransformer(out_shape=(4, 4))
     with pytest.raises(ValueError, match="out_shape"):
         st.init(jax.random.key(0), jnp.ones((1, 6, 1)))
+
+
+# -- the one option list -------------------------------------------------------------------------------------
+# A valid non-default value of every option: a new option in TransformerConfig makes the tests below fail
+# until it gets one here, and then they check that NNX and Linen take it and pass it to the config.
+NON_DEFAULT = {
+    "out_shape": (5, 4),
+    "transform": "projective",
+    "hidden": (7,),
+    "num_control_points": 9,
+    "constraints": ((None, None, None), (None, None, None), (0.0, 0.0, 1.0)),
+    "theta_init": "random",
+    "num_transformers": 2,
+    "combine": "stack",
+    "method": "nearest",
+    "padding": "border",
+    "align_corners": True,
+    "antialias": True,
+    "return_theta": True,
+}
+
+
+def _options():
+    import dataclasses
+
+    from stn_jax import _config
+
+    return {f.name: (f.default, f.metadata["doc"]) for f in dataclasses.fields(_config.TransformerConfig)}
+
+
+def _nnx_options():
+    import inspect
+
+    parameters = inspect.signature(stn_nnx.SpatialTransformer.__init__).parameters.values()
+    own = {"self", "input_shape", "localisation", "localisation_features", "rngs"}
+    return {p.name: p.default for p in parameters if p.name not in own}
+
+
+def _linen_options():
+    import dataclasses
+
+    own = {"localisation", "parent", "name"}
+    return {f.name: f.default for f in dataclasses.fields(stn_linen.SpatialTransformer) if f.name not in own}
+
+
+def test_nnx_and_linen_take_exactly_the_options_of_the_one_list_with_its_defaults():
+    defaults = {name: default for name, (default, _) in _options().items()}
+    assert "antialias" in defaults and "return_theta" in defaults
+    assert _nnx_options() == defaults
+    assert _linen_options() == defaults
+    assert set(NON_DEFAULT) == set(defaults), "give the new option a non-default value in NON_DEFAULT"
+
+
+def test_every_option_is_documented_once_in_the_config_and_in_both_modules():
+    def flat(text):
+        return " ".join(text.split())
+
+    for name, (_, doc) in _options().items():
+        entry = flat(f"{name}: {doc}")
+        for owner in (stn_nnx.SpatialTransformer, stn_linen.SpatialTransformer):
+            assert flat(owner.__doc__).count(entry) == 1, f"{owner.__module__}: {name}"
+    assert "<options>" not in stn_nnx.SpatialTransformer.__doc__ + stn_linen.SpatialTransformer.__doc__
+
+
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+def test_each_option_reaches_the_config_of_both_modules(name):
+    value = NON_DEFAULT[name]
+    base = {"out_shape": (5, 4), "transform": "projective"} if name == "constraints" else {}
+    base.update({"transform": "tps"} if name == "num_control_points" else {})
+    kwargs = {**base, name: value}
+    nnx_st = stn_nnx.SpatialTransformer((6, 6, 1), rngs=nnx.Rngs(0), **kwargs)
+    for config in (nnx_st.config, stn_linen.SpatialTransformer(**kwargs).config):
+        assert getattr(config, name) == value, (name, config)
+    assert nnx_st.return_theta == (name == "return_theta")
+
+
+def test_an_unknown_option_is_named():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'antialiased'"):
+        stn_nnx.SpatialTransformer((6, 6, 1), antialiased=True, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="antialiased"):
+        stn_linen.SpatialTransformer(antialiased=True)

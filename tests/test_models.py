@@ -11,7 +11,7 @@ import stn_jax
 from helpers import identity_resample
 from stn_jax import models
 from stn_jax.models import MODEL_NAMES, build_model, count_params
-from stn_jax.transformer import with_localisation_lr
+from stn_jax.optim import with_localisation_lr
 
 # (input_shape, num_classes, kwargs) per model: the paper's sizes, checked abstractly (no compile).
 SHAPES = {
@@ -234,3 +234,37 @@ def test_theta_init_reaches_every_transformer(name):
     assert len(kernels["random"]) == (2 if name == "st_fcn_addition" else 1)
     assert all(np.all(k == 0) for k in kernels["identity"])
     assert all(np.std(k) > 0.01 for k in kernels["random"])
+
+
+def _param_paths(model) -> set[str]:
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value") for path, _ in leaves}
+
+
+def test_parameter_paths_are_stable_and_every_mlp_is_the_one_nnx_mlp():
+    # Checkpoints restore by these paths: the localisation MLP's consolidation must not move them.
+    layer = lambda *names: {f"{n}/{p}" for n in names for p in ("kernel", "bias")}  # noqa: E731
+    build = lambda name, shape: nnx.eval_shape(  # noqa: E731
+        lambda: build_model(name, num_classes=10, input_shape=shape, rngs=nnx.Rngs(0))
+    )
+    fcn = build("fcn", (28, 28, 1))
+    assert _param_paths(fcn) == layer("head/dense_0", "head/dense_1", "head/out")
+    st_cnn = build("st_cnn_affine", (28, 28, 1))
+    loc = "transformers/0/localisation"
+    assert _param_paths(st_cnn) == layer(
+        "classifier/features/conv_0", "classifier/features/conv_1", "classifier/head/out",
+        f"{loc}/features/conv_0", f"{loc}/features/conv_1", f"{loc}/mlp/dense_0", "transformers/0/localisation_head",
+    )  # fmt: skip
+    svhn = build("svhn_st_cnn_multi", (32, 32, 3))
+    assert {p for p in _param_paths(svhn) if "mlp" in p or "st_0/" in p} == layer(
+        "mlp/dense_0", "mlp/dense_1", "st_0/localisation/dense_0", "st_0/localisation/dense_1", "st_0/localisation_head"
+    )
+    mlps = [fcn.head, st_cnn.transformers[0].localisation.mlp, st_cnn.classifier.head, svhn.mlp, svhn.st_0.localisation]
+    assert all(type(m) is stn_jax.nnx.MLPLocalisation for m in mlps)
+
+
+@pytest.mark.parametrize("input_shape", [(28, 28, 1), (42, 42, 1), (33, 27, 3)])
+def test_cnn_parameter_formula_counts_the_cnn_it_builds(input_shape):
+    for channels in ((32, 32), (5, 9)):
+        model = nnx.eval_shape(lambda: models._cnn(input_shape, 7, channels=channels, rngs=nnx.Rngs(0)))
+        assert models._cnn_params(input_shape, 7, channels) == count_params(model)["total"]

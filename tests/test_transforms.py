@@ -149,3 +149,34 @@ def test_bad_input():
         stn_jax.pixel_to_normalized(jnp.zeros((4, 3)), (5, 5))
     with pytest.raises(ValueError, match="transform must be one of"):
         stn_jax.transform_points(jnp.eye(2, 3), jnp.zeros((1, 2)), transform="warp")
+
+
+def test_projective_points_are_the_grid_bit_for_bit_including_the_horizon():
+    # One homography and one safe division for grid() and transform_points(): same bits, also where the
+    # divisor w' = 1.5 x + 1 is clamped to ±eps (the horizon x = -2/3 crosses the grid).
+    theta = jnp.array([[1.0, 0.1, 0.0], [0.05, 0.9, 0.1], [1.5, 0.0, 1.0]])
+    points = stn_jax.identity_grid((6, 9), align_corners=True)
+    assert bool(jnp.any(jnp.abs(1.5 * points[..., 0] + 1.0) < 0.2))  # some points are clamped
+    for h in (theta, theta.reshape(-1)[:8]):
+        g = stn_jax.grid(h, (6, 9), transform="projective", align_corners=True, projective_eps=0.2)
+        mapped = stn_jax.transform_points(h, points, transform="projective", projective_eps=0.2)
+        assert bool(jnp.array_equal(mapped, g))
+
+
+@pytest.mark.parametrize("shape", [(9,), (2, 4), (1, 8)])
+def test_projective_theta_shapes_are_those_of_the_grid(shape):
+    theta = jnp.zeros(shape).reshape(-1).at[0].set(1.0).reshape(shape)
+    match = r"theta for transform='projective' must have shape \(3, 3\) or \(8,\)"
+    with pytest.raises(ValueError, match=match):
+        stn_jax.grid(theta, (3, 3), transform="projective")
+    with pytest.raises(ValueError, match=match):
+        stn_jax.transform_points(theta, jnp.zeros((1, 2)), transform="projective")
+
+
+def test_tps_control_points_move_by_theta():
+    theta = jnp.asarray(np.random.default_rng(1).normal(scale=0.1, size=(9, 2)), jnp.float32)
+    lattice = stn_jax.tps_control_points(9)
+    np.testing.assert_allclose(stn_jax.transform_points(theta, lattice, transform="tps"), lattice + theta, atol=1e-5)
+    for k, error in ((8, ValueError), (1, ValueError), (9.0, TypeError)):
+        with pytest.raises(error, match="num_control_points"):
+            stn_jax.tps_control_points(k)

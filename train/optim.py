@@ -26,7 +26,7 @@ different gradient scales of the localisation head (zero-initialised, identity b
 and the classifier.
 
 Both train the localisation nets at ``localisation_lr`` × the rate (paper: 0.1) through
-:func:`stn_jax.transformer.with_localisation_lr` (``optax.multi_transform`` on the
+:func:`stn_jax.optim.with_localisation_lr` (``optax.multi_transform`` on the
 ``localisation*`` parameter labels).
 
 With ``ema_decay > 0`` the optimiser also keeps an exponential moving average of the
@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from stn_jax.transformer import with_localisation_lr
+from stn_jax.optim import with_localisation_lr
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "steps", "constant")

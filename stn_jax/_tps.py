@@ -1,10 +1,10 @@
-"""Thin-plate spline (TPS) grids on a regular lattice of control points.
+"""Thin-plate spline (TPS) maths on a regular lattice of control points.
 
 The control points sit on a regular ``√K × √K`` lattice spanning ``[-1, 1]²`` of the
 *output* image. θ holds their ``(K, 2)`` offsets in the input image (normalised
 ``(x, y)``), so θ = 0 is the identity. Because the lattice and the output grid are
 fixed for a given ``(K, out_shape, align_corners)``, the TPS system is solved once in
-float64 NumPy and cached: a call is then a single ``(H·W, K) @ (K, 2)`` product.
+float64 NumPy and cached: a grid is then a single ``(H·W, K) @ (K, 2)`` product.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ import math
 
 import numpy as np
 
+from stn_jax import _checks
 
-def lattice_side(num_control_points: int) -> int:
-    """√K, or a ``ValueError`` naming the argument when K is not a square ≥ 4."""
-    side = math.isqrt(num_control_points) if num_control_points >= 0 else 0
-    if side * side != num_control_points or side < 2:
+
+def lattice_side(num_control_points, *, name: str = "num_control_points") -> int:
+    """√K, or an error naming ``name`` when K is not a perfect square >= 4."""
+    k = _checks.check_int(name, num_control_points, minimum=0)
+    side = math.isqrt(k)
+    if side * side != k or side < 2:
         raise ValueError(
-            "the number of TPS control points K (theta.shape[0]) must be a perfect square >= 4 "
-            f"(a regular sqrt(K) x sqrt(K) lattice), got K={num_control_points}"
+            f"{name} must be a perfect square >= 4 (a sqrt(K) x sqrt(K) lattice of TPS control points), "
+            f"got {num_control_points!r}"
         )
     return side
 
@@ -35,11 +38,13 @@ def control_points(num_control_points: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=-1)
 
 
-def _radial_basis(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """U(r) = r² log r², with U(0) = 0."""
-    r2 = np.sum((points[:, None, :] - centres[None, :, :]) ** 2, axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(r2 > 0.0, r2 * np.log(r2), 0.0)
+def basis(points, centres, xp=np):
+    """``[U(|p - c|) for every centre c, 1, p]`` per point ``(..., 2)`` → ``(..., K + 3)``, with
+    U(r) = r² log r² and U(0) = 0; ``xp`` is ``numpy`` or ``jax.numpy``."""
+    r2 = xp.sum((points[..., None, :] - centres) ** 2, axis=-1)
+    # log of 1 where r = 0: no warning in NumPy, and a finite gradient in JAX.
+    radial = xp.where(r2 > 0, r2 * xp.log(xp.where(r2 > 0, r2, 1)), 0)
+    return xp.concatenate([radial, xp.ones_like(points[..., :1]), points], axis=-1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -47,11 +52,9 @@ def inverse_system(num_control_points: int) -> np.ndarray:
     """Inverse of the ``(K+3, K+3)`` TPS system matrix ``[[U, P], [Pᵀ, 0]]``."""
     cp = control_points(num_control_points)
     k = cp.shape[0]
-    p = np.concatenate([np.ones((k, 1)), cp], axis=1)
     system = np.zeros((k + 3, k + 3))
-    system[:k, :k] = _radial_basis(cp, cp)
-    system[:k, k:] = p
-    system[k:, :k] = p.T
+    system[:k] = basis(cp, cp)
+    system[k:, :k] = system[:k, k:].T
     return np.linalg.inv(system)
 
 
@@ -64,7 +67,5 @@ def offset_matrix(num_control_points: int, points_key: tuple) -> np.ndarray:
     """
     shape, raw = points_key
     points = np.frombuffer(raw, dtype=np.float64).reshape(shape)
-    cp = control_points(num_control_points)
-    k = cp.shape[0]
-    basis = np.concatenate([_radial_basis(points, cp), np.ones((points.shape[0], 1)), points], axis=1)
-    return basis @ inverse_system(num_control_points)[:, :k]
+    k = num_control_points
+    return basis(points, control_points(k)) @ inverse_system(k)[:, :k]

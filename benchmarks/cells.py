@@ -41,6 +41,22 @@ DEFAULT_ORDER = (
 )  # fmt: skip
 
 
+# Table 1 at one budget, every cell trained the same way: 15000 steps of 128, 1/20 of the paper's 150k × 256.
+TABLE1_BUDGET = (15_000, 128)
+# The recipe of every Table 1 cell: "" (each config's own) or "+"-joined VARIANTS chosen by the recipe search.
+TABLE1_RECIPE = ""
+# Table 1's cells in the order --table1 runs them: the FCN family (minutes each), then the CNN family column by
+# column, then a second seed of the ST-CNN Aff and CNN cells (the ± of each difference across seeds).
+TABLE1_CELLS = (
+    *(f"{d.lower()}_{m}" for m in LABELS if "cnn" not in m for d in ("RTS", "R", "P", "E")),
+    *(f"{d.lower()}_{m}" for d in ("RTS", "R", "P", "E") for m in LABELS if "cnn" in m),
+    *(f"{d.lower()}_{m}+seed_1" for d in ("RTS", "R", "P", "E") for m in ("st_cnn_affine", "cnn")),
+)  # fmt: skip
+# The recipe search (issue 17): the RTS cell of both models at a fifth of the budget, one variant at a time.
+SEARCH_CELLS, SEARCH_BUDGET = ("rts_st_cnn_affine", "rts_cnn"), (3000, 128)
+SEARCH_VARIANTS = ("ema", "ls_01", "lr_6e3", "lr_1e3", "warmup_600", "loc_lr_1")
+
+
 @dataclasses.dataclass(frozen=True)
 class AdditionCell:
     """One of the smaller experiments (b) and (c): MNIST addition, two RTS digits as two channels of a 42×42
@@ -103,6 +119,13 @@ VARIANTS = {
                       "a hidden FC layer of 128 units before the CNN's output (standard: none); on addition "
                       "467,603 parameters, as many as the FCN (470,675) and 2×ST-FCN (469,169)"),
 }  # fmt: skip
+
+
+def with_recipe(cell: str, recipe: str | None = None) -> str:
+    """``cell`` with the Table 1 recipe's variants (default :data:`TABLE1_RECIPE`) in front of its own."""
+    base, variant = split_variant(cell)
+    recipe = TABLE1_RECIPE if recipe is None else recipe
+    return "+".join([base, *variant_parts(recipe), *variant_parts(variant)])
 
 
 def cell_name(distortion: str, model: str) -> str:

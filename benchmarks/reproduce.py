@@ -52,8 +52,9 @@ import time
 from pathlib import Path
 
 import report
-from cells import (DEFAULT_ORDER, ROOT, RUNS_DIR, cell_label, config_name, extra_overrides, paper_error, parse_cell,
-                   run_stem, split_variant)  # fmt: skip
+from cells import (DEFAULT_ORDER, ROOT, RUNS_DIR, SEARCH_BUDGET, SEARCH_CELLS, SEARCH_VARIANTS, TABLE1_BUDGET,
+                   TABLE1_CELLS, VARIANTS, cell_label, config_name, extra_overrides, paper_error, parse_cell, run_stem,
+                   split_variant, with_recipe)  # fmt: skip
 from records import RESULTS_DIR, RESULTS_MD, record_path, write_results
 from train import configs
 
@@ -260,6 +261,10 @@ def plan(cells: list[str], steps: int | None, batch: int | None) -> list[tuple[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cells", default=",".join(DEFAULT_ORDER), help="comma-separated cells (see --list)")
+    parser.add_argument("--table1", action="store_true",
+                        help=f"the cells of Table 1 at its budget {TABLE1_BUDGET} and recipe (instead of --cells)")
+    parser.add_argument("--search", action="store_true",
+                        help=f"the recipe search: {', '.join(SEARCH_CELLS)} at {SEARCH_BUDGET}, one variant at a time")
     parser.add_argument("--steps", type=int, default=None, help="training steps of every chosen cell")
     parser.add_argument("--batch", type=int, default=None, help="batch size of every chosen cell")
     parser.add_argument("--data_dir", default=str(ROOT / "out" / "data"))
@@ -278,7 +283,15 @@ def main(argv: list[str] | None = None) -> int:
         write_results(results_dir)
         print(f"wrote {RESULTS_MD}")
         return 0
-    todo = plan([c for c in args.cells.split(",") if c], args.steps, args.batch)
+    if args.table1 and args.search:
+        parser.error("--table1 and --search are two plans: choose one")
+    cells = [c for c in args.cells.split(",") if c]
+    if args.table1:
+        cells = [f"{with_recipe(c)}:{TABLE1_BUDGET[0]}:{TABLE1_BUDGET[1]}" for c in TABLE1_CELLS]
+    if args.search:
+        cells = [f"{with_recipe(c, v)}:{SEARCH_BUDGET[0]}:{SEARCH_BUDGET[1]}" for v in ("", *SEARCH_VARIANTS)
+                 for c in SEARCH_CELLS if not (v and VARIANTS[v].transformer_only and "st_" not in c)]  # fmt: skip
+    todo = plan(cells, args.steps, args.batch)
     left = set(pending(todo, results_dir))
     if args.list or args.dry_run:
         for cell, steps, batch in todo:

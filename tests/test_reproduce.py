@@ -44,17 +44,18 @@ def test_addition_variant_sets_its_override_on_the_command_and_in_the_config():
     assert "theta_init" not in reproduce._config("addition_2st_fcn", 10, 8)["model_kwargs"]
 
 
-def test_table_regenerated_from_records(tmp_path):
+def test_table_regenerated_from_records(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
     runs = [_record("rts_st_cnn_affine", 0.0091), _record("rts_cnn", 0.0123),
                _record("rts_st_cnn_affine", 0.02, steps=10)]  # fmt: skip
     for r in runs:
         (tmp_path / f"{cells.run_stem(r['cell'], r['steps'], r['batch_size'])}.json").write_text(json.dumps(r))
     text = records.render_results(records.load_records(tmp_path))
-    assert "| ST-CNN Aff | — (0.7) | **0.91** <sub>100×8</sub> (0.5) | — (0.8) | — (1.2) |" in text  # most images
-    assert "| CNN | — (1.2) | **1.23** <sub>100×8</sub> (0.8) |" in text
+    assert "| ST-CNN Aff | — (0.7) | **0.91** (0.5) | — (0.8) | — (1.2) |" in text
+    assert "| CNN | — (1.2) | **1.23** (0.8) |" in text
     # sqrt(0.0091·0.9909/1e4 + 0.0123·0.9877/1e4) = 0.00145: 0.32 points is more than 2σ.
     assert "RTS, 100 steps × 8: ST-CNN Aff 0.91% vs CNN 1.23%, difference 0.32 ± 0.15 points — ST-CNN better\n" in text
-    assert "ST-CNN Aff on RTS ≤ 1.0%: met (0.91%)" in text
+    assert "ST-CNN Aff on RTS ≤ 0.7%: **not met** (0.91%)" in text
     assert "rts_st_cnn_affine_samples.png" in text
     assert text.count("| rts_st_cnn_affine |") == 2  # both runs listed
 
@@ -176,3 +177,47 @@ def test_results_md_is_what_the_recorded_runs_render(tmp_path):
     records.write_results(records.RESULTS_DIR, out)
     assert out.read_bytes() == records.RESULTS_MD.read_bytes(), "rerun: PYTHONPATH=. python benchmarks/reproduce.py --render"
 
+
+
+def test_table_1_shows_only_its_budget_and_recipe_and_checks_the_goals(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
+    runs = [_record("rts_st_cnn_affine", 0.0060), _record("rts_cnn", 0.0123), _record("rts_cnn", 0.0050, steps=200),
+            _record("r_fcn", 0.02), _record("r_st_fcn_affine", 0.03), _record("p_st_fcn_tps", 0.01),
+            _record("e_cnn+ema", 0.011), _record("e_st_cnn_tps+seed_1", 0.001)]  # fmt: skip
+    for r in runs:
+        records.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
+    text = records.render_results(records.load_records(tmp_path))
+    table = text.split("Translated cluttered")[0]
+    assert "| CNN | — (1.2) | **1.23** (0.8) | — (1.5) | — (1.4) |" in table  # not the 0.50 of 200 steps
+    assert "| ST-CNN TPS | — (0.7) | — (0.5) | — (0.8) | — (1.1) |" in table  # a seed variant stays out
+    assert "| FCN | **2.00** (2.1) |" in table and "| ST-FCN TPS | — (1.1) | — (0.8) | **1.00** (1.4) |" in table
+    # RTS ST-CNN Aff beats the CNN; R's ST-FCN Aff does not beat the FCN; P's ST-FCN TPS has no FCN to compare with.
+    assert "ST models below their base model (ST-FCN vs FCN, ST-CNN vs CNN): 1 of 2 measured; not below: " \
+           "ST-FCN Aff on R (3.00% vs 2.00%)" in text
+    assert "ST-CNN Aff on RTS ≤ 0.7%: met (0.60%)" in text
+    assert "cells at or below the paper's figure: 2 of 5 measured (r_fcn, p_st_fcn_tps)" in text
+    assert "Runs of Table 1 (100 × 8) not made yet: rts_fcn, p_fcn," in text
+    monkeypatch.setattr(records, "TABLE1_RECIPE", "ema")
+    text = records.render_results(records.load_records(tmp_path))
+    assert "| CNN | — (1.2) | — (0.8) | — (1.5) | **1.10** (1.4) |" in text  # only the recipe's runs
+    assert "and `+ema` (evaluated with a moving average of the weights" in text
+
+
+def test_recipe_search_compares_each_variant_with_the_standard_recipe_of_the_same_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "SEARCH_BUDGET", (100, 8))
+    runs = [_record("rts_st_cnn_affine", 0.0100), _record("rts_cnn", 0.0200), _record("rts_cnn+ema", 0.0150),
+            _record("rts_st_cnn_affine+ema", 0.0110), _record("rts_st_cnn_affine+loc_lr_1", 0.0090),
+            _record("rts_st_cnn_affine+ls_01", 0.005, steps=50)]  # fmt: skip
+    for r in runs:
+        records.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
+    text = records.render_results(records.load_records(tmp_path))
+    section = text.split("## Recipe search (RTS, 100 × 8)")[1].split("\n## ")[0]
+    assert "| standard | 1.00 | 2.00 |" in section
+    # sqrt(0.011·0.989/1e4 + 0.01·0.99/1e4) = 0.00144; sqrt(0.015·0.985/1e4 + 0.02·0.98/1e4) = 0.00185
+    assert "| `+ema`: evaluated with a moving average of the weights, decay 0.999 (standard: the weights) " \
+           "| 1.10 (+0.10 ± 0.14) | 1.50 (-0.50 ± 0.19) |" in section
+    assert "| `+loc_lr_1`: " in section and "| 0.90 (-0.10 ± 0.14) | (no transformer) |" in section
+    assert "| `+ls_01`: trained on labels smoothed by 0.1 (standard: none) | — | — |" in section  # other budget
+    assert "Table 1 is trained with the standard recipe." in section
+    plan = reproduce.main(["--search", "--list", "--results_dir", str(tmp_path)])
+    assert plan == 0

@@ -40,14 +40,14 @@ from pathlib import Path
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import report  # noqa: E402
-import stn_jax  # noqa: E402
-from sampler import time_interleaved  # noqa: E402
-from stn_jax import _sampling_antialias as antialias  # noqa: E402
+import report
+import stn_jax
+from sampler import time_interleaved
+from stn_jax import _sampling_antialias as antialias
 
 BEGIN = "<!-- BEGIN benchmarks/antialias.py (generated, do not edit by hand) -->"
 END = "<!-- END benchmarks/antialias.py -->"
@@ -217,7 +217,7 @@ def speed(workloads, repeats):
                 if probes is None:
                     one = stn_jax.sample
                 else:
-                    one = lambda i, g, p=probes: antialias.sample(  # noqa: E731
+                    one = lambda i, g, p=probes: antialias.sample(
                         i, g, stn_jax.sample(i, g), padding="zeros", align_corners=False, dtype=jnp.float32, probes=p
                     )
                 batched = jax.vmap(one)
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     try:
-        import matplotlib  # noqa: F401  (the photograph and the pictures)
+        import matplotlib
     except ImportError:
         matplotlib = None
     images = {"zone plate": zone_plate(n)}

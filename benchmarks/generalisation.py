@@ -65,7 +65,7 @@ def accuracy(model, images, labels) -> float:
 
 def evaluate_run(record: dict, *, data_dir: Path, runs_dir: Path) -> dict:
     """Accuracy at each angle of the run that ``record`` describes (its workdir holds the checkpoints)."""
-    from train import data, configs, train
+    from train import configs, data, train
 
     stem = run_stem(record["cell"], record["steps"], record["batch_size"])
     config = configs.get_config(record["config"])
@@ -73,13 +73,13 @@ def evaluate_run(record: dict, *, data_dir: Path, runs_dir: Path) -> dict:
     images, labels = data.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1,
                                      drop_remainder=False, cache_dir=data_dir / ".stn_jax_decoded")  # fmt: skip
     result = {"cell": record["cell"], "label": record["label"], "run": stem, "steps": record["steps"],
-              "batch_size": record["batch_size"], "test_examples": int(len(labels)),
+              "batch_size": record["batch_size"], "test_examples": len(labels),
               "in_distribution_error_pct": record["test_error_pct"], "accuracy_pct": {}}  # fmt: skip
     for degrees in GENERALISATION_ANGLES:
         x, y = rotated_test_set(images, labels, degrees)
         result["accuracy_pct"][str(degrees)] = round(100 * accuracy(model, x, y), 2)
         print(f"[generalisation] {stem}: {degrees}° accuracy {result['accuracy_pct'][str(degrees)]:.2f}%", flush=True)
-    result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    result["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return result
 
 

@@ -128,7 +128,7 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
     def run_bare(k):
         params, opt_state = bare["state"]
         for _ in range(k):
-            params, opt_state, loss = bare_step(params, opt_state, x, y)
+            params, opt_state, _ = bare_step(params, opt_state, x, y)
         bare["state"] = jax.block_until_ready((params, opt_state))
 
     one_step, carry, sharding, resident = real_step(name, distortion, batch)
@@ -138,7 +138,7 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
     def run_real(k):
         carry = real["carry"]
         for s in range(1, k + 1):
-            carry, out = one_step(carry, resident, s)
+            carry, _ = one_step(carry, resident, s)
         real["carry"] = jax.block_until_ready(carry)
 
     def run_loop(k):
@@ -221,20 +221,40 @@ def render(rows: list[dict], args, load_before: float, load_after: float) -> str
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: the CNN on undistorted 28×28 digits, batch 16, 1 round of 2 steps")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: the CNN on undistorted 28×28 digits, batch 16, 1 round of 2 steps",
+    )
     parser.add_argument("--model", default=None, help="default st_cnn_affine (cnn with --quick)")
-    parser.add_argument("--distortion", default=None,
-                        help="the training distortion, which sets the input size (default RTS; none with --quick)")
-    parser.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=None,
-                        help="comma-separated batch sizes (default 256,64: train_speed.py's and the RTS config's)")
+    parser.add_argument(
+        "--distortion",
+        default=None,
+        help="the training distortion, which sets the input size (default RTS; none with --quick)",
+    )
+    parser.add_argument(
+        "--batches",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=None,
+        help="comma-separated batch sizes (default 256,64: train_speed.py's and the RTS config's)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="rounds (default 7; 1 with --quick)")
-    parser.add_argument("--steps_per_round", type=int, default=None,
-                        help="default: enough for --round_s seconds of bare steps (2 with --quick)")
+    parser.add_argument(
+        "--steps_per_round",
+        type=int,
+        default=None,
+        help="default: enough for --round_s seconds of bare steps (2 with --quick)",
+    )
     parser.add_argument("--round_s", type=float, default=1.0)
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default 2; 1 with --quick)")
-    parser.add_argument("--fetch_every", type=int, default=None, help="the loop's metric fetches (default 50, log_every)")
-    parser.add_argument("--xla_default", action="store_true", help="leave XLA's CPU defaults (no training-command flag)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="warm-up steps per variant (default 2; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--fetch_every", type=int, default=None, help="the loop's metric fetches (default 50, log_every)"
+    )
+    parser.add_argument(
+        "--xla_default", action="store_true", help="leave XLA's CPU defaults (no training-command flag)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write DIR/loop_speed.md instead of BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--output", type=Path, default=OUTPUT, help=argparse.SUPPRESS)

@@ -11,9 +11,28 @@ import json
 import statistics
 from pathlib import Path
 
-from cells import (ADDITION_CELLS, DEFAULT_ORDER, DISTORTIONS, GENERALISATION_ANGLES, LABELS, PAPER, ROOT,
-                   SEARCH_BUDGET, SEARCH_CELLS, SEARCH_VARIANTS, TABLE1_BUDGET, TABLE1_CELLS, TABLE1_RECIPE, VARIANTS,
-                   cell_label, cell_name, run_stem, split_variant, variant_parts, with_recipe)  # fmt: skip
+from cells import (
+    ADDITION_CELLS,
+    DEFAULT_ORDER,
+    DISTORTIONS,
+    GENERALISATION_ANGLES,
+    LABELS,
+    PAPER,
+    ROOT,
+    SEARCH_BUDGET,
+    SEARCH_CELLS,
+    SEARCH_VARIANTS,
+    TABLE1_BUDGET,
+    TABLE1_CELLS,
+    TABLE1_RECIPE,
+    VARIANTS,
+    cell_label,  # fmt: skip
+    cell_name,
+    run_stem,
+    split_variant,
+    variant_parts,
+    with_recipe,
+)
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 RESULTS_MD = ROOT / "RESULTS.md"
@@ -64,7 +83,11 @@ def _at(records: list[dict], budget: tuple[int, int]) -> dict[str, dict]:
 def _table1(records: list[dict]) -> dict[str, dict]:
     """Per base cell, its run at :data:`TABLE1_BUDGET` with the Table 1 recipe (no other variant)."""
     at = _at(records, TABLE1_BUDGET)
-    return {base: at[cell] for base, cell in ((split_variant(c)[0], c) for c in at) if cell == with_recipe(base, TABLE1_RECIPE)}
+    return {
+        base: at[cell]
+        for base, cell in ((split_variant(c)[0], c) for c in at)
+        if cell == with_recipe(base, TABLE1_RECIPE)
+    }
 
 
 def _search_lines(records: list[dict]) -> list[str]:
@@ -115,7 +138,9 @@ def _table1_goal_lines(table1: dict[str, dict]) -> list[str]:
             if model.startswith("st_") and base is not None:
                 compared += 1
                 if r["test_error"] >= base["test_error"]:
-                    worse.append(f"{LABELS[model]} on {d} ({r['test_error_pct']:.2f}% vs {base['test_error_pct']:.2f}%)")
+                    worse.append(
+                        f"{LABELS[model]} on {d} ({r['test_error_pct']:.2f}% vs {base['test_error_pct']:.2f}%)"
+                    )
     if compared:
         lines.append(f"- Table 1, ST models below their base model (ST-FCN vs FCN, ST-CNN vs CNN): {compared - len(worse)} "
                      f"of {compared} measured" + (f"; not below: {', '.join(worse)}" if worse else ""))  # fmt: skip
@@ -190,12 +215,13 @@ def _ours(record: dict | None) -> str:
 
 
 def _fmt_time(seconds: float) -> str:
-    minutes, s = divmod(int(round(seconds)), 60)
+    minutes, s = divmod(round(seconds), 60)
     return f"{minutes}m{s:02d}s"
 
 
-def render_results(records: list[dict], *, results_link: str = "benchmarks/results",
-                   generalisation: list[str] = ()) -> str:
+def render_results(
+    records: list[dict], *, results_link: str = "benchmarks/results", generalisation: list[str] = ()
+) -> str:
     """The whole of RESULTS.md, from the records alone."""
     best = _best(records)
     lines = [
@@ -206,8 +232,11 @@ def render_results(records: list[dict], *, results_link: str = "benchmarks/resul
         "Percent test error on the full 10,000-image MNIST test split, distorted once with the fixed seed "
         "`test_seed=0` (`train.distortions.test_set`); training on `train[:92%]` (55,200 digits, distorted "
         "afresh every step), AdamW with warm-up and cosine decay"
-        + (f" and `+{TABLE1_RECIPE}` ({'; '.join(VARIANTS[v].description for v in variant_parts(TABLE1_RECIPE))})"
-           if TABLE1_RECIPE else "")
+        + (
+            f" and `+{TABLE1_RECIPE}` ({'; '.join(VARIANTS[v].description for v in variant_parts(TABLE1_RECIPE))})"
+            if TABLE1_RECIPE
+            else ""
+        )
         + f". Every cell of this table is trained the same way, {TABLE1_BUDGET[0]} steps of {TABLE1_BUDGET[1]} "
         f"({TABLE1_BUDGET[0] * TABLE1_BUDGET[1]:,} images; the paper trained 150k steps of 256 on a GPU). Each "
         "entry: **ours** (paper); — : not run at this budget yet (`PYTHONPATH=. python benchmarks/reproduce.py "

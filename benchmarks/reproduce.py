@@ -52,9 +52,25 @@ import time
 from pathlib import Path
 
 import report
-from cells import (DEFAULT_ORDER, ROOT, RUNS_DIR, SEARCH_BUDGET, SEARCH_CELLS, SEARCH_VARIANTS, TABLE1_BUDGET,
-                   TABLE1_CELLS, VARIANTS, cell_label, config_name, extra_overrides, paper_error, parse_cell, run_stem,
-                   split_variant, with_recipe)  # fmt: skip
+from cells import (
+    DEFAULT_ORDER,
+    ROOT,
+    RUNS_DIR,
+    SEARCH_BUDGET,
+    SEARCH_CELLS,
+    SEARCH_VARIANTS,
+    TABLE1_BUDGET,
+    TABLE1_CELLS,
+    VARIANTS,
+    cell_label,
+    config_name,
+    extra_overrides,
+    paper_error,
+    parse_cell,
+    run_stem,
+    split_variant,  # fmt: skip
+    with_recipe,
+)
 from records import RESULTS_DIR, RESULTS_MD, record_path, write_results
 from train import configs
 
@@ -63,9 +79,16 @@ TEST_EXAMPLES = 10_000
 # Default budget (steps, batch) per cell; --steps/--batch override it for every chosen cell.
 # Sized for 2 CPU cores (measured: CNN on 42×42 trains at ~140-180 images/s, on 28×28 ~350,
 # ST-CNN on 42×42 ~490); see RESULTS.md for the budgets actually run.
-DEFAULT_BUDGET = {"rts_st_cnn_affine": (1000, 128), "rts_cnn": (1000, 128), "tc_cnn": (300, 128),
-                  "tc_st_cnn_affine": (300, 128), "rts_st_cnn_projective": (1000, 128),
-                  "rts_st_cnn_tps": (1000, 128), "rts_fcn": (1000, 128), "rts_st_fcn_affine": (1000, 128)}
+DEFAULT_BUDGET = {
+    "rts_st_cnn_affine": (1000, 128),
+    "rts_cnn": (1000, 128),
+    "tc_cnn": (300, 128),
+    "tc_st_cnn_affine": (300, 128),
+    "rts_st_cnn_projective": (1000, 128),
+    "rts_st_cnn_tps": (1000, 128),
+    "rts_fcn": (1000, 128),
+    "rts_st_fcn_affine": (1000, 128),
+}
 SMALL_BUDGET = (600, 128)
 
 
@@ -87,7 +110,9 @@ def train_sets(cell: str, steps: int, batch: int) -> list[str]:
     return [f"{k}={v}" for k, v in (budget_overrides(steps, batch) | extra_overrides(cell)).items()]
 
 
-def train_command(cell: str, steps: int, batch: int, *, workdir: Path, data_dir: Path, python: str = "python") -> list[str]:
+def train_command(
+    cell: str, steps: int, batch: int, *, workdir: Path, data_dir: Path, python: str = "python"
+) -> list[str]:
     return [python, "-m", "train", "--config", config_name(cell), "--workdir", str(workdir),
             "--data_dir", str(data_dir), "--set", *train_sets(cell, steps, batch)]  # fmt: skip
 
@@ -123,7 +148,7 @@ def _last_val(workdir: Path) -> float | None:
 def _seconds_until(stop_at: str | None) -> float | None:
     if not stop_at:
         return None
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     hour, minute = map(int, stop_at.split(":"))
     target = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     if target < now - dt.timedelta(hours=12):
@@ -139,12 +164,14 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
     workdir.mkdir(parents=True, exist_ok=True)
     command = train_command(cell, steps, batch, workdir=workdir, data_dir=data_dir, python=python)
     shown = ["python", *command[1:]]
-    shown[shown.index("--workdir") + 1] = str(workdir.relative_to(ROOT)) if workdir.is_relative_to(ROOT) else str(workdir)
+    shown[shown.index("--workdir") + 1] = (
+        str(workdir.relative_to(ROOT)) if workdir.is_relative_to(ROOT) else str(workdir)
+    )
     if data_dir.is_relative_to(ROOT):
         shown[shown.index("--data_dir") + 1] = str(data_dir.relative_to(ROOT))
     attempts_path = workdir / "driver_attempts.json"
     attempts = json.loads(attempts_path.read_text()) if attempts_path.exists() else []
-    attempts.append({"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seconds": None})
+    attempts.append({"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "seconds": None})
     attempts_path.write_text(json.dumps(attempts, indent=1))
     remaining = _seconds_until(stop_at)
     if remaining is not None and remaining <= 60:
@@ -223,7 +250,7 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
         "xla_flags": summary.get("xla_flags"),  # absent from runs before the training command set any
         "command": shlex.join(shown),
         "git_commit": _git_commit(),
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": report.cpu_name(),
         "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
         "pictures": pictures,
@@ -261,10 +288,16 @@ def plan(cells: list[str], steps: int | None, batch: int | None) -> list[tuple[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cells", default=",".join(DEFAULT_ORDER), help="comma-separated cells (see --list)")
-    parser.add_argument("--table1", action="store_true",
-                        help=f"the cells of Table 1 at its budget {TABLE1_BUDGET} and recipe (instead of --cells)")
-    parser.add_argument("--search", action="store_true",
-                        help=f"the recipe search: {', '.join(SEARCH_CELLS)} at {SEARCH_BUDGET}, one variant at a time")
+    parser.add_argument(
+        "--table1",
+        action="store_true",
+        help=f"the cells of Table 1 at its budget {TABLE1_BUDGET} and recipe (instead of --cells)",
+    )
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help=f"the recipe search: {', '.join(SEARCH_CELLS)} at {SEARCH_BUDGET}, one variant at a time",
+    )
     parser.add_argument("--steps", type=int, default=None, help="training steps of every chosen cell")
     parser.add_argument("--batch", type=int, default=None, help="batch size of every chosen cell")
     parser.add_argument("--data_dir", default=str(ROOT / "out" / "data"))
@@ -299,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(args.runs_dir) / run_stem(cell, steps, batch)
             print(f"{cell:24s} {steps:6d} × {batch:4d}  {state}  paper {paper_error(cell)}")
             if args.dry_run:
-                print("   ", shlex.join(train_command(cell, steps, batch, workdir=workdir, data_dir=Path(args.data_dir))))
+                print(
+                    "   ", shlex.join(train_command(cell, steps, batch, workdir=workdir, data_dir=Path(args.data_dir)))
+                )
         return 0
     failures = 0
     for cell, steps, batch in todo:

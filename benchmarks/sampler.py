@@ -51,13 +51,13 @@ from pathlib import Path
 # This process shares the accelerator between JAX and PyTorch: no JAX preallocation.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import report  # noqa: E402
-import stn_jax  # noqa: E402
-from stn_jax import sampling  # noqa: E402
+import report
+import stn_jax
+from stn_jax import sampling
 
 # (name, batch, (H, W, C) in, (Ho, Wo) out)
 WORKLOADS = [
@@ -111,8 +111,9 @@ def dense_elements(batch: int, in_shape, out_shape) -> int:
     return batch * math.prod(out_shape) * max(h * channels, h + w)
 
 
-def skip_reason(impl: str | None, batch: int, in_shape, out_shape, *, method: str = "bilinear",
-                budget: int = DENSE_BUDGET) -> str | None:
+def skip_reason(
+    impl: str | None, batch: int, in_shape, out_shape, *, method: str = "bilinear", budget: int = DENSE_BUDGET
+) -> str | None:
     """Why ``impl`` is not timed on this case (a table cell), or None to time it."""
     if impl != "dense":
         return None
@@ -280,8 +281,12 @@ def time_interleaved(runs: dict, repeats: int, target: float = 0.05) -> dict:
 
 
 def machine(torch, device: str) -> str:
-    versions = [f"Python {platform.python_version()}", f"jax {jax.__version__}", f"torch {torch.__version__}",
-                f"numpy {np.__version__}"]
+    versions = [
+        f"Python {platform.python_version()}",
+        f"jax {jax.__version__}",
+        f"torch {torch.__version__}",
+        f"numpy {np.__version__}",
+    ]
     try:
         import dm_pix
 
@@ -306,8 +311,12 @@ def parse_args(argv=None):
     parser.add_argument("--workloads", default="", help="comma-separated workload indices (default: all)")
     parser.add_argument("--passes", default=",".join(PASSES))
     parser.add_argument("--quick", action="store_true", help="tiny workloads, 2 rounds: a smoke run")
-    parser.add_argument("--dense-budget", type=int, default=DENSE_BUDGET,
-                        help="largest intermediate (elements) the dense implementation may build")
+    parser.add_argument(
+        "--dense-budget",
+        type=int,
+        default=DENSE_BUDGET,
+        help="largest intermediate (elements) the dense implementation may build",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; write no file")
     parser.add_argument("--out", default=None, help="write the table as OUT/sampler.md instead of BENCHMARKS.md")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
@@ -347,10 +356,20 @@ def main(argv=None):
     pick = default_pick(backend)
     target = 0.005 if args.quick else 0.05
     passes = [p for p in args.passes.split(",") if p]
-    print(f"jax backend {backend} {jax.devices()}, torch on {device}; implementation=None picks "
-          f"{pick or 'n/a'}; explicit implementations {list(impls) or 'n/a'}", flush=True)
-    meta = dict(backend=backend, device=device, pick=pick, impls=impls, have_pix=have_pix,
-                machine=machine(torch, device), load_before=os.getloadavg()[0])
+    print(
+        f"jax backend {backend} {jax.devices()}, torch on {device}; implementation=None picks "
+        f"{pick or 'n/a'}; explicit implementations {list(impls) or 'n/a'}",
+        flush=True,
+    )
+    meta = dict(
+        backend=backend,
+        device=device,
+        pick=pick,
+        impls=impls,
+        have_pix=have_pix,
+        machine=machine(torch, device),
+        load_before=os.getloadavg()[0],
+    )
     rows, agreement, failures = [], [], []
     for name, batch, in_shape, out_shape in workloads_for(args, backend):
         image, grid, cot = make_inputs(batch, in_shape, out_shape)
@@ -358,17 +377,19 @@ def main(argv=None):
         for which in passes:
             runs, compile_s, cells = {}, {}, {}
             for impl in ours:
-                reason = skip_reason(None if impl == DEFAULT else impl, batch, in_shape, out_shape,
-                                     budget=args.dense_budget)
+                reason = skip_reason(
+                    None if impl == DEFAULT else impl, batch, in_shape, out_shape, budget=args.dense_budget
+                )
                 if reason:
                     cells[impl] = reason
                     continue
                 try:
-                    run, compile_s[impl] = compile_jax(stn_fn(None if impl == DEFAULT else impl), which, image,
-                                                       grid, cot)
+                    run, compile_s[impl] = compile_jax(
+                        stn_fn(None if impl == DEFAULT else impl), which, image, grid, cot
+                    )
                     run()
                     runs[impl] = run
-                except Exception as e:  # noqa: BLE001 -- recorded in the table, the exit status says it
+                except Exception as e:
                     if isinstance(e, ValueError) and "implementation" in str(e):
                         # `sample` refuses an implementation this case or this JAX cannot run.
                         print(f"{label} {which}: implementation={impl!r} unavailable: {e}", flush=True)
@@ -379,8 +400,9 @@ def main(argv=None):
                     failures.append(f"{label} {which} {impl}: {type(e).__name__}: {e}")
             runs["torch NCHW"] = torch_call(torch, which, image, grid, cot, False, device)
             runs["torch channels_last"] = torch_call(torch, which, image, grid, cot, True, device)
-            runs["map_coordinates"], compile_s["map_coordinates"] = compile_jax(_map_coordinates, which, image, grid,
-                                                                                cot)
+            runs["map_coordinates"], compile_s["map_coordinates"] = compile_jax(
+                _map_coordinates, which, image, grid, cot
+            )
             if have_pix:
                 runs["dm-pix"], compile_s["dm-pix"] = compile_jax(_dm_pix, which, image, grid, cot)
             if which == "fwd":
@@ -388,8 +410,18 @@ def main(argv=None):
             med = time_interleaved(runs, args.repeats, target)
             layout = "NCHW" if med["torch NCHW"] <= med["torch channels_last"] else "channels_last"
             t_torch = med[f"torch {layout}"]
-            row = dict(label=label, which=which, torch=t_torch, layout=layout, times={}, ratios={}, cells=cells,
-                       compile=compile_s, mc=med["map_coordinates"], pix=med.get("dm-pix"))
+            row = dict(
+                label=label,
+                which=which,
+                torch=t_torch,
+                layout=layout,
+                times={},
+                ratios={},
+                cells=cells,
+                compile=compile_s,
+                mc=med["map_coordinates"],
+                pix=med.get("dm-pix"),
+            )
             for impl in ours:
                 if impl in med:
                     row["times"][impl] = med[impl]
@@ -426,8 +458,10 @@ def progress_line(row, ours, have_pix) -> str:
     parts = [f"{row['label']:45s} {row['which']:9s} torch {1e3 * row['torch']:8.3f} ms ({row['layout']:13s})"]
     for impl in ours:
         if impl in row["times"]:
-            parts.append(f"{impl} {1e3 * row['times'][impl]:8.3f} ms ratio {row['ratios'][impl]:5.2f} "
-                         f"(compile {row['compile'][impl]:.2f} s)")
+            parts.append(
+                f"{impl} {1e3 * row['times'][impl]:8.3f} ms ratio {row['ratios'][impl]:5.2f} "
+                f"(compile {row['compile'][impl]:.2f} s)"
+            )
         else:
             parts.append(f"{impl} {row['cells'][impl]}")
     parts.append(f"map_coordinates {1e3 * row['mc']:8.3f} ms")
@@ -451,12 +485,14 @@ def render(rows, agreement, args, meta, *, partial=False) -> str:
     have_pix = meta["have_pix"]
     cmd = "PYTHONPATH=. python benchmarks/sampler.py" + (f" {' '.join(args.argv)}" if args.argv else "")
     if meta["pick"]:
-        picks = (f"On this backend (`{meta['backend']}`) `implementation=None` picks `{meta['pick']}`; "
-                 f"every implementation (`stn_jax.sampling.IMPLEMENTATIONS` = {', '.join(meta['impls'])}) is "
-                 "also timed on its own: ms (ratio).")
+        picks = (
+            f"On this backend (`{meta['backend']}`) `implementation=None` picks `{meta['pick']}`; "
+            f"every implementation (`stn_jax.sampling.IMPLEMENTATIONS` = {', '.join(meta['impls'])}) is "
+            "also timed on its own: ms (ratio)."
+        )
     else:
         picks = "`stn_jax.sample` has no `implementation` option here: one implementation."
-    torch_where = ("torch on cuda" if meta["device"] == "cuda" else "torch with 2 threads")
+    torch_where = "torch on cuda" if meta["device"] == "cuda" else "torch with 2 threads"
     load_after = meta.get("load_after")
     lines = [
         "## Sampler: `stn_jax.sample` vs `torch.nn.functional.grid_sample`",
@@ -474,12 +510,18 @@ def render(rows, agreement, args, meta, *, partial=False) -> str:
         "",
         "Ratio = torch / stn_jax (above 1: stn_jax is faster). `fwd+bwd`: gradients w.r.t. image and grid; "
         "`grid-bwd`: gradient w.r.t. the grid only. Compile = JAX lower + compile of the default stn_jax step. "
-        + picks + f" `dense` is skipped where its largest intermediate would exceed {args.dense_budget} elements.",
+        + picks
+        + f" `dense` is skipped where its largest intermediate would exceed {args.dense_budget} elements.",
         "",
-        "| workload | pass | " + " | ".join(
+        "| workload | pass | "
+        + " | ".join(
             [header_of(DEFAULT, meta["pick"]), "torch ms (layout)", "**ratio**"]
-            + [header_of(i, meta["pick"]) for i in meta["impls"]] + ["map_coordinates ms"]
-            + (["dm-pix ms"] if have_pix else []) + ["stn_jax compile s"]) + " |",
+            + [header_of(i, meta["pick"]) for i in meta["impls"]]
+            + ["map_coordinates ms"]
+            + (["dm-pix ms"] if have_pix else [])
+            + ["stn_jax compile s"]
+        )
+        + " |",
         "| --- | --- | " + " | ".join(["---:"] * (5 + len(meta["impls"]) + have_pix)) + " |",
     ]
 
@@ -492,9 +534,13 @@ def render(rows, agreement, args, meta, *, partial=False) -> str:
     for r in rows:
         ratio = f"**{r['ratios'][DEFAULT]:.2f}**" if DEFAULT in r["ratios"] else "—"
         compile_s = f"{r['compile'][DEFAULT]:.2f}" if DEFAULT in r["times"] else "—"
-        cells = ([ms(r, DEFAULT, False), f"{1e3 * r['torch']:.3f} ({r['layout']})", ratio]
-                 + [ms(r, i, True) for i in meta["impls"]] + [f"{1e3 * r['mc']:.3f}"]
-                 + ([f"{1e3 * r['pix']:.3f}"] if have_pix else []) + [compile_s])
+        cells = (
+            [ms(r, DEFAULT, False), f"{1e3 * r['torch']:.3f} ({r['layout']})", ratio]
+            + [ms(r, i, True) for i in meta["impls"]]
+            + [f"{1e3 * r['mc']:.3f}"]
+            + ([f"{1e3 * r['pix']:.3f}"] if have_pix else [])
+            + [compile_s]
+        )
         lines.append(f"| {r['label']} | {r['which']} | " + " | ".join(cells) + " |")
     if agreement:
         lines += [

@@ -51,16 +51,16 @@ from pathlib import Path
 # This process shares an accelerator between JAX and PyTorch: no JAX preallocation.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
 
-import report  # noqa: E402
-from stn_jax.models import build_model  # noqa: E402
-from stn_jax.optim import with_localisation_lr  # noqa: E402
-from train import xla_cpu  # noqa: E402
+import report
+from stn_jax.models import build_model
+from stn_jax.optim import with_localisation_lr
+from train import xla_cpu
 
 BEGIN = "<!-- BEGIN benchmarks/train_speed.py (generated, do not edit by hand) -->"
 NAME = "train_speed.md"  # the table's file under --out
@@ -256,10 +256,12 @@ def benchmark(args, on_row=None) -> list[dict]:
             channels = classifier_channels(model)
             runs = {
                 "ours": ours,
-                "torch NCHW": torch_step(torch, name, side, channels, channels_last=False, batch=args.batch,
-                                         device=device),
-                "torch channels_last": torch_step(torch, name, side, channels, channels_last=True, batch=args.batch,
-                                                  device=device),
+                "torch NCHW": torch_step(
+                    torch, name, side, channels, channels_last=False, batch=args.batch, device=device
+                ),
+                "torch channels_last": torch_step(
+                    torch, name, side, channels, channels_last=True, batch=args.batch, device=device
+                ),
             }
             med = time_interleaved(runs, args.repeats, args.steps_per_round, warmup=args.warmup)
             layout = "NCHW" if med["torch NCHW"] <= med["torch channels_last"] else "channels_last"
@@ -292,8 +294,10 @@ def render(rows, args, load_before, load_after, *, partial=False) -> str:
     device = torch_device(torch)
     cmd = "PYTHONPATH=. python benchmarks/train_speed.py" + (f" {' '.join(args.argv)}" if args.argv else "")
     if device == "cuda":
-        torch_where = (f"torch on cuda (cudnn.benchmark; TF32: convolutions {torch.backends.cudnn.allow_tf32}, "
-                       f"matmuls {torch.backends.cuda.matmul.allow_tf32}; JAX at its default precision)")
+        torch_where = (
+            f"torch on cuda (cudnn.benchmark; TF32: convolutions {torch.backends.cudnn.allow_tf32}, "
+            f"matmuls {torch.backends.cuda.matmul.allow_tf32}; JAX at its default precision)"
+        )
     else:
         torch_where = "torch: 2 threads"
     lines = ["## Training step: ST-CNN and CNN (`stn_jax.models`) vs the same nets in PyTorch", ""]
@@ -324,8 +328,6 @@ def render(rows, args, load_before, load_after, *, partial=False) -> str:
             f"**{r['ratio']:.2f}** | {r['compile']:.2f} |"
         )
     return "\n".join(lines) + "\n"
-
-
 
 
 # -- profile ------------------------------------------------------------------------------------------
@@ -425,7 +427,8 @@ def trace_ops(step, params, opt_state, x, y, side, steps=5) -> None:
                 p, o, loss = compiled(p, o, x, y)
             loss.block_until_ready()
         (path,) = glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)
-        events = json.load(gzip.open(path))["traceEvents"]
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
     totals: dict[str, float] = {}
     hlo = compiled.as_text()
     for e in events:
@@ -455,26 +458,46 @@ def trace_ops(step, params, opt_state, x, y, side, steps=5) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: the ST-CNN at 28×28 only, batch 16, 1 round of 1 step (unless given)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: the ST-CNN at 28×28 only, batch 16, 1 round of 1 step (unless given)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="rounds (default 7; 1 with --quick)")
     parser.add_argument("--steps_per_round", type=int, default=None, help="default 2; 1 with --quick")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2; 1 with --quick)")
     parser.add_argument("--batch", type=int, default=None, help=f"default {BATCH}; 16 with --quick")
-    parser.add_argument("--sides", type=lambda s: tuple(int(v) for v in s.split(",")), default=None,
-                        help="default " + ",".join(map(str, SIDES)) + "; 28 with --quick")
-    parser.add_argument("--models", type=lambda s: tuple(s.split(",")), default=None,
-                        help="default " + ",".join(MODELS) + "; st_cnn_affine with --quick")
+    parser.add_argument(
+        "--sides",
+        type=lambda s: tuple(int(v) for v in s.split(",")),
+        default=None,
+        help="default " + ",".join(map(str, SIDES)) + "; 28 with --quick",
+    )
+    parser.add_argument(
+        "--models",
+        type=lambda s: tuple(s.split(",")),
+        default=None,
+        help="default " + ",".join(MODELS) + "; st_cnn_affine with --quick",
+    )
     parser.add_argument("--profile", action="store_true", help="where our ST-CNN step's time goes (no table)")
     parser.add_argument("--trace", action="store_true", help="with --profile: also a jax.profiler trace, per op")
-    parser.add_argument("--xla_default", action="store_true",
-                        help="leave XLA's CPU defaults (YNNPACK convolutions) instead of the training command's flag")
+    parser.add_argument(
+        "--xla_default",
+        action="store_true",
+        help="leave XLA's CPU defaults (YNNPACK convolutions) instead of the training command's flag",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; write no file")
     parser.add_argument("--out", default=None, help="write the table as OUT/train_speed.md instead of BENCHMARKS.md")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
-    defaults = dict(repeats=(1, 7), steps_per_round=(1, 2), warmup=(1, 2), batch=(16, BATCH), sides=((28,), SIDES),
-                    models=(("st_cnn_affine",), MODELS))
+    defaults = dict(
+        repeats=(1, 7),
+        steps_per_round=(1, 2),
+        warmup=(1, 2),
+        batch=(16, BATCH),
+        sides=((28,), SIDES),
+        models=(("st_cnn_affine",), MODELS),
+    )
     for key, (quick, full) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
@@ -503,8 +526,10 @@ def main(argv=None):
     backend = jax.default_backend()
     print(f"jax backend {backend} {jax.devices()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
     if args.xla_flag == "accelerator" and backend == "cpu":
-        print("note: expected an accelerator but JAX runs on the CPU: timed without the training command's "
-              "CPU flag", flush=True)
+        print(
+            "note: expected an accelerator but JAX runs on the CPU: timed without the training command's CPU flag",
+            flush=True,
+        )
     load_before = os.getloadavg()[0]
 
     def partial(rows):

@@ -29,11 +29,11 @@ from stn_jax.transforms import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AffineParams",
     "IMPLEMENTATIONS",
     "METHODS",
     "PADDINGS",
     "TRANSFORMS",
+    "AffineParams",
     "__version__",
     "affine_from_params",
     "affine_grid",

@@ -147,13 +147,13 @@ class TransformerConfig:
     )
     transform: str = _option(
         "affine",
-        "a name of :data:`stn_jax.TRANSFORMS` (``\"affine\"`` works in 1-D, 2-D and 3-D; "
-        "``\"projective\"``, ``\"tps\"``, ``\"similarity\"`` are 2-D).",
+        'a name of :data:`stn_jax.TRANSFORMS` (``"affine"`` works in 1-D, 2-D and 3-D; '
+        '``"projective"``, ``"tps"``, ``"similarity"`` are 2-D).',
     )
     hidden: tuple[int, ...] = _option(
         (32, 32), "widths of the default localisation network (:class:`MLPLocalisation`).", warp=False
     )
-    num_control_points: int = _option(16, "K for ``\"tps\"`` (a perfect square >= 4).")
+    num_control_points: int = _option(16, 'K for ``"tps"`` (a perfect square >= 4).')
     constraints: Any = _option(
         None,
         "fix entries of θ: ``None``, or a nested sequence of θ's shape with ``None`` for each regressed "
@@ -161,15 +161,15 @@ class TransformerConfig:
     )
     theta_init: str = _option(
         "identity",
-        "``\"identity\"`` (zero kernel, identity bias: the untrained transformer is the identity) or "
-        "``\"random\"`` (LeCun-normal kernel, identity bias: a random input-dependent transform around "
+        '``"identity"`` (zero kernel, identity bias: the untrained transformer is the identity) or '
+        '``"random"`` (LeCun-normal kernel, identity bias: a random input-dependent transform around '
         "the identity).",
     )
     num_transformers: int = _option(1, "transformers regressed in parallel by the one localisation net.")
     combine: str = _option(
         "concat",
-        "how parallel outputs are returned: ``\"concat\"``-enated on channels, as a ``\"list\"``, or "
-        "``\"stack\"``-ed on a new axis 1.",
+        'how parallel outputs are returned: ``"concat"``-enated on channels, as a ``"list"``, or '
+        '``"stack"``-ed on a new axis 1.',
     )
     method: str = _option("bilinear", "interpolation of :func:`stn_jax.sample`, a name of :data:`stn_jax.METHODS`.")
     padding: str = _option(
@@ -233,9 +233,8 @@ class TransformerConfig:
         if self.constraints is not None:  # the constraints' shape tells the rank
             shape = np.array(self.constraints, dtype=object).shape
             for n in (2, 1, 3):
-                if n == 2 or self.transform not in grids._PLANAR_ONLY:
-                    if self.theta_shape(n) == shape:
-                        return n
+                if (n == 2 or self.transform not in grids._PLANAR_ONLY) and self.theta_shape(n) == shape:
+                    return n
         return 2
 
     def free_params(self, ndim: int | None = None) -> int:
@@ -325,8 +324,12 @@ def with_option_docs(doc: str) -> str:
     indent = lines[index][: len(lines[index]) - len(lines[index].lstrip())]
     entries = [
         textwrap.fill(
-            f"{f.name}: {f.metadata['doc']}", 100, initial_indent=indent, subsequent_indent=indent + "  ",
-            break_long_words=False, break_on_hyphens=False,  # a line break must not split a word
+            f"{f.name}: {f.metadata['doc']}",
+            100,
+            initial_indent=indent,
+            subsequent_indent=indent + "  ",
+            break_long_words=False,
+            break_on_hyphens=False,  # a line break must not split a word
         )
         for f in dataclasses.fields(TransformerConfig)
     ]

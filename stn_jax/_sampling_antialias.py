@@ -55,7 +55,7 @@ _TINY = 1e-12  # keeps sqrt differentiable at a zero-length footprint
 
 def level_count(sizes) -> int:
     """Number of levels: widths 1, 2, 4, ... up to the largest power of two <= the largest size."""
-    return 1 + int(math.floor(math.log2(max(sizes))))
+    return 1 + math.floor(math.log2(max(sizes)))
 
 
 def _pad_mode(padding: str, align_corners: bool) -> str:
@@ -108,9 +108,9 @@ def _axis_differences(coords: jax.Array, finite: jax.Array, axis: int) -> jax.Ar
     if n == 1:
         return jnp.zeros_like(coords)
     step = jnp.diff(coords, axis=axis)
-    both = (
-        jax.lax.slice_in_dim(finite, 0, n - 1, axis=axis) & jax.lax.slice_in_dim(finite, 1, n, axis=axis)
-    )[..., None]
+    both = (jax.lax.slice_in_dim(finite, 0, n - 1, axis=axis) & jax.lax.slice_in_dim(finite, 1, n, axis=axis))[
+        ..., None
+    ]
     step = jnp.where(both, step, 0)
     pad_before = [(0, 0)] * coords.ndim
     pad_after = [(0, 0)] * coords.ndim

@@ -394,7 +394,9 @@ def _linear_jvp(prim):
         *linear, starts = primals
         out = prim.bind(*linear, starts, **params)
         if all(type(t) is ad.Zero for t in tangents[:-1]):
-            zero = [ad.Zero.from_primal_value(o) for o in out] if prim.multiple_results else ad.Zero.from_primal_value(out)
+            zero = (
+                [ad.Zero.from_primal_value(o) for o in out] if prim.multiple_results else ad.Zero.from_primal_value(out)
+            )
             return out, zero
         linear_tangents = [ad.instantiate_zeros(t) for t in tangents[:-1]]
         return out, prim.bind(*linear_tangents, starts, **params)

@@ -29,7 +29,7 @@ def lattice_side(num_control_points, *, name: str = "num_control_points") -> int
     return side
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def control_points(num_control_points: int) -> np.ndarray:
     """The ``(K, 2)`` lattice in ``(x, y)`` order, row-major (y outer, x inner), in float64."""
     side = lattice_side(num_control_points)

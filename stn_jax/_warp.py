@@ -21,7 +21,11 @@ def warp(config: TransformerConfig, inputs: jax.Array, theta: jax.Array, out_sha
     def one(image, th):
         g = grids.grid(th, out_shape, transform=config.transform, align_corners=config.align_corners)
         return sampling.sample(
-            image, g, method=config.method, padding=config.padding, align_corners=config.align_corners,
+            image,
+            g,
+            method=config.method,
+            padding=config.padding,
+            align_corners=config.align_corners,
             antialias=config.antialias,
         )
 

@@ -1,6 +1,6 @@
 """Demo: warp a synthetic image with every transform and save a PNG gallery.
 
-    python -m stn_jax.demo --out out/demo.png
+python -m stn_jax.demo --out out/demo.png
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ class SpatialTransformer(_Options, kw_only=True):
     localisation: nn.Module | None = None
 
     def __post_init__(self):
-        self.config  # validates every option now, at construction
+        _ = self.config  # validates every option now, at construction
         super().__post_init__()
 
     @property

@@ -106,6 +106,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -121,8 +122,8 @@ from stn_jax.optim import is_localisation_path
 
 __all__ = [
     "MODEL_NAMES",
-    "ConvFeatures",
     "Classifier",
+    "ConvFeatures",
     "STClassifier",
     "SVHNNet",
     "build_model",
@@ -436,7 +437,7 @@ def _cnn(input_shape, num_classes, *, rngs, channels=(32, 32), hidden=(), dropou
 
 def _fcn_params(input_shape, num_classes, hidden) -> int:
     widths = (math.prod(input_shape), *hidden, num_classes)
-    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    return sum(a * b + b for a, b in itertools.pairwise(widths))
 
 
 def _cnn_params(input_shape, num_classes, channels) -> int:
@@ -645,7 +646,9 @@ def param_count_table(
     table = {}
     for name in names:
         model = nnx.eval_shape(
-            lambda: build_model(name, num_classes=num_classes, input_shape=input_shape, rngs=nnx.Rngs(0), **kwargs)
+            lambda name=name: build_model(
+                name, num_classes=num_classes, input_shape=input_shape, rngs=nnx.Rngs(0), **kwargs
+            )
         )
         table[name] = count_params(model)
     return table

@@ -32,7 +32,7 @@ from stn_jax import _sampling_reference as reference
 
 try:  # The CPU kernels use JAX internals that change between releases.
     from stn_jax import _sampling_cpu as cpu_kernels
-except Exception as err:  # noqa: BLE001  (any failure of those APIs: ImportError, AttributeError, ...)
+except Exception as err:
     cpu_kernels = None
     warnings.warn(
         f"stn_jax: the CPU sampler kernels do not work with jax {jax.__version__} ({type(err).__name__}: {err}); "
@@ -88,12 +88,13 @@ def _check_inputs(image, grid, method: str) -> tuple[jax.Array, jax.Array]:
         raise ValueError(f"image must not have empty axes, got shape {image.shape}")
     if not jnp.issubdtype(grid.dtype, jnp.floating):
         raise TypeError(f"grid must have a floating dtype, got {grid.dtype}")
-    if not jnp.issubdtype(image.dtype, jnp.floating):
-        if method != "nearest" or jnp.issubdtype(image.dtype, jnp.complexfloating):
-            raise TypeError(
-                f"image must have a floating dtype for method={method!r} (integer images are "
-                f"accepted only by method='nearest'), got {image.dtype}"
-            )
+    if not jnp.issubdtype(image.dtype, jnp.floating) and (
+        method != "nearest" or jnp.issubdtype(image.dtype, jnp.complexfloating)
+    ):
+        raise TypeError(
+            f"image must have a floating dtype for method={method!r} (integer images are "
+            f"accepted only by method='nearest'), got {image.dtype}"
+        )
     if method == "bicubic" and n != 2:
         raise ValueError(f"method='bicubic' needs a 2-D image and grid, got a grid with {n} coordinates")
     return image, grid
@@ -158,7 +159,9 @@ def sample(
     align_corners = _checks.check_bool("align_corners", align_corners)
     antialias = _checks.check_bool("antialias", antialias)
     if antialias and method != "bilinear":
-        raise ValueError(f"antialias=True needs method='bilinear' (linear in 1-D, trilinear in 3-D), got method={method!r}")
+        raise ValueError(
+            f"antialias=True needs method='bilinear' (linear in 1-D, trilinear in 3-D), got method={method!r}"
+        )
     image, grid = _check_inputs(image, grid, method)
     if implementation is not None:
         _check_implementation(implementation, method)

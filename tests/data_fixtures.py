@@ -94,7 +94,7 @@ def write_svhn_dir(directory: Path, splits) -> Path:
 def as_multiset(images: np.ndarray, labels: np.ndarray) -> list[tuple[int, bytes]]:
     """Order-free view of a split: TFDS shuffles examples when it writes them."""
     images = np.asarray(images, np.uint8)
-    return sorted((int(l), img.tobytes()) for img, l in zip(images.reshape(len(labels), -1), labels))
+    return sorted((int(label), img.tobytes()) for img, label in zip(images.reshape(len(labels), -1), labels))
 
 
 def read_tfds(name: str, data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -89,7 +89,9 @@ def transformer_reference(params: dict, x, *, transform: str, out_shape, num_con
         dense = params["localisation"][f"dense_{i}"]
         h = np.maximum(h @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"]), 0.0)
     raw = h @ np.asarray(params["localisation_head"]["kernel"]) + np.asarray(params["localisation_head"]["bias"])
-    identity = np.asarray(stn_jax.identity_params(transform, ndim=len(out_shape), num_control_points=num_control_points))
+    identity = np.asarray(
+        stn_jax.identity_params(transform, ndim=len(out_shape), num_control_points=num_control_points)
+    )
     theta = np.tile(identity.ravel(), (len(x), 1))
     theta[:, : raw.shape[1]] = raw
     theta = theta.reshape(len(x), *identity.shape)

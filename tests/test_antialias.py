@@ -12,12 +12,10 @@ from flax import nnx
 from jax.test_util import check_grads
 
 import stn_jax
+from conftest import enable_x64
 from stn_jax import _sampling_antialias as antialias
 from stn_jax.linen import SpatialTransformer as LinenST
 from stn_jax.nnx import SpatialTransformer as NNXST
-
-from conftest import enable_x64
-
 
 # Jitted: one compilation per shape instead of one per operation (most of the time op by op).
 sample = jax.jit(stn_jax.sample, static_argnames=("method", "padding", "align_corners", "antialias", "implementation"))
@@ -96,8 +94,12 @@ def test_footprint_of_an_affine_grid_is_its_matrix_in_pixels():
     columns = np.asarray(antialias.footprint(jnp.stack(coords, -1), finite))
     # One output step along x is 2/W_out in normalised units: theta's column times the pixel scale.
     pixels = np.array([width / 2, height / 2])
-    np.testing.assert_allclose(columns[..., 0, :], np.broadcast_to(theta[:, 0] * 2 / out[1] * pixels, (*out, 2)), rtol=1e-5)
-    np.testing.assert_allclose(columns[..., 1, :], np.broadcast_to(theta[:, 1] * 2 / out[0] * pixels, (*out, 2)), rtol=1e-5)
+    np.testing.assert_allclose(
+        columns[..., 0, :], np.broadcast_to(theta[:, 0] * 2 / out[1] * pixels, (*out, 2)), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        columns[..., 1, :], np.broadcast_to(theta[:, 1] * 2 / out[0] * pixels, (*out, 2)), rtol=1e-5
+    )
 
 
 # -- quality ----------------------------------------------------------------------------
@@ -237,7 +239,9 @@ def test_bad_options_are_refused():
 def test_modules_pass_antialias_to_the_sampler():
     rng = _rng("modules")
     images = jnp.asarray(rng.normal(size=(2, 32, 32, 1)), jnp.float32)
-    nnx_st = NNXST((32, 32, 1), out_shape=(8, 8), antialias=True, theta_init="random", return_theta=True, rngs=nnx.Rngs(1))
+    nnx_st = NNXST(
+        (32, 32, 1), out_shape=(8, 8), antialias=True, theta_init="random", return_theta=True, rngs=nnx.Rngs(1)
+    )
     out, theta = nnx.jit(lambda m, x: m(x))(nnx_st, images)
     expected = jax.vmap(lambda i, t: sample(i, stn_jax.affine_grid(t, (8, 8)), antialias=True))(images, theta)
     np.testing.assert_allclose(out, expected, atol=1e-6)

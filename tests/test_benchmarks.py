@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-import sampler  # noqa: E402
-import train_speed  # noqa: E402
+import sampler
+import train_speed
 
 # Not on the accelerator box (the `train` extra and optional peers).
 ABSENT_ON_ACCELERATOR = ("tensorflow", "tensorflow_datasets", "grain", "orbax", "ml_collections", "dm_pix", "scipy",
@@ -43,11 +43,13 @@ def _our_implementations() -> tuple[tuple[str, ...], str | None]:
 def blocked(tmp_path_factory):
     """A PYTHONPATH entry whose ``sitecustomize`` makes ABSENT_ON_ACCELERATOR unimportable in every Python started."""
     shim = tmp_path_factory.mktemp("accelerator_box")
-    (shim / "sitecustomize.py").write_text(textwrap.dedent(f"""\
+    (shim / "sitecustomize.py").write_text(
+        textwrap.dedent(f"""\
         import sys
         for name in {ABSENT_ON_ACCELERATOR!r}:
             sys.modules[name] = None  # `import name` (and its submodules) now raises ImportError
-        """))
+        """)
+    )
     return shim
 
 
@@ -103,7 +105,7 @@ def test_quick_run_succeeds_and_leaves_benchmarks_md_alone(quick_run):
 
 
 def test_quick_sampler_table_has_every_implementation(quick_run):
-    result, out, _ = quick_run
+    _, out, _ = quick_run
     text = (out / "sampler.md").read_text()
     assert "Partial table" not in text
     header, rows = _table(text, "| workload |")
@@ -153,14 +155,16 @@ def test_quick_summary_names_backend_versions_and_times(quick_run):
 def test_a_failing_script_fails_the_run_and_the_others_still_run(tmp_path):
     # A stand-in interpreter: every benchmark "runs" in no time, train_speed.py fails; the summary is real.
     fake = tmp_path / "python"
-    fake.write_text(textwrap.dedent(f"""\
+    fake.write_text(
+        textwrap.dedent(f"""\
         #!/usr/bin/env bash
         case "${{1:-}}" in
           benchmarks/train_speed.py) echo "Traceback: ImportError" >&2; exit 3 ;;
           benchmarks/*.py) echo "ran $1" >> "$OUT/ran.txt"; exit 0 ;;
           *) exec {sys.executable} "$@" ;;
         esac
-        """))
+        """)
+    )
     fake.chmod(0o755)
     out = tmp_path / "out"
     result = subprocess.run(["bash", "benchmarks/accelerator.sh", "--quick"], cwd=ROOT,
@@ -285,7 +289,7 @@ def test_benchmarks_import_no_circle_no_cli_internals_and_leave_sys_path_alone()
 
     def visit(name: str, path: tuple[str, ...]) -> None:
         if name in path:
-            raise AssertionError("import circle: " + " -> ".join([*path[path.index(name):], name]))
+            raise AssertionError("import circle: " + " -> ".join([*path[path.index(name) :], name]))
         if name not in done:
             for sibling in sorted(siblings[name]):
                 visit(sibling, (*path, name))
@@ -294,4 +298,3 @@ def test_benchmarks_import_no_circle_no_cli_internals_and_leave_sys_path_alone()
     for name in sorted(scripts):
         visit(name, ())
     assert siblings["reproduce"] >= {"cells", "records"} and "reproduce" not in siblings["generalisation"]
-

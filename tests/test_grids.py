@@ -89,7 +89,9 @@ def test_projective_horizon_is_finite_and_samples_as_padding():
     assert np.all(np.isfinite(g))
     out = stn_jax.sample(jnp.ones((3, 5, 1)), g)
     np.testing.assert_array_equal(out[:, 2], 0.0)
-    grad = jax.grad(lambda t: jnp.sum(stn_jax.sample(jnp.ones((3, 5, 1)), stn_jax.grid(t, (3, 5), transform="projective"))))(h)
+    grad = jax.grad(
+        lambda t: jnp.sum(stn_jax.sample(jnp.ones((3, 5, 1)), stn_jax.grid(t, (3, 5), transform="projective")))
+    )(h)
     assert np.all(np.isfinite(grad))
 
 
@@ -173,7 +175,11 @@ def test_tps_system_is_solved_once_per_lattice():
     "call,error,match",
     [
         (lambda: stn_jax.grid(jnp.zeros((2, 3)), (3, 3), transform="shear"), ValueError, "transform must be one of"),
-        (lambda: stn_jax.grid(jnp.zeros((3, 3)), (3, 3)), ValueError, r"theta for transform='affine' must have shape \(2, 3\)"),
+        (
+            lambda: stn_jax.grid(jnp.zeros((3, 3)), (3, 3)),
+            ValueError,
+            r"theta for transform='affine' must have shape \(2, 3\)",
+        ),
         (lambda: stn_jax.affine_grid(jnp.zeros((2, 3)), (3, 3, 3)), ValueError, r"must have shape \(3, 4\)"),
         (lambda: stn_jax.grid(jnp.zeros((15, 2)), (3, 3), transform="tps"), ValueError, "perfect square"),
         (lambda: stn_jax.grid(jnp.zeros((16, 3)), (3, 3), transform="tps"), ValueError, r"\(K, 2\)"),
@@ -183,7 +189,11 @@ def test_tps_system_is_solved_once_per_lattice():
         (lambda: stn_jax.grid(jnp.eye(2, 3), (3, 0)), ValueError, "positive"),
         (lambda: stn_jax.grid(jnp.eye(2, 3), (3.0, 3)), TypeError, "out_shape must contain Python ints"),
         (lambda: stn_jax.grid(jnp.eye(2, 3), (3, 3), align_corners="yes"), TypeError, "align_corners"),
-        (lambda: stn_jax.grid(jnp.eye(3), (3, 3), transform="projective", projective_eps=float("nan")), ValueError, "projective_eps must be finite"),
+        (
+            lambda: stn_jax.grid(jnp.eye(3), (3, 3), transform="projective", projective_eps=float("nan")),
+            ValueError,
+            "projective_eps must be finite",
+        ),
         (lambda: stn_jax.identity_params("tps", num_control_points=10), ValueError, "perfect square"),
         (lambda: stn_jax.identity_params("similarity", ndim=3), ValueError, "2-D only"),
     ],

@@ -41,7 +41,9 @@ def test_module_computes_grid_and_sample_of_its_regressed_theta(transform, input
     """A random regression layer: the output and θ equal the functions' (helpers.transformer_reference)."""
     seed = seed_of("linen", transform, input_shape, options)
     x = images((3, *input_shape), seed=seed % 1000)
-    st = stn_linen.SpatialTransformer(out_shape=out_shape, transform=transform, hidden=(8,), return_theta=True, **options)
+    st = stn_linen.SpatialTransformer(
+        out_shape=out_shape, transform=transform, hidden=(8,), return_theta=True, **options
+    )
     params = randomize_head(st.init(jax.random.key(seed % 1000), x)["params"], seed)
     out, theta = st.apply({"params": params}, x)
     expected, expected_theta = transformer_reference(params, x, transform=transform, out_shape=out_shape, **options)

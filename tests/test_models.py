@@ -99,7 +99,9 @@ def test_svhn_multi_has_a_transformer_before_each_of_the_first_four_convs():
     shapes = [getattr(model, f"st_{i}").input_shape for i in range(4)]
     assert shapes == [(64, 64, 3), (32, 32, 12), (32, 32, 16), (16, 16, 32)]
     assert not hasattr(model, "st_4")
-    assert count_params(model)["localisation"] == sum(count_params(getattr(model, f"st_{i}"))["total"] for i in range(4))
+    assert count_params(model)["localisation"] == sum(
+        count_params(getattr(model, f"st_{i}"))["total"] for i in range(4)
+    )
 
 
 def test_train_step_reaches_localisation():
@@ -152,18 +154,27 @@ def test_parameter_counts_are_comparable(input_shape):
     )
     assert table["fcn"]["total"] == models._fcn_params(input_shape, 10, (128, 128))
     assert table["cnn"]["total"] == models._cnn_params(input_shape, 10, (32, 32))
-    for st, base in [("st_fcn_affine", "fcn"), ("st_fcn_tps", "fcn"), ("st_cnn_affine", "cnn"), ("st_cnn_projective", "cnn")]:
+    for st, base in [
+        ("st_fcn_affine", "fcn"),
+        ("st_fcn_tps", "fcn"),
+        ("st_cnn_affine", "cnn"),
+        ("st_cnn_projective", "cnn"),
+    ]:
         assert 0.9 * table[base]["total"] <= table[st]["total"] <= table[base]["total"]
         assert table[st]["localisation"] > 0
 
 
 def test_cnn_hidden_layer_for_addition_matches_the_fcn_and_2st_fcn_budget():
     # Abstract models (shapes only): building them for real costs seconds and checks nothing more here.
-    cnn = nnx.eval_shape(lambda: build_model("cnn", num_classes=19, input_shape=(42, 42, 2), rngs=nnx.Rngs(0), hidden=(128,)))
+    cnn = nnx.eval_shape(
+        lambda: build_model("cnn", num_classes=19, input_shape=(42, 42, 2), rngs=nnx.Rngs(0), hidden=(128,))
+    )
     # conv 9×9 2→32, conv 7×7 32→32, FC (42/4)²·32 = 3200 → 128, FC 128 → 19 (weights + biases).
     expected = (81 * 2 + 1) * 32 + (49 * 32 + 1) * 32 + (3200 + 1) * 128 + (128 + 1) * 19
     assert models.count_params(cnn)["total"] == expected == 467_603
-    two_st = nnx.eval_shape(lambda: build_model("st_fcn_addition", num_classes=19, input_shape=(42, 42, 2), rngs=nnx.Rngs(0)))
+    two_st = nnx.eval_shape(
+        lambda: build_model("st_fcn_addition", num_classes=19, input_shape=(42, 42, 2), rngs=nnx.Rngs(0))
+    )
     assert abs(models.count_params(two_st)["total"] - expected) < 0.01 * expected
     logits = nnx.eval_shape(lambda m, x: m(x), cnn, jax.ShapeDtypeStruct((3, 42, 42, 2), jnp.float32))
     assert logits.shape == (3, 19)
@@ -171,9 +182,9 @@ def test_cnn_hidden_layer_for_addition_matches_the_fcn_and_2st_fcn_budget():
 
 def test_colour_stn_counts_follow_from_its_layers():
     """The counts of colour_stn on 32×32×3 (module docstring: 1,585,008), derived layer by layer."""
-    conv = lambda k, c_in, c_out: (k * k * c_in + 1) * c_out  # noqa: E731  (weights + biases)
-    dense = lambda n_in, n_out: (n_in + 1) * n_out  # noqa: E731
-    pooled = lambda side, k: (side - k + 1) // 2  # noqa: E731  (a VALID k×k conv, then a 2×2 pool)
+    conv = lambda k, c_in, c_out: (k * k * c_in + 1) * c_out
+    dense = lambda n_in, n_out: (n_in + 1) * n_out
+    pooled = lambda side, k: (side - k + 1) // 2
     # Localisation: conv 7×7 64 → pool → conv 5×5 128 → pool → FC 256 → the 6 entries of θ.
     side = pooled(pooled(32, 7), 5)  # 32 → 26 → 13 → 9 → 4
     localisation = conv(7, 3, 64) + conv(5, 64, 128) + dense(side * side * 128, 256) + dense(256, 6)
@@ -218,7 +229,7 @@ def test_pool_matches_flax_pooling(shape, kind):
         return flax_pool(x, (2,) * n, strides=(2,) * n, padding="VALID")
 
     np.testing.assert_array_equal(ours(x), ref(x))
-    loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))  # noqa: E731
+    loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))
     np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(ref))(x), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(models._pool(x, 2, kind=kind, stride=1), flax_pool(x, (2,) * n, padding="SAME"))
 
@@ -243,8 +254,8 @@ def _param_paths(model) -> set[str]:
 
 def test_parameter_paths_are_stable_and_every_mlp_is_the_one_nnx_mlp():
     # Checkpoints restore by these paths: the localisation MLP's consolidation must not move them.
-    layer = lambda *names: {f"{n}/{p}" for n in names for p in ("kernel", "bias")}  # noqa: E731
-    build = lambda name, shape: nnx.eval_shape(  # noqa: E731
+    layer = lambda *names: {f"{n}/{p}" for n in names for p in ("kernel", "bias")}
+    build = lambda name, shape: nnx.eval_shape(
         lambda: build_model(name, num_classes=10, input_shape=shape, rngs=nnx.Rngs(0))
     )
     fcn = build("fcn", (28, 28, 1))
@@ -266,5 +277,5 @@ def test_parameter_paths_are_stable_and_every_mlp_is_the_one_nnx_mlp():
 @pytest.mark.parametrize("input_shape", [(28, 28, 1), (42, 42, 1), (33, 27, 3)])
 def test_cnn_parameter_formula_counts_the_cnn_it_builds(input_shape):
     for channels in ((32, 32), (5, 9)):
-        model = nnx.eval_shape(lambda: models._cnn(input_shape, 7, channels=channels, rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda c=channels: models._cnn(input_shape, 7, channels=c, rngs=nnx.Rngs(0)))
         assert models._cnn_params(input_shape, 7, channels) == count_params(model)["total"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -206,7 +207,7 @@ def _learned(run_dir: Path, test_error: float, *, below: float) -> None:
     train = [r["loss"] for r in records if r["split"] == "train"]
     val = [r["error"] for r in records if r["split"] == "val"]
     assert train[0] > 2.2 and train[-1] < 1.8, (run_dir.name, train)
-    assert len(val) >= 2 and all(b < a for a, b in zip(val, val[1:])), (run_dir.name, val)
+    assert len(val) >= 2 and all(b < a for a, b in itertools.pairwise(val)), (run_dir.name, val)
     assert test_error < below, (run_dir.name, test_error)
 
 

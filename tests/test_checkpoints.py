@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from train import __main__ as cli  # noqa: E402
-from train import checkpoints, configs, data, digests, errors, prepare  # noqa: E402
+from train import checkpoints, configs, data, digests, errors, evaluation, prepare  # noqa: E402
 from train import train as train_lib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,9 +262,9 @@ def test_nan_stop_message_names_only_a_verified_checkpoint(tmp_path):
     save(directory, [1, 2])
     DAMAGE["bytes changed in an optimiser state"](directory / "2")
     ckpt = checkpoints.Checkpoints(directory, keep=10)
-    assert train_lib._resume_note(ckpt).startswith(f"The last good checkpoint is step 1 in {directory} (verified)")
+    assert ckpt.resume_note().startswith(f"The last good checkpoint is step 1 in {directory} (verified)")
     DAMAGE["truncated array file"](directory / "1")
-    assert train_lib._resume_note(ckpt) == f"No checkpoint in {directory} verifies: a rerun has none to resume from."
+    assert ckpt.resume_note() == f"No checkpoint in {directory} verifies: a rerun has none to resume from."
     ckpt.close()
 
 
@@ -297,13 +297,13 @@ def run_config(data_dir: Path):
 
 def scripted_val_errors(monkeypatch, values: list[float]) -> None:
     """The validation errors the run sees, in order (training is unchanged; the test set's is real)."""
-    real, queue = train_lib.evaluate, list(values)
+    real, queue = evaluation.evaluate, list(values)
 
     def evaluate(*args):
         out = real(*args)
         return {**out, "error": queue.pop(0)} if queue else out
 
-    monkeypatch.setattr(train_lib, "evaluate", evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
 
 
 def hold_lock(workdir: Path) -> subprocess.Popen:

@@ -19,7 +19,7 @@ helpers.require("tensorflow_datasets")  # in CI a missing `train` extra fails, n
 import jax  # noqa: E402
 
 import data_fixtures as fx  # noqa: E402
-from train import data, prepare  # noqa: E402
+from train import data, datasets, mnist_files, prepare  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,6 +70,26 @@ def test_per_host_shards_are_disjoint_and_cover_the_split(prepared):
     assert sorted(keys) == everything  # without drop_remainder: every example exactly once
     with pytest.raises(ValueError, match="shard_index"):
         data.load_split("mnist", "test", data_dir=data_dir, shard_index=4, shard_count=4)
+
+
+def test_dataset_facts_are_those_of_tfds_and_of_the_prepared_datasets(prepared):
+    """What the loop and the config checks ask train.datasets agrees with TFDS's own builders and with what
+    train.prepare wrote (which reads its TFDS names and versions from there too)."""
+    import tensorflow_datasets as tfds
+
+    data_dir, _, _ = prepared
+    assert sorted(datasets.DATASETS) == sorted(prepare.DATASETS) == ["mnist", "svhn"]
+    for dataset in datasets.DATASETS.values():
+        info = tfds.builder(dataset.tfds_name, data_dir=os.fspath(data_dir)).info
+        assert str(info.version) == dataset.tfds_version
+        assert info.features["image"].shape == dataset.image_shape
+        assert info.features["label"].num_classes == dataset.num_classes
+        assert set(info.splits) <= set(dataset.splits) and {"train", "test"} <= set(info.splits)
+        assert prepare.dataset_path(dataset.name, data_dir) == data_dir / dataset.tfds_name / dataset.tfds_version
+        assert data.TFDS_NAMES[dataset.name] == data.TFDS_NAMES[dataset.tfds_name] == dataset.tfds_name
+    assert datasets.MNIST.splits == mnist_files.SPLITS and set(datasets.SVHN.splits) == set(prepare.SVHN_FILES)
+    assert datasets.SVHN.input_spec("none") == ((32, 32, 3), 10)
+    assert datasets.MNIST.input_spec("addition") == ((42, 42, 2), 19)
 
 
 def test_missing_dataset_says_how_to_prepare(tmp_path):

@@ -28,7 +28,7 @@ from flax import nnx  # noqa: E402
 
 import data_fixtures as fx  # noqa: E402
 from train import __main__ as cli  # noqa: E402
-from train import checkpoints, configs, data, distortions, errors, prepare, xla_cpu  # noqa: E402
+from train import checkpoints, compiled, config_checks, configs, data, datasets, distortions, errors, prepare, xla_cpu  # noqa: E402
 from train import train as train_lib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,13 +114,13 @@ def test_every_config_validates_and_builds_its_model_for_its_data(name, data_dir
     """Full size, shapes only (nothing compiled or trained): the model takes what the data pipeline gives it."""
     config = configs.get_config(name)
     config.data_dir = str(data_dir)
-    train_lib.validate(config)
-    shape, classes = train_lib.input_spec(config)
+    config_checks.validate(config)
+    shape, classes = datasets.input_spec(config)
     raw = jax.ShapeDtypeStruct((4, *((32, 32, 3) if config.dataset == "svhn" else (28, 28, 1))), jnp.uint8)
     labels = jax.ShapeDtypeStruct((4,), jnp.int32)
-    images, out_labels = jax.eval_shape(lambda x, y: train_lib._preprocess(config, jax.random.key(0), x, y), raw, labels)
+    images, out_labels = jax.eval_shape(lambda x, y: compiled.preprocess(config, jax.random.key(0), x, y), raw, labels)
     assert images.shape == (4, *shape) and images.dtype == jnp.float32 and out_labels.shape == (4,)
-    model = nnx.eval_shape(lambda: train_lib.build(config))
+    model = nnx.eval_shape(lambda: compiled.build(config))
     logits = nnx.eval_shape(lambda m, x: m(x, train=False), model, images)
     assert logits.shape == (4, classes)
 
@@ -192,8 +192,8 @@ def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir,
     assert np.abs(expected - test_distortion).max() > 0.5  # its own seed, not the test set's
 
     # The step uses the stored images as they are, whatever its key.
-    x1, y1 = train_lib._preprocess(config, jax.random.key(1), images[:4], labels[:4])
-    x2, _ = train_lib._preprocess(config, jax.random.key(2), images[:4], labels[:4])
+    x1, y1 = compiled.preprocess(config, jax.random.key(1), images[:4], labels[:4])
+    x2, _ = compiled.preprocess(config, jax.random.key(2), images[:4], labels[:4])
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_allclose(x1, images[:4] / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(y1, labels[:4])
@@ -419,7 +419,7 @@ def test_nan_loss_skip_mode_skips_steps_and_finishes(data_dir, tmp_path):
 def poison_steps(monkeypatch, bad_steps, *, interrupt_at=None):
     """Makes the loop's step non-finite at ``bad_steps`` (1-based; params and optimiser state kept, as the
     real step keeps them), and raise KeyboardInterrupt when step ``interrupt_at`` is about to be dispatched."""
-    real = train_lib.make_train_step
+    real = compiled.make_train_step
     calls = []
 
     def make(config, *args, **kwargs):
@@ -442,7 +442,7 @@ def poison_steps(monkeypatch, bad_steps, *, interrupt_at=None):
 
         return counted
 
-    monkeypatch.setattr(train_lib, "make_train_step", make)
+    monkeypatch.setattr(compiled, "make_train_step", make)
 
 
 @pytest.mark.parametrize("bad, found_at, last_good", [(6, 6, 3), (7, 8, 6)])
@@ -640,6 +640,7 @@ def compilations():
         (["--config", "tiny", "--set", "distortion=swirl"], "distortion must be one of"),
         (["--config", "tiny", "--set", "train_distortion=once"], "train_distortion must be one of"),
         (["--config", "tiny", "--set", "train_distortion=fixed"], "needs an MNIST distortion"),
+        (["--config", "svhn_cnn", "--set", "distortion=R"], "dataset='svhn' needs distortion='none'"),
         (["--config", "tiny", "--set", "optimizer=adagrad"], "optimizer must be one of"),
         (["--config", "tiny", "--set", "steps=0"], "steps must be a positive int"),
         (["--config", "tiny", "--set", "ema_decay=1.0"], "ema_decay must be a number in [0, 1)"),

@@ -24,6 +24,10 @@ newer one that fails verification or cannot be read is reported in one line and 
 aside to ``<step>.corrupt`` (never deleted). Checkpoints that exist but none verifies:
 :class:`CheckpointError`, nothing moved. A checkpoint without digests (written before
 they existed, or its run was killed before writing them) restores with a note.
+
+Readers outside a run (:func:`read_params`, behind :func:`train.train.final_params` and
+:func:`train.train.restore_model`) take the newest checkpoint that verifies, or the step asked for, on
+any machine whatever the device count of the run that wrote it; damaged ones are skipped, never moved.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from train import digests
+from train import digests, optim
 from train.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("train.checkpoints")
@@ -170,6 +174,18 @@ class Checkpoints:
             )
         return None
 
+    def resume_note(self) -> str:
+        """Which checkpoint a rerun resumes from, in a sentence; only a verified one is called good (collective)."""
+        good = self.newest_good()
+        if good is None and not self.all_steps():
+            return f"There is no checkpoint in {self.directory} yet: a rerun starts from step 0."
+        if good is None:
+            return f"No checkpoint in {self.directory} verifies: a rerun has none to resume from."
+        step, status = good
+        if status == digests.VERIFIED:
+            return f"The last good checkpoint is step {step} in {self.directory} (verified); a rerun resumes from it."
+        return f"A rerun resumes from step {step} in {self.directory}, unverified (it has no digest)."
+
     def newest_good(self) -> tuple[int, str] | None:
         """``(step, VERIFIED or NO_DIGEST)`` of the checkpoint a rerun would resume from (collective)."""
         for step in sorted(self.all_steps(), reverse=True):
@@ -241,6 +257,39 @@ def pick(directory: os.PathLike | str, steps: list[int], step: int | None = None
             log.warning("checkpoint step %d in %s has no digest: read unverified", s, directory)
         return s
     raise CheckpointError(f"no checkpoint in {directory} verifies" if steps else f"no checkpoint in {directory}")
+
+
+def read_params(directory: os.PathLike | str, *, step: int | None = None, ema_decay: float = 0.0) -> Any:
+    """The parameters of a checkpoint in ``directory`` (default: the newest that verifies, :func:`pick`) as host
+    NumPy arrays, in the checkpoint's layout (``nnx.State`` dicts: see :func:`pure_dict`).
+
+    With the run's ``ema_decay`` (> 0), the debiased moving average of the weights, the parameters the run
+    evaluated (:func:`train.optim.eval_params`); :class:`CheckpointError` if the checkpoint has none.
+    """
+    directory = Path(directory).absolute()
+    with ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as mngr:
+        step = pick(directory, list(mngr.all_steps()), step)
+        tree = mngr.item_metadata(step)["state"].tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=restore_args)))
+    state = restored["state"]
+    if not ema_decay:
+        return state["params"]
+    chain = state["opt_state"]  # with optim.params_ema: a list (the chain), the average last, as a dict
+    average = chain[-1] if isinstance(chain, list) and chain else None
+    if not isinstance(average, dict) or set(average) != {"count", "ema"}:
+        raise CheckpointError(f"ema_decay={ema_decay} but the checkpoint of step {step} in {directory} has no "
+                              "average of the weights: was the run trained with ema_decay=0?")  # fmt: skip
+    ema = optim.ParamsEMAState(np.asarray(average["count"]), average["ema"])
+    return jax.tree.map(np.asarray, optim.debiased(ema, ema_decay)) if ema.count > 0 else state["params"]
+
+
+def pure_dict(tree: Any) -> Any:
+    """:func:`read_params`' tree as ``nnx.replace_by_pure_dict`` takes it: checkpointed ``nnx.State`` dicts hold
+    each array under ``"value"``, pure dicts do not."""
+    if isinstance(tree, dict):
+        return tree["value"] if set(tree) == {"value"} else {k: pure_dict(v) for k, v in tree.items()}
+    return tree
 
 
 def _drop_closed_loop_noise() -> None:

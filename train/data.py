@@ -32,6 +32,9 @@ Public API::
     global_batch(local_batch, sharding) -> same pytree of jax.Array
         ``jax.make_array_from_process_local_data`` on every leaf: the global batch has
         ``batch_size * jax.process_count()`` rows, each process contributing its own.
+    replicate(tree, sharding) -> same pytree of jax.Array
+        Host values, identical on every process, as global arrays laid out by ``sharding``
+        (replicated: every device holds the whole array).
 """
 
 from __future__ import annotations
@@ -47,9 +50,12 @@ import jax
 import numpy as np
 from etils import epath
 
+from train import datasets
+from train.loop import global_batch  # noqa: F401  (part of this module's API; written once, in the JAX-only loop)
+
 log = logging.getLogger("train.data")
 
-TFDS_NAMES = {"mnist": "mnist", "svhn": "svhn_cropped", "svhn_cropped": "svhn_cropped"}
+TFDS_NAMES = {name: d.tfds_name for d in datasets.DATASETS.values() for name in (d.name, d.tfds_name)}
 _DECODE_CHUNK = 4096
 
 
@@ -73,7 +79,7 @@ def _data_source(name: str, split: str, data_dir):
     tfds_name = TFDS_NAMES[name]
     builder = tfds.builder(tfds_name, data_dir=None if data_dir is None else os.fspath(data_dir))
     if not builder.is_prepared():
-        short = "svhn" if tfds_name == "svhn_cropped" else name
+        short = next(d.name for d in datasets.DATASETS.values() if d.tfds_name == tfds_name)
         raise FileNotFoundError(
             f"no prepared {tfds_name} dataset in {builder.data_dir}; run "
             f"`python -m train.prepare {short} --data_dir {data_dir or '<dir>'}` first"
@@ -222,6 +228,11 @@ def data_sharding(mesh: jax.sharding.Mesh | None = None, *, axis: str = "data") 
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
 
 
-def global_batch(local_batch, sharding: jax.sharding.Sharding):
-    """Assembles each process's local batch into global ``jax.Array`` leaves sharded by ``sharding``."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+def replicate(tree, sharding: jax.sharding.Sharding):
+    """Host values (identical on every process) → global ``jax.Array`` leaves laid out by ``sharding``."""
+
+    def put(x):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)

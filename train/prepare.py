@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from train import mnist_files, mnist_offline
+from train import datasets, mnist_files, mnist_offline
 
 log = logging.getLogger("train.prepare")
 
-DATASETS = {"mnist": ("mnist", "3.0.1"), "svhn": ("svhn_cropped", "3.1.0")}
+DATASETS = {d.name: (d.tfds_name, d.tfds_version) for d in datasets.DATASETS.values()}  # name -> TFDS name, version
 SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
 # Hosts the registered TFDS builders download from; probed first so that an offline
 # machine decides in seconds instead of waiting ~200 s for TFDS's retries.

@@ -1,4 +1,5 @@
-"""The jitted training step, without a config: what ``train.train`` compiles and ``benchmarks/loop_speed.py`` times.
+"""The jitted functions of a model, without a config: the train step that ``train.train`` compiles (through
+:mod:`train.compiled`) and ``benchmarks/loop_speed.py`` times, the evaluation step and the transformer's output.
 
 Imports JAX, Flax and Optax only (no TFDS, grain, orbax or ml_collections), so a
 benchmark can build the real step on a machine that has nothing else.
@@ -82,3 +83,27 @@ def make_train_step(graphdef, rng_state, tx: optax.GradientTransformation, *, se
         in_shardings=(replicated, replicated, replicated, batch, batch, replicated),
         out_shardings=(replicated, replicated, replicated),
     )
+
+
+def make_eval_step(graphdef, rng_state, *, replicated, batch) -> Callable:
+    """``eval(params, other, images, labels, mask) -> {"loss", "errors", "count"}`` (sums over the real rows)."""
+
+    def eval_fn(params, other, images, labels, mask):
+        logits = nnx.merge(graphdef, params, rngs(rng_state), other)(images, train=False)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        wrong = jnp.argmax(logits, -1) != labels
+        return {"loss": jnp.sum(loss * mask), "errors": jnp.sum(wrong & mask), "count": jnp.sum(mask)}
+
+    return jax.jit(
+        eval_fn, in_shardings=(replicated, replicated, batch, batch, batch), out_shardings=replicated
+    )
+
+
+def make_transform(graphdef, rng_state, *, replicated) -> Callable:
+    """``transform(params, other, images) -> warped images`` of the model's (first) transformer."""
+
+    def transform_fn(params, other, images):
+        warped, _ = nnx.merge(graphdef, params, rngs(rng_state), other).transform(images)
+        return warped
+
+    return jax.jit(transform_fn, in_shardings=replicated, out_shardings=replicated)

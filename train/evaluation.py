@@ -1,0 +1,41 @@
+"""Evaluation over every process: each holds its part of a split (:class:`EvalSet`), and all of them run the
+same number of batches of the jitted evaluation step (:func:`train.step.make_eval_step`), the last padded and
+masked, so the sums cover every example exactly once whatever the process count (:func:`evaluate`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from train import data
+
+
+class EvalSet:
+    """This process's part of an evaluation split, in equally many batches on every process."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, global_batch: int):
+        count, index = jax.process_count(), jax.process_index()
+        rows = data.shard_indices(len(labels), shard_index=index, shard_count=count, drop_remainder=False)
+        self.images, self.labels = images[rows], labels[rows]
+        self.local_batch = global_batch // count
+        largest = -(-len(labels) // count)
+        self.num_batches = max(1, -(-largest // self.local_batch))
+        self.size = len(labels)
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        return data.eval_batches(self.images, self.labels, batch_size=self.local_batch, num_batches=self.num_batches)
+
+
+def evaluate(eval_step: Callable, params: Any, other: Any, eval_set: EvalSet, sharding) -> dict[str, float]:
+    """``{"error", "loss"}``: means over the whole split (collective: every process calls it)."""
+    totals = {"loss": 0.0, "errors": 0.0, "count": 0.0}
+    for local in eval_set.batches():
+        batch = data.global_batch(local, sharding)
+        out = jax.device_get(eval_step(params, other, batch["image"], batch["label"], batch["mask"]))
+        for k in totals:
+            totals[k] += float(out[k])
+    count = max(totals["count"], 1.0)
+    return {"error": totals["errors"] / count, "loss": totals["loss"] / count}

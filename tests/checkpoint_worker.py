@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -46,8 +47,8 @@ def main() -> int:
     multihost_utils.sync_global_devices("saved")
     if jax.process_index() == 1:
         own = f"{directory}/2/data/process_1-of-2.json"
-        text = open(own).read()
-        open(own, "w").write(text.replace("2", "3"))  # the iterator position of step 3
+        text = Path(own).read_text()
+        Path(own).write_text(text.replace("2", "3"))  # the iterator position of step 3
     multihost_utils.sync_global_devices("damaged")
 
     it = iterator()

@@ -29,12 +29,12 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
 else:
     pytest.importorskip("tensorflow_datasets")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-from train import __main__ as cli  # noqa: E402
-from train import checkpoints, configs, data, digests, errors, evaluation, prepare  # noqa: E402
-from train import train as train_lib  # noqa: E402
+from train import __main__ as cli
+from train import checkpoints, configs, data, digests, errors, evaluation, prepare
+from train import train as train_lib
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "checkpoint_worker.py"
@@ -356,7 +356,9 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_next(reference):
 def test_the_best_checkpoint_is_kept_and_reported(reference):
     assert reference["summary"]["best_checkpoint"] == 2
     assert kept(reference["workdir"] / "checkpoints", keep=1) == ([2, 4], 2)
-    assert json.loads((reference["workdir"] / "checkpoints" / "2" / "metrics" / "metrics").read_text()) == {"val_error": 0.1}
+    assert json.loads((reference["workdir"] / "checkpoints" / "2" / "metrics" / "metrics").read_text()) == {
+        "val_error": 0.1
+    }
 
 
 def test_damaged_newest_checkpoint_resumes_from_the_previous_and_ends_like_the_undamaged_run(
@@ -403,7 +405,9 @@ def test_a_second_run_on_a_held_workdir_exits_6_naming_the_holder(tmp_path, caps
         holder.wait(timeout=30)
     err = capsys.readouterr().err
     assert code == errors.EXIT_BUSY == 6
-    assert err.count("\n") == 1 and err.startswith(f"error: workdir {workdir} is in use by another run (pid {holder.pid} ")
+    assert err.count("\n") == 1 and err.startswith(
+        f"error: workdir {workdir} is in use by another run (pid {holder.pid} "
+    )
     assert not (workdir / "checkpoints").exists()
 
 

@@ -16,10 +16,10 @@ import helpers
 
 helpers.require("tensorflow_datasets")  # in CI a missing `train` extra fails, never skips
 
-import jax  # noqa: E402
+import jax
 
-import data_fixtures as fx  # noqa: E402
-from train import data, datasets, mnist_files, prepare  # noqa: E402
+import data_fixtures as fx
+from train import data, datasets, mnist_files, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,11 +56,13 @@ def test_load_split_defaults_to_this_process(prepared):
 
 
 def test_per_host_shards_are_disjoint_and_cover_the_split(prepared):
-    data_dir, mnist, _ = prepared
+    data_dir, *_ = prepared
     everything = fx.as_multiset(*data.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1))
     for drop_remainder, sizes in ((True, [5, 5, 5, 5]), (False, [6, 5, 5, 5])):
         shards = [
-            data.load_split("mnist", "test", data_dir=data_dir, shard_index=i, shard_count=4, drop_remainder=drop_remainder)
+            data.load_split(
+                "mnist", "test", data_dir=data_dir, shard_index=i, shard_count=4, drop_remainder=drop_remainder
+            )
             for i in range(4)
         ]
         assert [len(labels) for _, labels in shards] == sizes
@@ -93,7 +95,7 @@ def test_dataset_facts_are_those_of_tfds_and_of_the_prepared_datasets(prepared):
 
 
 def test_missing_dataset_says_how_to_prepare(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m train.prepare svhn"):
+    with pytest.raises(FileNotFoundError, match=r"python -m train\.prepare svhn"):
         data.load_split("svhn", "train", data_dir=tmp_path)
     with pytest.raises(ValueError, match="name must be one of"):
         data.load_split("cifar10", "train", data_dir=tmp_path)
@@ -227,7 +229,13 @@ def test_two_processes_read_their_own_shards_into_one_global_batch(prepared, tmp
     port = str(helpers.free_port())
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     procs = [
-        subprocess.Popen([sys.executable, str(script), str(i), port, str(data_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), port, str(data_dir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     outputs = []

@@ -138,7 +138,9 @@ def test_rts_angle_scale_and_shift_are_each_measured_back(kind, canvas, max_degr
     assert angles.min() < -0.9 * max_degrees and angles.max() > 0.9 * max_degrees and abs(angles.mean()) < 8
     # Scale: the spread scales with the digit.
     ratios = spreads / _moments(bar)[1]
-    assert scales[0] - 0.01 < ratios.min() < scales[0] + 0.04 and scales[1] - 0.04 < ratios.max() < scales[1] * 1.02 + 0.01
+    assert (
+        scales[0] - 0.01 < ratios.min() < scales[0] + 0.04 and scales[1] - 0.04 < ratios.max() < scales[1] * 1.02 + 0.01
+    )
     # Shift: uniform in ±max_shift pixels on each axis, the two axes drawn independently.
     for axis in range(2):
         assert np.all(np.abs(centres[:, axis]) <= max_shift + 0.05), (axis, centres[:, axis])
@@ -217,7 +219,9 @@ def test_elastic_scale_and_control_point_noise_are_measured_back():
     mean_a, mean_a2 = 4 * np.log(4 / 3), 4 / 3
     sigma_expected = d.E_SIGMA_PX * 2 / 28 * np.sqrt(mean_a2)
     assert abs(sigma / sigma_expected - 1) < 0.06, (sigma, sigma_expected)
-    assert np.all(np.abs((residual / inverse_scale[:, None, None]).std(0) / (sigma_expected / np.sqrt(mean_a2)) - 1) < 0.25)
+    assert np.all(
+        np.abs((residual / inverse_scale[:, None, None]).std(0) / (sigma_expected / np.sqrt(mean_a2)) - 1) < 0.25
+    )
     assert abs(inverse_scale.mean() - mean_a) < 0.02 and 0.007 < var < 0.0115, (inverse_scale.mean(), var)
 
 
@@ -228,7 +232,10 @@ def test_translated_clutter_copies_the_digit_and_adds_patches():
     for digit, out in zip(np.asarray(x), alone):
         # An integer shift within ±16 px: the digit appears exactly, nothing else does.
         rows, cols = np.nonzero(out[..., 0] > 1e-4)
-        top, left = rows.min() - np.nonzero(digit[..., 0].any(1))[0].min(), cols.min() - np.nonzero(digit[..., 0].any(0))[0].min()
+        top, left = (
+            rows.min() - np.nonzero(digit[..., 0].any(1))[0].min(),
+            cols.min() - np.nonzero(digit[..., 0].any(0))[0].min(),
+        )
         assert 0 <= top <= 32 and 0 <= left <= 32
         np.testing.assert_allclose(out[top : top + 28, left : left + 28], digit, atol=1e-5)
         assert np.isclose(out.sum(), digit.sum(), rtol=1e-5)

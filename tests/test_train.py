@@ -22,14 +22,14 @@ import helpers
 
 helpers.require("tensorflow_datasets")  # in CI a missing `train` extra fails, never skips
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
-import data_fixtures as fx  # noqa: E402
-from train import __main__ as cli  # noqa: E402
-from train import checkpoints, compiled, config_checks, configs, data, datasets, distortions, errors, prepare, xla_cpu  # noqa: E402
-from train import train as train_lib  # noqa: E402
+import data_fixtures as fx
+from train import __main__ as cli
+from train import checkpoints, compiled, config_checks, configs, data, datasets, distortions, errors, prepare, xla_cpu
+from train import train as train_lib
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "train_worker.py"
@@ -233,7 +233,9 @@ def test_paper_schedule_and_localisation_rate():
     config = configs.get_config("mnist_rts_st_cnn_affine_paper")
     lr = optim.schedule(config)
     half, three_quarters = config.steps // 2, 3 * config.steps // 4
-    np.testing.assert_allclose([lr(0), lr(half - 1), lr(half), lr(three_quarters)], [0.01, 0.01, 0.001, 0.0001], rtol=1e-6)
+    np.testing.assert_allclose(
+        [lr(0), lr(half - 1), lr(half), lr(three_quarters)], [0.01, 0.01, 0.001, 0.0001], rtol=1e-6
+    )
     model = train_lib.build(configs.get_config("tiny"))
     params = nnx.state(model, nnx.Param)
     tx = optim.optimizer(configs.get_config("mnist_rts_st_cnn_affine_paper"))
@@ -299,7 +301,9 @@ def test_two_processes_end_with_identical_parameters_and_both_restore(data_dir, 
     assert [r["step"] for r in records if r["split"] == "val"] == [3, 5]
     assert [r["step"] for r in records if r["split"] == "test"] == [3, 5]
     assert_same_params(flat_params(workdir), leaves[0], rtol=0, atol=0)
-    moved = max(float(np.abs(a - b).max()) for a, b in zip(leaves[0], [first[0][f"arr_{k}"] for k in range(len(leaves[0]))]))
+    moved = max(
+        float(np.abs(a - b).max()) for a, b in zip(leaves[0], [first[0][f"arr_{k}"] for k in range(len(leaves[0]))])
+    )
     assert moved > 0  # steps 4 and 5 really ran after the restore
 
 
@@ -383,9 +387,9 @@ def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(dat
     assert summary["resumed_from"] == killed_at
     assert_same_params(flat_params(workdir), flat_params(tmp_path / "reference"), rtol=0, atol=0)
     # The metrics file describes one history: no step logged twice.
-    train_steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-    train_steps = [s for s, l in zip(train_steps, (workdir / "metrics.jsonl").read_text().splitlines())
-                   if json.loads(l)["split"] == "train"]  # fmt: skip
+    train_steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [s for s, line in zip(train_steps, (workdir / "metrics.jsonl").read_text().splitlines())
+                   if json.loads(line)["split"] == "train"]  # fmt: skip
     assert train_steps == sorted(set(train_steps))
 
 
@@ -397,7 +401,7 @@ def test_nan_loss_stops_with_exit_code_3_and_the_last_good_checkpoint_restores(d
     err = capsys.readouterr().err
     assert code == errors.EXIT_NONFINITE == 3
     assert "non-finite loss" in err and "last good checkpoint is step" in err
-    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     bad_step = int(err.split("gradients at step ")[1].split(":")[0])
     manager = checkpoints.Checkpoints(tmp_path / "checkpoints", keep=2)
     assert manager.latest_step() == bad_step - 1 >= 1
@@ -430,7 +434,7 @@ def poison_steps(monkeypatch, bad_steps, *, interrupt_at=None):
         def poisoned(params, opt_state, other, images, labels, index):
             new_params, new_opt_state, out = step(params, opt_state, other, images, labels, index)
             hit = jnp.any(index == bad)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(hit, b, a), new, old)  # noqa: E731
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(hit, b, a), new, old)
             out = dict(out, loss=jnp.where(hit, jnp.nan, out["loss"]), finite=out["finite"] & ~hit)
             return keep(new_params, params), keep(new_opt_state, opt_state), out
 
@@ -503,8 +507,10 @@ def test_interrupted_run_resumes_bit_exactly_from_its_checkpoint(data_dir, tmp_p
 def test_loop_step_and_loop_benchmark_import_nothing_a_bare_accelerator_machine_lacks():
     """A GPU box with only jax, flax, optax, chex, numpy and torch runs the loop's inner part and its benchmark."""
     absent = ("tensorflow", "tensorflow_datasets", "grain", "orbax", "ml_collections")
-    code = ("import sys, train.loop, train.step, loop_speed; from jax._src import xla_bridge; "
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {absent!r}), sorted(xla_bridge._backends))")
+    code = (
+        "import sys, train.loop, train.step, loop_speed; from jax._src import xla_bridge; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {absent!r}), sorted(xla_bridge._backends))"
+    )
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'benchmarks'}"}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -204,7 +204,7 @@ class Checkpoints:
         )
         try:
             return self.manager.restore(step, args=args), ""
-        except Exception as err:  # noqa: BLE001  (Orbax and TensorStore raise many kinds for unreadable files)
+        except Exception as err:
             return None, _first_line(err)
 
     def _status(self, step: int) -> tuple[str, str]:

@@ -131,7 +131,9 @@ def load_split(
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
     source = _data_source(name, split, data_dir)
-    indices = shard_indices(len(source), shard_index=shard_index, shard_count=shard_count, drop_remainder=drop_remainder)
+    indices = shard_indices(
+        len(source), shard_index=shard_index, shard_count=shard_count, drop_remainder=drop_remainder
+    )
     if cache_dir is None:
         log.info("decoding %d examples of %s:%s", len(indices), TFDS_NAMES[name], split)
         return _decode(source, indices)

@@ -184,7 +184,9 @@ def elastic(
     return stn_jax.sample(image, grid)
 
 
-def translate_clutter(key: jax.Array, image: jax.Array, others: jax.Array, *, canvas: int = 60, patch: int = 6) -> jax.Array:
+def translate_clutter(
+    key: jax.Array, image: jax.Array, others: jax.Array, *, canvas: int = 60, patch: int = 6
+) -> jax.Array:
     """TC: the digit at a random position on a ``canvas``² image, plus one ``patch``² clutter
     patch cut from each of ``others`` (K, 28, 28, C) at a random place.
 

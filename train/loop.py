@@ -66,7 +66,9 @@ def run(step: Step, carry: Any, batches: Iterable, *, sharding: jax.sharding.Sha
         fetch_every: int) -> tuple[Any, list]:  # fmt: skip
     """Runs ``steps`` steps, fetching metrics every ``fetch_every``; returns ``(carry, every step's metrics)``."""
     metrics: list = []
-    for _, carry, fetched in drive(step, carry, batches, sharding=sharding, start=0, stop=steps,
-                                   boundary=lambda s: s % fetch_every == 0):  # fmt: skip
+    running = drive(step, carry, batches, sharding=sharding, start=0, stop=steps,
+                    boundary=lambda s: s % fetch_every == 0)  # fmt: skip
+    for _, carry_now, fetched in running:
+        carry = carry_now
         metrics.extend(fetched)
     return carry, metrics

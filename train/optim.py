@@ -56,7 +56,7 @@ def schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     if config.schedule == "constant":
         return optax.constant_schedule(lr)
     if config.schedule == "steps":
-        boundaries = {max(1, int(round(f * steps))): 0.1 for f in config.lr_drops}
+        boundaries = {max(1, round(f * steps)): 0.1 for f in config.lr_drops}
         return optax.piecewise_constant_schedule(lr, boundaries)
     if config.schedule == "cosine":
         warmup = min(config.warmup_steps, max(steps - 1, 0))

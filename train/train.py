@@ -59,8 +59,20 @@ from train import step as step_lib
 from train.compiled import build
 from train.config_checks import resolve_data_dir, validate
 from train.errors import (  # noqa: F401  (re-exported: the exit codes belong to this loop)
-    EXIT_BUSY, EXIT_CHECKPOINT, EXIT_CODES, EXIT_CONFIG, EXIT_DATA, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NONFINITE,
-    EXIT_OK, CheckpointError, ConfigError, DataError, NonFiniteLossError, WorkdirBusyError,
+    EXIT_BUSY,
+    EXIT_CHECKPOINT,
+    EXIT_CODES,
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NONFINITE,
+    EXIT_OK,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    WorkdirBusyError,
 )  # fmt: skip
 
 log = logging.getLogger("train")

@@ -82,12 +82,8 @@ def _at(records: list[dict], budget: tuple[int, int]) -> dict[str, dict]:
 
 def _table1(records: list[dict]) -> dict[str, dict]:
     """Per base cell, its run at :data:`TABLE1_BUDGET` with the Table 1 recipe (no other variant)."""
-    at = _at(records, TABLE1_BUDGET)
-    return {
-        base: at[cell]
-        for base, cell in ((split_variant(c)[0], c) for c in at)
-        if cell == with_recipe(base, TABLE1_RECIPE)
-    }
+    at_budget = [r for r in records if (r["steps"], r["batch_size"]) == TABLE1_BUDGET]
+    return _best(at_budget, TABLE1_RECIPE or None)
 
 
 def _search_lines(records: list[dict]) -> list[str]:
@@ -109,8 +105,8 @@ def _search_lines(records: list[dict]) -> list[str]:
         for cell in SEARCH_CELLS:
             r, standard = at.get(with_recipe(cell, variant)), at.get(cell)
             if r is None:
-                row.append("—" if not (variant and VARIANTS[variant].transformer_only and "st_" not in cell)
-                           else "(no transformer)")  # fmt: skip
+                no_transformer = variant and VARIANTS[variant].transformer_only and "st_" not in cell
+                row.append("(no transformer)" if no_transformer else "—")
             elif not variant or standard is None:
                 row.append(f"{r['test_error_pct']:.2f}")
             else:

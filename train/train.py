@@ -253,13 +253,12 @@ class _Steps:
     def evaluate(self, step: int, params, opt_state, other) -> dict[str, float]:
         """The validation error and loss (written and shown), and the transformer's outputs as a picture."""
         # What evaluation and pictures use: the weights' average with ema_decay, else the weights.
-        val = evaluation.evaluate(self.fns.eval_step, self.fns.eval_params(params, opt_state), other,
-                                  self.data.val_set, self.fns.batch)  # fmt: skip
+        evaluated = self.fns.eval_params(params, opt_state)
+        val = evaluation.evaluate(self.fns.eval_step, evaluated, other, self.data.val_set, self.fns.batch)
         self.writer.write(step, "val", **val)
         self.progress.message(f"step {step}: val error {100 * val['error']:.2f}%  val loss {val['loss']:.4f}")
         if self.fns.transform is not None:
-            warped = np.asarray(jax.device_get(self.fns.transform(self.fns.eval_params(params, opt_state), other,
-                                                                  self.show)))  # fmt: skip
+            warped = np.asarray(jax.device_get(self.fns.transform(evaluated, other, self.show)))
             if self.lead:
                 plots.save_transformed(self.workdir / "samples" / f"step_{step:06d}.png",
                                        self.data.test_images[: self.config.num_show], warped,

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import statistics
 from pathlib import Path
@@ -251,6 +252,9 @@ def render_results(
             ours = "—" if r is None else f"**{r['test_error_pct']:.2f}**"
             cells.append(f"{ours} ({paper})" if paper is not None else ours)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    machines = collections.Counter(r.get("machine", "unknown") for r in table1.values())
+    if machines:  # the same recipe; the device's float arithmetic differs (e.g. its default matmul precision)
+        lines += ["", "Trained on: " + "; ".join(f"{m} ({n} cells)" for m, n in machines.most_common()) + "."]
     # The paper does not say whether its TC training set was fixed; both regimes are shown.
     fixed = _best(records, "fixed_train")
     lines += ["", "Translated cluttered MNIST (TC, 60×60), trained on digits cluttered afresh every step, "
@@ -294,8 +298,8 @@ def render_results(
         "(`train/xla_cpu.py`), about 2× slower per step.",
         "",
         "| cell | ours % | paper % | steps × batch | images seen (epochs) | wall time | train img/s | last val % "
-        "| pictures | command |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |",
+        "| pictures | command | machine |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
     ]
     order = {c: i for i, c in enumerate(DEFAULT_ORDER)}
     for r in sorted(records, key=lambda r: (order.get(split_variant(r["cell"])[0], 99), r["images_seen"], r["cell"])):
@@ -307,7 +311,7 @@ def render_results(
         lines.append(
             f"| {r['cell']} | {r['test_error_pct']:.2f} | {paper if paper is not None else '—'} | "
             f"{r['steps']} × {r['batch_size']} | {r['images_seen']:,} ({r['epochs']}) | {_fmt_time(r['wall_time_s'])} | "
-            f"{rate} | {val} | {pics} | `{r['command']}` |"
+            f"{rate} | {val} | {pics} | `{r['command']}` | {r.get('machine', '—')} |"
         )
     missing = [c for c in DEFAULT_ORDER if c not in best]
     lines += ["", "Cells of the issue not measured yet: " + (", ".join(missing) if missing else "none") + "."]

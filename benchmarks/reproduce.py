@@ -209,8 +209,6 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
     summary = json.loads(summary_path.read_text())
     if summary.get("steps") != steps or summary.get("test_examples") != TEST_EXAMPLES:
         raise RuntimeError(f"{cell}: summary {summary_path} does not match the budget or the full test set: {summary}")
-    config = _config(cell, steps, batch)
-    distortion, model = parse_cell(cell)[0], config["model"]
     results_dir.mkdir(parents=True, exist_ok=True)
     pictures = {}
     samples = sorted((workdir / "samples").glob("step_*.png"))
@@ -221,10 +219,23 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
         shutil.copyfile(workdir / "curves.png", results_dir / f"{stem}_curves.png")
         pictures["curves"] = f"{stem}_curves.png"
     wall = sum(a["seconds"] or 0.0 for a in attempts)
-    record = {
+    record = make_record(cell, steps, batch, summary, command=shlex.join(shown), wall_time_s=wall,
+                         attempts=len(attempts), last_val_error=_last_val(workdir), pictures=pictures,
+                         machine=report.cpu_name())  # fmt: skip
+    record_path(results_dir, cell, steps, batch).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"[reproduce] {cell}: test error {record['test_error_pct']:.2f}% (paper {record['paper_error_pct']}) "
+          f"in {wall:.0f} s", flush=True)  # fmt: skip
+    return record
+
+
+def make_record(cell: str, steps: int, batch: int, summary: dict, *, command: str, wall_time_s: float, attempts: int,
+                last_val_error: float | None, pictures: dict, machine: str) -> dict:  # fmt: skip
+    """The record of a finished run of ``cell`` from its training summary (what RESULTS.md is rendered from)."""
+    config = _config(cell, steps, batch)
+    return {
         "cell": cell,
-        "distortion": distortion,
-        "model": model,
+        "distortion": parse_cell(cell)[0],
+        "model": config["model"],
         "label": cell_label(cell),
         "variant": split_variant(cell)[1],
         "config": config_name(cell),
@@ -234,7 +245,7 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
         "test_examples": summary["test_examples"],
         "test_split": config.get("test_split", "test"),
         "test_seed": config.get("test_seed", 0),
-        "last_val_error": _last_val(workdir),
+        "last_val_error": last_val_error,
         "steps": steps,
         "batch_size": batch,
         "images_seen": steps * batch,
@@ -243,22 +254,18 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
         "optimizer": config.get("optimizer"),
         "learning_rate": config.get("learning_rate"),
         "schedule": config.get("schedule"),
-        "wall_time_s": round(wall, 1),
-        "attempts": len(attempts),
+        "wall_time_s": round(wall_time_s, 1),
+        "attempts": attempts,
         "train_images_per_s": summary.get("images_per_s"),
         "devices": summary.get("devices"),
         "xla_flags": summary.get("xla_flags"),  # absent from runs before the training command set any
-        "command": shlex.join(shown),
+        "command": command,
         "git_commit": _git_commit(),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": report.cpu_name(),
+        "machine": machine,
         "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
         "pictures": pictures,
     }
-    record_path(results_dir, cell, steps, batch).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"[reproduce] {cell}: test error {record['test_error_pct']:.2f}% (paper {record['paper_error_pct']}) "
-          f"in {wall:.0f} s", flush=True)  # fmt: skip
-    return record
 
 
 def _config(cell: str, steps: int, batch: int) -> dict:

@@ -226,3 +226,13 @@ def test_recipe_search_compares_each_variant_with_the_standard_recipe_of_the_sam
     assert "Table 1 is trained with the standard recipe." in section
     plan = reproduce.main(["--search", "--list", "--results_dir", str(tmp_path)])
     assert plan == 0
+
+
+def test_table1_says_where_its_cells_were_trained_and_the_runs_list_names_each_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
+    runs = [_record("rts_st_cnn_affine", 0.0091) | {"machine": "NVIDIA H200 (gpu, jax 0.11.2)"},
+            _record("rts_cnn", 0.0123) | {"machine": "NVIDIA H200 (gpu, jax 0.11.2)"},
+            _record("r_cnn", 0.02) | {"machine": "AMD EPYC, 2 cores"}]  # fmt: skip
+    text = records.render_results(runs)
+    assert "Trained on: NVIDIA H200 (gpu, jax 0.11.2) (2 cells); AMD EPYC, 2 cores (1 cells)." in text
+    assert text.count("| AMD EPYC, 2 cores |") == 1 and text.count("| NVIDIA H200 (gpu, jax 0.11.2) |") == 2

@@ -504,6 +504,60 @@ def test_interrupted_run_resumes_bit_exactly_from_its_checkpoint(data_dir, tmp_p
 # -- the loop's driver ------------------------------------------------------------------------------------
 
 
+def _device_driver():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import reproduce_on_device
+
+    return reproduce_on_device
+
+
+def test_device_driver_ends_with_the_training_commands_parameters_and_test_error(data_dir, tmp_path):
+    """benchmarks/reproduce_on_device.py trains without grain, orbax or TFDS, and on the same batches (two epochs),
+    keys, step and test evaluation as the training loop: on a CPU the results agree bit for bit."""
+    device = _device_driver()
+    config = tiny_config("mnist_rts_st_cnn_affine", data_dir, "steps=14", "ema_decay=0.5", "label_smoothing=0.1")
+    summary, params = train_lib.train_and_evaluate(config, tmp_path / "run", return_params=True)
+    meta = device.pack(data_dir, tmp_path / "pack.npz", ["rts_st_cnn_affine", "e_cnn"])
+    assert (meta["train_examples"], meta["test_examples"]) == (92, 8)  # train[:92%] of 100, all of test
+    _, arrays = device.load_pack(tmp_path / "pack.npz")
+    device_summary, device_params = device.train_cell(config, arrays)
+    assert device_summary["test_error"] == summary["test_error"]
+    assert device_summary["test_loss"] == summary["test_loss"]
+    leaves, device_leaves = jax.tree.leaves(params), jax.tree.leaves(device_params)
+    assert len(leaves) == len(device_leaves) > 0
+    for a, b in zip(leaves, device_leaves):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_device_driver_records_cells_in_worker_processes_and_abandons_them_past_the_deadline(data_dir, tmp_path):
+    device = _device_driver()
+    device.pack(data_dir, tmp_path / "pack.npz", ["rts_fcn"])
+    out = tmp_path / "out"
+    specs = [("rts_fcn", 3, 8), ("r_fcn+seed_1", 2, 4)]
+    recorded = device.run(specs, tmp_path / "pack.npz", out, workers=2, seconds=600, command="python x")
+    assert recorded == 2, (out / "run.log").read_text()
+    record = json.loads((out / "results" / "rts_fcn__s3_b8.json").read_text())
+    assert (record["cell"], record["steps"], record["batch_size"], record["test_examples"]) == ("rts_fcn", 3, 8, 8)
+    assert record["machine"].startswith("cpu") and record["last_val_error"] is None
+    assert json.loads((out / "results" / "r_fcn+seed_1__s2_b4.json").read_text())["variant"] == "seed_1"
+    late = tmp_path / "late"
+    assert device.run([("p_fcn", 3, 8)], tmp_path / "pack.npz", late, workers=1, seconds=1, command="x") == 0
+    assert "not started, out of time" in (late / "run.log").read_text()
+    assert not list((late / "results").iterdir())
+
+
+def test_device_driver_imports_nothing_a_bare_accelerator_machine_lacks_but_ml_collections():
+    absent = ("tensorflow", "tensorflow_datasets", "grain", "orbax")
+    code = (
+        "import sys, reproduce_on_device, train.compiled, train.data, train.evaluation, train.config_checks; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {absent!r}))"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'benchmarks'}"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["[]"], out.stdout
+
+
 def test_loop_step_and_loop_benchmark_import_nothing_a_bare_accelerator_machine_lacks():
     """A GPU box with only jax, flax, optax, chex, numpy and torch runs the loop's inner part and its benchmark."""
     absent = ("tensorflow", "tensorflow_datasets", "grain", "orbax", "ml_collections")

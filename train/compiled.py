@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -15,7 +16,7 @@ import optax
 from flax import nnx
 
 from stn_jax.models import build_model
-from train import datasets, optim
+from train import data, datasets, optim
 from train import step as step_lib
 from train.errors import ConfigError
 
@@ -66,3 +67,37 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef, rng_state, tx: 
                                     preprocess=functools.partial(preprocess, config),
                                     schedule=optim.schedule(config), replicated=replicated, batch=batch,
                                     label_smoothing=config.label_smoothing)  # fmt: skip
+
+
+class Functions(NamedTuple):
+    """A run's mesh layouts and jitted functions (:func:`functions`)."""
+
+    replicated: jax.sharding.NamedSharding  # parameters, optimiser state, metrics
+    batch: jax.sharding.NamedSharding  # the leading axis split over "data"
+    init: Callable
+    train_step: Callable
+    eval_step: Callable
+    transform: Callable | None  # None: the model has no transformer
+    eval_params: Callable  # (params, opt_state) -> what evaluation, pictures and the returned params use
+
+
+def functions(config: ml_collections.ConfigDict, model: nnx.Module) -> Functions:
+    """The mesh over every device and the jitted functions of ``model`` (abstract) on it; nothing compiled yet."""
+    # Auto axes: XLA propagates shardings through the model (JAX 0.10's default, Explicit,
+    # makes every scatter in the library ask for an out_sharding).
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch = data.data_sharding(mesh)
+    graphdef, _, rng_state, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    tx = optim.optimizer(config)
+    transform = step_lib.make_transform(graphdef, rng_state, replicated=replicated) if model.has_transformer else None
+    return Functions(
+        replicated=replicated,
+        batch=batch,
+        init=make_init(config, tx, replicated),
+        train_step=make_train_step(config, graphdef, rng_state, tx, replicated=replicated, batch=batch),
+        eval_step=step_lib.make_eval_step(graphdef, rng_state, replicated=replicated, batch=batch),
+        transform=transform,
+        # The weights' average with ema_decay, else the weights.
+        eval_params=jax.jit(functools.partial(optim.eval_params, config), out_shardings=replicated),
+    )

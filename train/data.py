@@ -15,6 +15,8 @@ Public API::
         Contiguous shard of ``range(num_examples)``; with ``drop_remainder`` every shard
         has ``num_examples // shard_count`` examples (equal step counts on all hosts),
         without it the first ``num_examples % shard_count`` shards get one more.
+    EpochBatches(images, labels, batch_size, seed) -> callable: batch number -> that batch
+        The batches ``train_iterator`` yields, as a pure function of the batch number (no grain).
     train_iterator(images, labels, *, batch_size, seed, num_epochs=None) -> grain.DatasetIterator
         Yields {"image": images.dtype (B, H, W, C), "label": np.int32 (B,)} with B =
         ``batch_size`` (per process): ``N // B`` batches per epoch, each epoch a fresh
@@ -44,14 +46,16 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grain
 import jax
 import numpy as np
-from etils import epath
 
 from train import datasets
 from train.loop import global_batch  # noqa: F401  (part of this module's API; written once, in the JAX-only loop)
+
+if TYPE_CHECKING:
+    import grain
 
 log = logging.getLogger("train.data")
 
@@ -89,6 +93,8 @@ def _data_source(name: str, split: str, data_dir):
 
 def _fingerprint(source) -> str:
     """SHA-256 over the split's record files, the split string and the file layout."""
+    from etils import epath  # with TFDS; everything else here runs without it
+
     digest = hashlib.sha256(repr(source.split).encode())
     for instruction in source.dataset_info.splits[source.split].file_instructions:
         digest.update(f"{instruction.skip}:{instruction.take}".encode())
@@ -157,8 +163,11 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, batch_size: int) -> No
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
-class _EpochBatches:
-    """Batch ``b`` → the examples of its epoch's permutation; a pure function of (seed, b)."""
+class EpochBatches:
+    """Batch ``b`` → the examples of its epoch's permutation; a pure function of (seed, b).
+
+    What :func:`train_iterator` yields, without grain: ``map(EpochBatches(...), range(steps))``
+    gives the same batches in the same order (``benchmarks/reproduce_on_device.py``)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
         self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
@@ -187,7 +196,9 @@ def train_iterator(
         raise ValueError(f"batch_size={batch_size} exceeds the {len(labels)} examples of this shard")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    make_batch = _EpochBatches(images, labels, batch_size, int(seed))
+    import grain  # only the checkpointable iterator needs it: the rest of this module runs without
+
+    make_batch = EpochBatches(images, labels, batch_size, int(seed))
     # A grain dataset of batch numbers: its iterator state is the next batch number, so
     # restoring it resumes exactly. The permutation is drawn per epoch from (seed, epoch)
     # and a batch is gathered with one fancy index, far cheaper than grain's per-element

@@ -39,7 +39,6 @@ evaluation), ``curves.png`` (loss and error curves) and ``summary.json``.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -54,8 +53,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from train import checkpoints, compiled, data, datasets, evaluation, loop, metrics, optim, plots, workdir_lock
-from train import step as step_lib
+from train import checkpoints, compiled, data, datasets, evaluation, loop, metrics, plots, workdir_lock
 from train.compiled import build
 from train.config_checks import resolve_data_dir, validate
 from train.errors import (  # noqa: F401  (re-exported: the exit codes belong to this loop)
@@ -117,7 +115,7 @@ def _train_and_evaluate(config, workdir: Path, data_dir: Path, t_start: float, *
     # Shapes only, nothing allocated or compiled: bad model_kwargs fail here, before the data.
     model = nnx.eval_shape(lambda: build(config))
     run_data = _read_data(config, data_dir)
-    fns = _jit(config, model)
+    fns = compiled.functions(config, model)
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
                                    async_save=config.async_checkpoints)  # fmt: skip
     writer = metrics.MetricWriter(workdir, active=lead)
@@ -173,7 +171,7 @@ def _train_and_evaluate(config, workdir: Path, data_dir: Path, t_start: float, *
 class _Steps:
     """The steps of one run after its set-up: what happens at every boundary, in :meth:`run`'s order."""
 
-    def __init__(self, config, workdir: Path, run_data: _Data, fns: _Functions, ckpt: checkpoints.Checkpoints,
+    def __init__(self, config, workdir: Path, run_data: _Data, fns: compiled.Functions, ckpt: checkpoints.Checkpoints,
                  writer: metrics.MetricWriter, progress: metrics.Progress):  # fmt: skip
         self.config, self.workdir, self.data, self.fns = config, workdir, run_data, fns
         self.ckpt, self.writer, self.progress = ckpt, writer, progress
@@ -376,41 +374,6 @@ def _train_arrays(config, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     rows = data.shard_indices(len(labels), shard_index=jax.process_index(), shard_count=jax.process_count())
     # uint8 like the raw digits: a quarter of float32's memory (TC: 0.2 GB instead of 0.8 GB).
     return np.round(images[rows] * 255.0).astype(np.uint8), labels[rows]
-
-
-# -- the run's jitted functions -------------------------------------------------------------------------
-
-
-class _Functions(NamedTuple):
-    replicated: jax.sharding.NamedSharding  # parameters, optimiser state, metrics
-    batch: jax.sharding.NamedSharding  # the leading axis split over "data"
-    init: Callable
-    train_step: Callable
-    eval_step: Callable
-    transform: Callable | None  # None: the model has no transformer
-    eval_params: Callable  # (params, opt_state) -> what evaluation, pictures and the returned params use
-
-
-def _jit(config, model) -> _Functions:
-    """The mesh over every device and the jitted functions of ``model`` (abstract) on it; nothing compiled yet."""
-    # Auto axes: XLA propagates shardings through the model (JAX 0.10's default, Explicit,
-    # makes every scatter in the library ask for an out_sharding).
-    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch = data.data_sharding(mesh)
-    graphdef, _, rng_state, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    tx = optim.optimizer(config)
-    transform = step_lib.make_transform(graphdef, rng_state, replicated=replicated) if model.has_transformer else None
-    return _Functions(
-        replicated=replicated,
-        batch=batch,
-        init=compiled.make_init(config, tx, replicated),
-        train_step=compiled.make_train_step(config, graphdef, rng_state, tx, replicated=replicated, batch=batch),
-        eval_step=step_lib.make_eval_step(graphdef, rng_state, replicated=replicated, batch=batch),
-        transform=transform,
-        # The weights' average with ema_decay, else the weights.
-        eval_params=jax.jit(functools.partial(optim.eval_params, config), out_shardings=replicated),
-    )
 
 
 # -- reading a run back ----------------------------------------------------------------------------------

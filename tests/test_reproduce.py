@@ -46,6 +46,7 @@ def test_addition_variant_sets_its_override_on_the_command_and_in_the_config():
 
 def test_table_regenerated_from_records(tmp_path, monkeypatch):
     monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
+    monkeypatch.setattr(records, "TABLE1_RECIPE", "")  # the standard recipe, whatever cells.py chose
     runs = [_record("rts_st_cnn_affine", 0.0091), _record("rts_cnn", 0.0123),
                _record("rts_st_cnn_affine", 0.02, steps=10)]  # fmt: skip
     for r in runs:
@@ -182,6 +183,7 @@ def test_results_md_is_what_the_recorded_runs_render(tmp_path):
 
 def test_table_1_shows_only_its_budget_and_recipe_and_checks_the_goals(tmp_path, monkeypatch):
     monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
+    monkeypatch.setattr(records, "TABLE1_RECIPE", "")
     runs = [_record("rts_st_cnn_affine", 0.0060), _record("rts_cnn", 0.0123), _record("rts_cnn", 0.0050, steps=200),
             _record("r_fcn", 0.02), _record("r_st_fcn_affine", 0.03), _record("p_st_fcn_tps", 0.01),
             _record("e_cnn+ema", 0.011), _record("e_st_cnn_tps+seed_1", 0.001)]  # fmt: skip
@@ -208,6 +210,7 @@ def test_table_1_shows_only_its_budget_and_recipe_and_checks_the_goals(tmp_path,
 
 def test_recipe_search_compares_each_variant_with_the_standard_recipe_of_the_same_model(tmp_path, monkeypatch):
     monkeypatch.setattr(records, "SEARCH_BUDGET", (100, 8))
+    monkeypatch.setattr(records, "TABLE1_RECIPE", "")
     runs = [_record("rts_st_cnn_affine", 0.0100), _record("rts_cnn", 0.0200), _record("rts_cnn+ema", 0.0150),
             _record("rts_st_cnn_affine+ema", 0.0110), _record("rts_st_cnn_affine+loc_lr_1", 0.0090),
             _record("rts_st_cnn_affine+ls_01", 0.005, steps=50)]  # fmt: skip
@@ -230,6 +233,7 @@ def test_recipe_search_compares_each_variant_with_the_standard_recipe_of_the_sam
 
 def test_table1_says_where_its_cells_were_trained_and_the_runs_list_names_each_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
+    monkeypatch.setattr(records, "TABLE1_RECIPE", "")
     runs = [_record("rts_st_cnn_affine", 0.0091) | {"machine": "NVIDIA H200 (gpu, jax 0.11.2)"},
             _record("rts_cnn", 0.0123) | {"machine": "NVIDIA H200 (gpu, jax 0.11.2)"},
             _record("r_cnn", 0.02) | {"machine": "AMD EPYC, 2 cores"}]  # fmt: skip

@@ -100,6 +100,7 @@ VARIANTS = {
                         "classifier on the transformer's full-resolution output (standard: average-pooled 2× above "
                         "32 px)", transformer_only=True),
     "seed_1": Variant({"seed": 1}, "another initialisation and data order (seed 1; standard: 0)"),
+    "seed_2": Variant({"seed": 2}, "a third initialisation and data order (seed 2; standard: 0)"),
     "fixed_train": Variant({"train_distortion": "fixed"},
                            "trained on one fixed distorted copy of the training split, the same every epoch "
                            "(standard: distorted afresh every step)"),

@@ -16,8 +16,9 @@ Two steps::
         --workers 6 --seconds 480 --out "$OUT"
 
 ``run`` writes each finished cell's record to ``<out>/results/<run>.json`` in reproduce.py's format
-(``machine`` names the device) and its log to ``<out>/logs/``; copy the records into ``benchmarks/results/``
-and run ``reproduce.py --render``. A cell unfinished after ``--seconds`` is abandoned without a record, and
+(``machine`` names the device) and all of them to ``<out>/records.json``; back here,
+``python benchmarks/reproduce_on_device.py import <out>/records.json`` puts them into ``benchmarks/results/``
+and renders RESULTS.md. A cell unfinished after ``--seconds`` is abandoned without a record, and
 ``reproduce.py --table1`` trains it on the CPU. ``ml_collections`` (pure Python) is the one package beyond
 JAX, Flax and Optax that the configs need.
 """
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from cells import TABLE1_BUDGET, TABLE1_CELLS, config_name, run_stem, with_recipe
-from records import RESULTS_DIR
+from records import RESULTS_DIR, record_path, write_results
 from reproduce import TEST_EXAMPLES, make_record, pending, plan, train_sets
 from train import configs
 
@@ -148,47 +149,64 @@ def device_name() -> str:
 _PACK: dict = {}  # per worker process: the pack, read once
 
 
-def _run_one(cell: str, steps: int, batch: int, pack_path: str, out: str, deadline: float, command: str) -> str:
-    """One cell in a worker process: its record written to ``out/results``; returns a line for the log."""
+def _run_one(cell: str, steps: int, batch: int, pack_path: str, out: str, deadline: float,
+             command: str) -> tuple[str, dict | None]:  # fmt: skip
+    """One cell in a worker process: its record written to ``out/results``; returns (a line for the log, record)."""
     if pack_path not in _PACK:
         _PACK[pack_path] = load_pack(Path(pack_path))
     meta, arrays = _PACK[pack_path]
     if time.time() > deadline - 30:
-        return f"{cell}: not started, out of time"
+        return f"{cell}: not started, out of time", None
     config = configs.get_config(config_name(cell), train_sets(cell, steps, batch))
     config.data_dir = str(Path(pack_path).resolve().parent)  # what validate checks; the data come from the pack
     if (config.dataset, config.train_split, config.test_split) != (meta["dataset"], meta["train_split"],
                                                                     meta["test_split"]):  # fmt: skip
-        return f"{cell}: the pack holds {meta['train_split']}/{meta['test_split']}, the cell reads other splits"
+        return f"{cell}: the pack holds {meta['train_split']}/{meta['test_split']}, the cell reads other splits", None
     started = time.perf_counter()
     try:
         summary, _ = train_cell(config, arrays, deadline=deadline)
     except Exception:  # one cell's failure must not stop the others: its traceback goes to the log
-        return f"{cell}: failed\n{traceback.format_exc()}"
+        return f"{cell}: failed\n{traceback.format_exc()}", None
     record = make_record(cell, steps, batch, summary, command=command, wall_time_s=time.perf_counter() - started,
                          attempts=1, last_val_error=None, pictures={}, machine=device_name())  # fmt: skip
     record["git_commit"] = meta["git_commit"]  # the code packed and carried; the device's copy may have no git
     path = Path(out) / "results" / f"{run_stem(cell, steps, batch)}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
-    return f"{cell}: test error {record['test_error_pct']:.2f}% in {record['wall_time_s']:.0f} s"
+    return f"{cell}: test error {record['test_error_pct']:.2f}% in {record['wall_time_s']:.0f} s", record
 
 
 def run(specs: list[tuple[str, int, int]], pack_path: Path, out: Path, *, workers: int, seconds: float,
         command: str) -> int:  # fmt: skip
-    """The cells in order over ``workers`` processes; returns how many were recorded."""
+    """The cells in order over ``workers`` processes; returns how many were recorded.
+
+    Besides one file per record (named like reproduce.py's, with ``+``), ``<out>/records.json`` holds them all,
+    rewritten after each cell: one plainly named file, which a machine lent for minutes can hand back."""
     (out / "results").mkdir(parents=True, exist_ok=True)
     deadline = time.time() + seconds
     context = multiprocessing.get_context("spawn")  # each worker its own JAX runtime
-    recorded = 0
+    recorded: list[dict] = []
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool, open(out / "run.log", "a") as log:
         futures = [pool.submit(_run_one, c, s, b, str(pack_path), str(out), deadline, command) for c, s, b in specs]
         for future in concurrent.futures.as_completed(futures):
-            line = future.result()
-            recorded += " test error " in line
+            line, record = future.result()
+            if record is not None:
+                recorded.append(record)
+                (out / "records.json").write_text(json.dumps(recorded, indent=1) + "\n")
             stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")
             print(f"[{stamp}] {line}", flush=True)
             log.write(f"[{stamp}] {line}\n")
-    return recorded
+    return len(recorded)
+
+
+def import_records(bundle: Path, results_dir: Path) -> list[Path]:
+    """The records of a ``records.json`` into ``results_dir``, one file each, as reproduce.py names them."""
+    paths = []
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for record in json.loads(bundle.read_text()):
+        path = record_path(results_dir, record["cell"], record["steps"], record["batch_size"])
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        paths.append(path)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--table1", action="store_true", help=f"Table 1's cells at {TABLE1_BUDGET} and its recipe")
     r.add_argument("--workers", type=int, default=4)
     r.add_argument("--seconds", type=float, default=480.0, help="no cell runs past this many seconds from the start")
+    i = sub.add_parser("import", help="a run's records.json into benchmarks/results, then RESULTS.md rendered")
+    i.add_argument("records", type=Path)
     args = parser.parse_args(argv)
+    if args.what == "import":
+        paths = import_records(args.records, RESULTS_DIR)
+        write_results()
+        print(f"{len(paths)} records written to {RESULTS_DIR}; RESULTS.md rendered", flush=True)
+        return 0
     if args.what == "pack":
         print(json.dumps(pack(args.data_dir, args.out, list(TABLE1_CELLS))), flush=True)
         return 0

@@ -240,3 +240,23 @@ def test_table1_says_where_its_cells_were_trained_and_the_runs_list_names_each_m
     text = records.render_results(runs)
     assert "Trained on: NVIDIA H200 (gpu, jax 0.11.2) (2 cells); AMD EPYC, 2 cores (1 cells)." in text
     assert text.count("| AMD EPYC, 2 cores |") == 1 and text.count("| NVIDIA H200 (gpu, jax 0.11.2) |") == 2
+
+
+def test_seeds_section_gives_each_seed_the_mean_difference_and_the_standard_recipe_beside(monkeypatch):
+    monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
+    monkeypatch.setattr(records, "TABLE1_RECIPE", "ls_01")
+    errors = {"rts_st_cnn_affine+ls_01": 0.0076, "rts_st_cnn_affine+ls_01+seed_1": 0.0066,
+              "rts_st_cnn_affine+ls_01+seed_2": 0.0072, "rts_cnn+ls_01": 0.0120, "rts_cnn+ls_01+seed_1": 0.0110,
+              "rts_cnn+ls_01+seed_2": 0.0100, "rts_st_cnn_affine": 0.0086, "rts_cnn": 0.0132,
+              "rts_cnn+ls_01+seed_1__other_budget": 0.5}  # fmt: skip
+    runs = [_record(c.split("__")[0], e, steps=50 if "__" in c else 100) for c, e in errors.items()]
+    text = records.render_results(runs)
+    section = text.split("## Seeds of Table 1: ST-CNN Aff and CNN")[1].split("\n## ")[0]
+    assert "| ST-CNN Aff | — | 0.76 / 0.66 / 0.72 (mean 0.71) | — | — |" in section
+    assert "| CNN | — | 1.20 / 1.10 / 1.00 (mean 1.10) | — | — |" in section
+    # CNN − ST per seed: 0.44, 0.44, 0.28 -> mean 0.39, sd 0.0924
+    assert "| CNN − ST-CNN Aff | — | +0.39 ± 0.09 (3 seeds) | — | — |" in section
+    assert "| ST-CNN Aff, standard | — | 0.86 | — | — |" in section and "| CNN, standard | — | 1.32 |" in section
+    assert (
+        "ST-CNN Aff on RTS ≤ 0.7%: **not met** (0.76%; seeds 0–2: 0.76 / 0.66 / 0.72%, mean 0.71%, 1 of 3 at or below)"
+    ) in text

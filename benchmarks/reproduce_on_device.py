@@ -198,15 +198,19 @@ def run(specs: list[tuple[str, int, int]], pack_path: Path, out: Path, *, worker
     return len(recorded)
 
 
-def import_records(bundle: Path, results_dir: Path) -> list[Path]:
-    """The records of a ``records.json`` into ``results_dir``, one file each, as reproduce.py names them."""
-    paths = []
+def import_records(bundle: Path, results_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The records of a ``records.json`` into ``results_dir``, one file each, as reproduce.py names them:
+    ``(written, kept)``; an existing record of the same run is kept (as reproduce.py skips a recorded run)."""
+    written, kept = [], []
     results_dir.mkdir(parents=True, exist_ok=True)
     for record in json.loads(bundle.read_text()):
         path = record_path(results_dir, record["cell"], record["steps"], record["batch_size"])
+        if path.exists():
+            kept.append(path)
+            continue
         path.write_text(json.dumps(record, indent=2) + "\n")
-        paths.append(path)
-    return paths
+        written.append(path)
+    return written, kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("records", type=Path)
     args = parser.parse_args(argv)
     if args.what == "import":
-        paths = import_records(args.records, RESULTS_DIR)
+        written, kept = import_records(args.records, RESULTS_DIR)
         write_results()
-        print(f"{len(paths)} records written to {RESULTS_DIR}; RESULTS.md rendered", flush=True)
+        print(f"{len(written)} records written to {RESULTS_DIR}; RESULTS.md rendered", flush=True)
+        for path in kept:
+            print(f"kept the existing {path.name}: the imported run of the same name is left out", flush=True)
         return 0
     if args.what == "pack":
         print(json.dumps(pack(args.data_dir, args.out, list(TABLE1_CELLS))), flush=True)

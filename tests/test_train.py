@@ -540,10 +540,15 @@ def test_device_driver_records_cells_in_worker_processes_and_abandons_them_past_
     assert (record["cell"], record["steps"], record["batch_size"], record["test_examples"]) == ("rts_fcn", 3, 8, 8)
     assert record["machine"].startswith("cpu") and record["last_val_error"] is None
     assert json.loads((out / "results" / "r_fcn+seed_1__s2_b4.json").read_text())["variant"] == "seed_1"
-    imported = device.import_records(out / "records.json", tmp_path / "imported")  # the bundle a device hands back
-    assert sorted(p.name for p in imported) == ["r_fcn+seed_1__s2_b4.json", "rts_fcn__s3_b8.json"]
-    for path in imported:
-        assert json.loads(path.read_text()) == json.loads((out / "results" / path.name).read_text())
+    imported = tmp_path / "imported"
+    (imported / "rts_fcn__s3_b8.json").parent.mkdir()
+    (imported / "rts_fcn__s3_b8.json").write_text('{"recorded": "before"}')
+    written, kept = device.import_records(out / "records.json", imported)  # the bundle a device hands back
+    assert [p.name for p in written] == ["r_fcn+seed_1__s2_b4.json"] and [p.name for p in kept] == [
+        "rts_fcn__s3_b8.json"
+    ]
+    assert json.loads(written[0].read_text()) == json.loads((out / "results" / written[0].name).read_text())
+    assert json.loads(kept[0].read_text()) == {"recorded": "before"}  # an existing record is never replaced
     late = tmp_path / "late"
     assert device.run([("p_fcn", 3, 8)], tmp_path / "pack.npz", late, workers=1, seconds=1, command="x") == 0
     assert "not started, out of time" in (late / "run.log").read_text()

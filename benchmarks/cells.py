@@ -54,7 +54,7 @@ TABLE1_CELLS = (
 )  # fmt: skip
 # The recipe search (issue 17): the RTS cell of both models at a fifth of the budget, one variant at a time.
 SEARCH_CELLS, SEARCH_BUDGET = ("rts_st_cnn_affine", "rts_cnn"), (3000, 128)
-SEARCH_VARIANTS = ("ema", "ls_01", "lr_6e3", "lr_1e3", "warmup_600", "loc_lr_1")
+SEARCH_VARIANTS = ("ema", "ls_01", "lr_6e3", "lr_1e3", "warmup_600", "loc_lr_1", "ls_01+lr_6e3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +127,16 @@ def with_recipe(cell: str, recipe: str | None = None) -> str:
     base, variant = split_variant(cell)
     recipe = TABLE1_RECIPE if recipe is None else recipe
     return "+".join([base, *variant_parts(recipe), *variant_parts(variant)])
+
+
+def transformer_only(variant: str) -> bool:
+    """Whether every part of ``variant`` (``"a+b"``) changes only the transformer: a CNN has nothing to change."""
+    return all(VARIANTS[v].transformer_only for v in variant_parts(variant))
+
+
+def describe(variant: str) -> str:
+    """What ``variant`` (``"a+b"``) changes against the standard recipe, part by part."""
+    return "; ".join(VARIANTS[v].description for v in variant_parts(variant))
 
 
 def cell_name(distortion: str, model: str) -> str:

@@ -29,8 +29,10 @@ from cells import (
     VARIANTS,
     cell_label,  # fmt: skip
     cell_name,
+    describe,
     run_stem,
     split_variant,
+    transformer_only,
     variant_parts,
     with_recipe,
 )
@@ -106,14 +108,14 @@ def _search_lines(records: list[dict]) -> list[str]:
         for cell in SEARCH_CELLS:
             r, standard = at.get(with_recipe(cell, variant)), at.get(cell)
             if r is None:
-                no_transformer = variant and VARIANTS[variant].transformer_only and "st_" not in cell
+                no_transformer = variant and transformer_only(variant) and "st_" not in cell
                 row.append("(no transformer)" if no_transformer else "—")
             elif not variant or standard is None:
                 row.append(f"{r['test_error_pct']:.2f}")
             else:
                 diff = 100 * (r["test_error"] - standard["test_error"])
                 row.append(f"{r['test_error_pct']:.2f} ({diff:+.2f} ± {100 * _difference_sigma(r, standard):.2f})")
-        name = f"`+{variant}`: {VARIANTS[variant].description}" if variant else "standard"
+        name = f"`+{variant}`: {describe(variant)}" if variant else "standard"
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     chosen = f"`+{TABLE1_RECIPE}`" if TABLE1_RECIPE else "the standard recipe"
     return [*lines, "", f"Table 1 is trained with {chosen}."]
@@ -277,11 +279,7 @@ def render_results(
         "Percent test error on the full 10,000-image MNIST test split, distorted once with the fixed seed "
         "`test_seed=0` (`train.distortions.test_set`); training on `train[:92%]` (55,200 digits, distorted "
         "afresh every step), AdamW with warm-up and cosine decay"
-        + (
-            f" and `+{TABLE1_RECIPE}` ({'; '.join(VARIANTS[v].description for v in variant_parts(TABLE1_RECIPE))})"
-            if TABLE1_RECIPE
-            else ""
-        )
+        + (f" and `+{TABLE1_RECIPE}` ({describe(TABLE1_RECIPE)})" if TABLE1_RECIPE else "")
         + f". Every cell of this table is trained the same way, {TABLE1_BUDGET[0]} steps of {TABLE1_BUDGET[1]} "
         f"({TABLE1_BUDGET[0] * TABLE1_BUDGET[1]:,} images; the paper trained 150k steps of 256 on a GPU). Each "
         "entry: **ours** (paper); — : not run at this budget yet (`PYTHONPATH=. python benchmarks/reproduce.py "

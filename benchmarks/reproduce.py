@@ -61,7 +61,6 @@ from cells import (
     SEARCH_VARIANTS,
     TABLE1_BUDGET,
     TABLE1_CELLS,
-    VARIANTS,
     cell_label,
     config_name,
     extra_overrides,
@@ -69,6 +68,7 @@ from cells import (
     parse_cell,
     run_stem,
     split_variant,  # fmt: skip
+    transformer_only,
     with_recipe,
 )
 from records import RESULTS_DIR, RESULTS_MD, record_path, write_results
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{with_recipe(c)}:{TABLE1_BUDGET[0]}:{TABLE1_BUDGET[1]}" for c in TABLE1_CELLS]
     if args.search:
         cells = [f"{with_recipe(c, v)}:{SEARCH_BUDGET[0]}:{SEARCH_BUDGET[1]}" for v in ("", *SEARCH_VARIANTS)
-                 for c in SEARCH_CELLS if not (v and VARIANTS[v].transformer_only and "st_" not in c)]  # fmt: skip
+                 for c in SEARCH_CELLS if not (v and transformer_only(v) and "st_" not in c)]  # fmt: skip
     todo = plan(cells, args.steps, args.batch)
     left = set(pending(todo, results_dir))
     if args.list or args.dry_run:

@@ -555,29 +555,26 @@ def test_device_driver_records_cells_in_worker_processes_and_abandons_them_past_
     assert not list((late / "results").iterdir())
 
 
-def test_device_driver_imports_nothing_a_bare_accelerator_machine_lacks_but_ml_collections():
-    absent = ("tensorflow", "tensorflow_datasets", "grain", "orbax")
-    code = (
-        "import sys, reproduce_on_device, train.compiled, train.data, train.evaluation, train.config_checks; "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {absent!r}))"
-    )
+def _imported_in_a_fresh_process(imports: str, absent: tuple[str, ...], extra: str = "") -> list[str]:
+    """What ``import <imports>`` pulls in of the packages ``absent`` (then ``extra``'s output), in a new process."""
+    code = f"import sys, {imports}; {extra}print(sorted(m for m in sys.modules if m.split('.')[0] in {absent!r}))"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'benchmarks'}"}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["[]"], out.stdout
+    return out.stdout.split()
+
+
+def test_device_driver_imports_nothing_a_bare_accelerator_machine_lacks_but_ml_collections():
+    imports = "reproduce_on_device, train.compiled, train.data, train.evaluation, train.config_checks"
+    assert _imported_in_a_fresh_process(imports, ("tensorflow", "tensorflow_datasets", "grain", "orbax")) == ["[]"]
 
 
 def test_loop_step_and_loop_benchmark_import_nothing_a_bare_accelerator_machine_lacks():
     """A GPU box with only jax, flax, optax, chex, numpy and torch runs the loop's inner part and its benchmark."""
     absent = ("tensorflow", "tensorflow_datasets", "grain", "orbax", "ml_collections")
-    code = (
-        "import sys, train.loop, train.step, loop_speed; from jax._src import xla_bridge; "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {absent!r}), sorted(xla_bridge._backends))"
-    )
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'benchmarks'}"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["[]", "[]"], out.stdout  # nothing absent there imported; no backend started
+    backends = "from jax._src import xla_bridge; print(sorted(xla_bridge._backends)); "
+    out = _imported_in_a_fresh_process("train.loop, train.step, loop_speed", absent, backends)
+    assert out == ["[]", "[]"], out  # no backend started; nothing absent there imported
 
 
 class FakeMetric:

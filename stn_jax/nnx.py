@@ -166,19 +166,20 @@ class SpatialTransformer(nnx.Module):
             rngs=rngs,
         )
 
+    def _regression(self, inputs: jax.Array) -> jax.Array:
+        """The regression layer's output for ``inputs``: ``(B, num_outputs)``."""
+        features = self.localisation(inputs)
+        return self.localisation_head(features.reshape(features.shape[0], -1))
+
     def localise(self, inputs: jax.Array) -> jax.Array:
         """θ for ``inputs`` ``(B, *spatial, C)``: ``(B, N, *theta_shape)`` (all transformers)."""
-        features = self.localisation(inputs)
-        raw = self.localisation_head(features.reshape(features.shape[0], -1))
-        return self.config.theta(raw, inputs.ndim - 2)
+        return self.config.theta(self._regression(inputs), inputs.ndim - 2)
 
     def __call__(self, inputs: jax.Array):
         """Warps ``inputs`` ``(B, *spatial, C)``; returns the output, and θ if ``return_theta``."""
         inputs = jnp.asarray(inputs)
         out_shape = self.config.check_inputs(inputs)
-        features = self.localisation(inputs)
-        raw = self.localisation_head(features.reshape(features.shape[0], -1))
-        out, theta = _warp.apply(self.config, inputs, raw, out_shape)
+        out, theta = _warp.apply(self.config, inputs, self._regression(inputs), out_shape)
         if self.return_theta:
             return out, self.config.returned_theta(theta)
         return out

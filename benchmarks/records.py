@@ -345,7 +345,9 @@ def render_results(
         "Every recorded run (`benchmarks/results/<cell>__s<steps>_b<batch>.json`). Wall time is the driver's, "
         "summed over attempts, and includes data loading, compilation and evaluation; img/s is the training "
         "loop's own rate. The machine was shared with other jobs (test suites) at times, so wall times are "
-        "upper bounds. img/s marked * ran before the training command set its XLA CPU flag "
+        "upper bounds. A machine marked † ran a run whose record was rebuilt from the run's log (test error, "
+        "wall time; the record's `rebuilt_from_log` says why). img/s marked * ran before the training command set "
+        "its XLA CPU flag "
         "(`train/xla_cpu.py`), about 2× slower per step.",
         "",
         "| cell | ours % | paper % | steps × batch | images seen (epochs) | wall time | train img/s | last val % "
@@ -359,10 +361,11 @@ def render_results(
         rate = f"{r['train_images_per_s']:.0f}" if r.get("train_images_per_s") else "—"
         rate += "" if r.get("xla_flags") or r["finished"] >= XLA_FLAG_SINCE else "*"
         paper = r.get("paper_error_pct")
+        machine = r.get("machine", "—") + (" †" if r.get("rebuilt_from_log") else "")
         lines.append(
             f"| {r['cell']} | {r['test_error_pct']:.2f} | {paper if paper is not None else '—'} | "
             f"{r['steps']} × {r['batch_size']} | {r['images_seen']:,} ({r['epochs']}) | {_fmt_time(r['wall_time_s'])} | "
-            f"{rate} | {val} | {pics} | `{r['command']}` | {r.get('machine', '—')} |"
+            f"{rate} | {val} | {pics} | `{r['command']}` | {machine} |"
         )
     missing = [c for c in DEFAULT_ORDER if c not in best]
     lines += ["", "Cells of the issue not measured yet: " + (", ".join(missing) if missing else "none") + "."]

@@ -125,7 +125,7 @@ def pending(cells: list[tuple[str, int, int]], results_dir: Path) -> list[tuple[
 # -- running a cell ---------------------------------------------------------------------------
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         return out.stdout.strip()
@@ -260,7 +260,7 @@ def make_record(cell: str, steps: int, batch: int, summary: dict, *, command: st
         "devices": summary.get("devices"),
         "xla_flags": summary.get("xla_flags"),  # absent from runs before the training command set any
         "command": command,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "load_avg_1min_at_end": round(os.getloadavg()[0], 2),

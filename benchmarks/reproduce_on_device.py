@@ -44,7 +44,7 @@ import numpy as np
 
 from cells import TABLE1_BUDGET, TABLE1_CELLS, config_name, run_stem, with_recipe
 from records import RESULTS_DIR, record_path, write_results
-from reproduce import TEST_EXAMPLES, make_record, pending, plan, train_sets
+from reproduce import TEST_EXAMPLES, git_commit, make_record, pending, plan, train_sets
 from train import configs
 
 # --table1's order on the device: the CNN family first (the CPU's slowest cells, its second seed included), then
@@ -65,17 +65,11 @@ def pack(data_dir: Path, out: Path, cells: list[str]) -> dict:
     train = data.load_split(dataset, train_split, data_dir=data_dir, shard_index=0, shard_count=1, cache_dir=cache_dir)
     test = data.load_split(dataset, test_split, data_dir=data_dir, shard_index=0, shard_count=1,
                            drop_remainder=False, cache_dir=cache_dir)  # fmt: skip
-    meta = {"dataset": dataset, "train_split": train_split, "test_split": test_split, "git_commit": _git_commit()}
+    meta = {"dataset": dataset, "train_split": train_split, "test_split": test_split, "git_commit": git_commit()}
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, train_images=train[0], train_labels=train[1], test_images=test[0], test_labels=test[1],
                         meta=np.asarray(json.dumps(meta)))  # fmt: skip
     return meta | {"train_examples": len(train[1]), "test_examples": len(test[1])}
-
-
-def _git_commit() -> str:
-    from reproduce import _git_commit as commit
-
-    return commit()
 
 
 def load_pack(path: Path) -> tuple[dict, dict[str, np.ndarray]]:

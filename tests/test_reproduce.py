@@ -236,9 +236,11 @@ def test_table1_says_where_its_cells_were_trained_and_the_runs_list_names_each_m
     monkeypatch.setattr(records, "TABLE1_RECIPE", "")
     runs = [_record("rts_st_cnn_affine", 0.0091) | {"machine": "NVIDIA H200 (gpu, jax 0.11.2)"},
             _record("rts_cnn", 0.0123) | {"machine": "NVIDIA H200 (gpu, jax 0.11.2)"},
-            _record("r_cnn", 0.02) | {"machine": "AMD EPYC, 2 cores"}]  # fmt: skip
+            _record("r_cnn", 0.02) | {"machine": "AMD EPYC, 2 cores"},
+            _record("p_cnn", 0.01) | {"machine": "AMD EPYC, 2 cores", "rebuilt_from_log": "the files were lost"}]  # fmt: skip
     text = records.render_results(runs)
-    assert "Trained on: NVIDIA H200 (gpu, jax 0.11.2) (2 cells); AMD EPYC, 2 cores (1 cells)." in text
+    assert "Trained on: NVIDIA H200 (gpu, jax 0.11.2) (2 cells); AMD EPYC, 2 cores (2 cells)." in text
+    assert text.count("| AMD EPYC, 2 cores † |") == 1  # the rebuilt record is marked
     assert text.count("| AMD EPYC, 2 cores |") == 1 and text.count("| NVIDIA H200 (gpu, jax 0.11.2) |") == 2
 
 

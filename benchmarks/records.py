@@ -26,6 +26,7 @@ from cells import (
     TABLE1_BUDGET,
     TABLE1_CELLS,
     TABLE1_RECIPE,
+    TABLE1_RECIPE_WHY,
     VARIANTS,
     cell_label,  # fmt: skip
     cell_name,
@@ -118,7 +119,7 @@ def _search_lines(records: list[dict]) -> list[str]:
         name = f"`+{variant}`: {describe(variant)}" if variant else "standard"
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     chosen = f"`+{TABLE1_RECIPE}`" if TABLE1_RECIPE else "the standard recipe"
-    return [*lines, "", f"Table 1 is trained with {chosen}."]
+    return [*lines, "", f"Table 1 is trained with {chosen}" + (f": {TABLE1_RECIPE_WHY}." if TABLE1_RECIPE else ".")]
 
 
 def _seed_runs(records: list[dict], cell: str, recipe: str | None = None) -> list[dict]:

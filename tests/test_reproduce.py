@@ -262,3 +262,35 @@ def test_seeds_section_gives_each_seed_the_mean_difference_and_the_standard_reci
     assert (
         "ST-CNN Aff on RTS ≤ 0.7%: **not met** (0.76%; seeds 0–2: 0.76 / 0.66 / 0.72%, mean 0.71%, 1 of 3 at or below)"
     ) in text
+
+
+def test_gap_section_lists_each_cells_standard_runs_by_budget_and_counts_those_still_falling(monkeypatch):
+    monkeypatch.setattr(records, "TABLE1_BUDGET", (400, 8))
+    monkeypatch.setattr(records, "TABLE1_RECIPE", "ls_01")
+    runs = [
+        _record("r_cnn", 0.04, steps=200),
+        _record("r_cnn", 0.02, steps=100),
+        _record("r_cnn", 0.012, steps=400),
+        _record("r_cnn+ls_01", 0.013, steps=400),
+        _record("r_cnn+ema", 0.001, steps=300),  # a variant: left out
+        _record("r_cnn", 0.001, steps=300, batch=16),  # another batch: left out
+        _record("e_fcn", 0.05, steps=100),
+        _record("e_fcn", 0.06, steps=200),  # rose at its largest
+        _record("p_fcn", 0.07, steps=100),
+        _record("p_fcn+ls_01", 0.03, steps=400),
+        _record("rts_fcn", 0.03, steps=100),
+        _record("rts_fcn", 0.02, steps=200),
+        _record("rts_cnn", 0.03, steps=100),  # one standard run and no Table 1 run: nothing to compare
+        _record("r_fcn+ls_01", 0.03, steps=400),  # a Table 1 run alone: nothing to compare
+    ]
+    section = records.render_results(runs).split("## Why Table 1 is above the paper's figures")[1].split("\n## ")[0]
+    assert all(f"- {why}" in section for why in cells.TABLE1_GAP_WHY)
+    assert "- CNN, R: 2.00 (100) → 4.00 (200) → 1.20 (400); Table 1 (`+ls_01`): 1.30\n" in section
+    assert "- FCN, P: 7.00 (100); Table 1 (`+ls_01`): 3.00\n" in section
+    assert "- FCN, E: 5.00 (100) → 6.00 (200)\n" in section
+    assert "- FCN, RTS: 3.00 (100) → 2.00 (200)\n" in section
+    assert "CNN, RTS" not in section and "FCN, R:" not in section
+    assert (
+        "Of the 3 cells trained at two budgets or more, 2 had a lower error at the largest than at the one before"
+        in section
+    )

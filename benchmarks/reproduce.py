@@ -334,10 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     todo = plan(cells, args.steps, args.batch)
     left = set(pending(todo, results_dir))
     if args.list or args.dry_run:
+        width = max((len(cell) for cell, _, _ in todo), default=0)
         for cell, steps, batch in todo:
             state = "todo" if (cell, steps, batch) in left else "done"
             workdir = Path(args.runs_dir) / run_stem(cell, steps, batch)
-            print(f"{cell:24s} {steps:6d} × {batch:4d}  {state}  paper {paper_error(cell)}")
+            print(f"{cell:{width}s} {steps:6d} × {batch:4d}  {state}  paper {paper_error(cell)}")
             if args.dry_run:
                 print(
                     "   ", shlex.join(train_command(cell, steps, batch, workdir=workdir, data_dir=Path(args.data_dir)))

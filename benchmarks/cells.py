@@ -79,7 +79,17 @@ TABLE1_CELLS = (
 )  # fmt: skip
 # The recipe search (issue 17): the RTS cell of both models at a fifth of the budget, one variant at a time.
 SEARCH_CELLS, SEARCH_BUDGET = ("rts_st_cnn_affine", "rts_cnn"), (3000, 128)
-SEARCH_VARIANTS = ("ema", "ls_01", "lr_6e3", "lr_1e3", "warmup_600", "loc_lr_1", "ls_01+lr_6e3")
+SEARCH_VARIANTS = (
+    "ema",
+    "ls_01",
+    "lr_6e3",
+    "lr_1e3",
+    "warmup_600",
+    "loc_lr_1",
+    "ls_01+lr_6e3",
+    "ls_01+loc_lr_1",
+    "ls_01+lr_6e3+loc_lr_1",
+)  # a CNN runs a variant less its transformer-only parts (shared_part)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,9 +164,10 @@ def with_recipe(cell: str, recipe: str | None = None) -> str:
     return "+".join([base, *variant_parts(recipe), *variant_parts(variant)])
 
 
-def transformer_only(variant: str) -> bool:
-    """Whether every part of ``variant`` (``"a+b"``) changes only the transformer: a CNN has nothing to change."""
-    return all(VARIANTS[v].transformer_only for v in variant_parts(variant))
+def shared_part(variant: str | None) -> str:
+    """``variant`` less its transformer-only parts: what a model without a transformer runs of it
+    (``"ls_01+loc_lr_1"`` -> ``"ls_01"``, ``"loc_lr_1"`` -> ``""``)."""
+    return "+".join(v for v in variant_parts(variant) if not VARIANTS[v].transformer_only)
 
 
 def describe(variant: str) -> str:

@@ -33,8 +33,8 @@ from cells import (
     cell_name,
     describe,
     run_stem,
+    shared_part,
     split_variant,
-    transformer_only,
     variant_parts,
     with_recipe,
 )
@@ -101,17 +101,20 @@ def _search_lines(records: list[dict]) -> list[str]:
     lines = ["", f"## Recipe search (RTS, {steps} × {batch})", "",
              "One change to the standard recipe at a time, on the RTS cell of both models at a fifth of Table 1's "
              "budget (`--search`); a change is kept for Table 1 only if it helps both (the comparison stays "
-             "fair). Δ: change − standard in points, ± the binomial standard error of the difference on the "
+             "fair; a CNN runs a change less its parts that touch only the transformer, such as `loc_lr_1`). "
+             "Δ: change − standard in points, ± the binomial standard error of the difference on the "
              "test set (run-to-run noise is not in it; the seeds of Table 1 show it).", "",
              "| recipe | " + " | ".join(f"{label} % (Δ)" for label in labels) + " |",
              "| --- |" + " ---: |" * len(labels)]  # fmt: skip
     for variant in ("", *SEARCH_VARIANTS):
         row = []
         for cell in SEARCH_CELLS:
-            r, standard = at.get(with_recipe(cell, variant)), at.get(cell)
-            if r is None:
-                no_transformer = variant and transformer_only(variant) and "st_" not in cell
-                row.append("(no transformer)" if no_transformer else "—")
+            runs = variant if "st_" in cell else shared_part(variant)
+            r, standard = at.get(with_recipe(cell, runs)), at.get(cell)
+            if variant and not runs:
+                row.append("(no transformer)")
+            elif r is None:
+                row.append("—")
             elif not variant or standard is None:
                 row.append(f"{r['test_error_pct']:.2f}")
             else:
@@ -245,8 +248,7 @@ def _same_budget_pairs(records: list[dict], distortion: str) -> list[tuple[dict,
         base, variant = split_variant(r["cell"])
         if base != st_cell:
             continue
-        shared = [v for v in variant_parts(variant) if not VARIANTS[v].transformer_only]
-        partner = by_run.get(("+".join([cnn_cell, *shared]), r["steps"], r["batch_size"]))
+        partner = by_run.get((with_recipe(cnn_cell, shared_part(variant)), r["steps"], r["batch_size"]))
         if partner:
             pairs.append((r, partner))
     return pairs

@@ -67,8 +67,8 @@ from cells import (
     paper_error,
     parse_cell,
     run_stem,
+    shared_part,
     split_variant,  # fmt: skip
-    transformer_only,
     with_recipe,
 )
 from records import RESULTS_DIR, RESULTS_MD, record_path, write_results
@@ -329,8 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.table1:
         cells = [f"{with_recipe(c)}:{TABLE1_BUDGET[0]}:{TABLE1_BUDGET[1]}" for c in TABLE1_CELLS]
     if args.search:
-        cells = [f"{with_recipe(c, v)}:{SEARCH_BUDGET[0]}:{SEARCH_BUDGET[1]}" for v in ("", *SEARCH_VARIANTS)
-                 for c in SEARCH_CELLS if not (v and transformer_only(v) and "st_" not in c)]  # fmt: skip
+        # The CNN runs each variant less its transformer-only parts: a run another variant may share, planned once.
+        runs = [
+            with_recipe(c, v if "st_" in c else shared_part(v)) for v in ("", *SEARCH_VARIANTS) for c in SEARCH_CELLS
+        ]
+        cells = [f"{c}:{SEARCH_BUDGET[0]}:{SEARCH_BUDGET[1]}" for c in dict.fromkeys(runs)]
     todo = plan(cells, args.steps, args.batch)
     left = set(pending(todo, results_dir))
     if args.list or args.dry_run:

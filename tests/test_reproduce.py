@@ -208,11 +208,15 @@ def test_table_1_shows_only_its_budget_and_recipe_and_checks_the_goals(tmp_path,
     assert "and `+ema` (evaluated with a moving average of the weights" in text
 
 
-def test_recipe_search_compares_each_variant_with_the_standard_recipe_of_the_same_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(records, "SEARCH_BUDGET", (100, 8))
+def test_recipe_search_compares_each_variant_with_the_standard_recipe_of_the_same_model(tmp_path, monkeypatch, capsys):
+    search = ("ema", "ls_01", "loc_lr_1", "ema+loc_lr_1")
+    for module in (records, reproduce):
+        monkeypatch.setattr(module, "SEARCH_BUDGET", (100, 8))
+        monkeypatch.setattr(module, "SEARCH_VARIANTS", search)
     monkeypatch.setattr(records, "TABLE1_RECIPE", "")
     runs = [_record("rts_st_cnn_affine", 0.0100), _record("rts_cnn", 0.0200), _record("rts_cnn+ema", 0.0150),
             _record("rts_st_cnn_affine+ema", 0.0110), _record("rts_st_cnn_affine+loc_lr_1", 0.0090),
+            _record("rts_st_cnn_affine+ema+loc_lr_1", 0.0080),
             _record("rts_st_cnn_affine+ls_01", 0.005, steps=50)]  # fmt: skip
     for r in runs:
         records.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
@@ -226,9 +230,14 @@ def test_recipe_search_compares_each_variant_with_the_standard_recipe_of_the_sam
     )
     assert "| `+loc_lr_1`: " in section and "| 0.90 (-0.10 ± 0.14) | (no transformer) |" in section
     assert "| `+ls_01`: trained on labels smoothed by 0.1 (standard: none) | — | — |" in section  # other budget
+    # The CNN runs ema+loc_lr_1 as ema: the same run as the ema row. sqrt(0.008·0.992/1e4 + 0.01·0.99/1e4) = 0.00134
+    assert "| 0.80 (-0.20 ± 0.13) | 1.50 (-0.50 ± 0.19) |" in section.split("| `+ema+loc_lr_1`: ")[1]
     assert "Table 1 is trained with the standard recipe." in section
-    plan = reproduce.main(["--search", "--list", "--results_dir", str(tmp_path)])
-    assert plan == 0
+    capsys.readouterr()
+    assert reproduce.main(["--search", "--list", "--results_dir", str(tmp_path)]) == 0
+    planned = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert planned == ["rts_st_cnn_affine", "rts_cnn", "rts_st_cnn_affine+ema", "rts_cnn+ema", "rts_st_cnn_affine+ls_01",
+                       "rts_cnn+ls_01", "rts_st_cnn_affine+loc_lr_1", "rts_st_cnn_affine+ema+loc_lr_1"]  # fmt: skip
 
 
 def test_table1_says_where_its_cells_were_trained_and_the_runs_list_names_each_machine(tmp_path, monkeypatch):

@@ -180,10 +180,10 @@ def _gap_lines(records: list[dict]) -> list[str]:
     for d in ("R", "RTS", "P", "E"):
         for model in LABELS:
             cell = cell_name(d, model)
-            standard = {r["steps"]: r["test_error"] for r in sorted(records, key=lambda r: r.get("finished", ""))
-                        if r["cell"] == cell and r["batch_size"] == batch}  # fmt: skip
-            errors = [standard[s] for s in sorted(standard)]
-            line = " → ".join(f"{100 * e:.2f} ({s})" for s, e in zip(sorted(standard), errors))
+            by_steps = sorted({r["steps"]: r["test_error"] for r in sorted(records, key=lambda r: r.get("finished", ""))
+                               if r["cell"] == cell and r["batch_size"] == batch}.items())  # fmt: skip
+            errors = [e for _, e in by_steps]
+            line = " → ".join(f"{100 * e:.2f} ({s})" for s, e in by_steps)
             if TABLE1_RECIPE and cell in table1:
                 line += ("; " if line else "") + f"Table 1 (`+{TABLE1_RECIPE}`): {table1[cell]['test_error_pct']:.2f}"
             if len(errors) > 1:

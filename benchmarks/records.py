@@ -126,45 +126,61 @@ def _search_lines(records: list[dict]) -> list[str]:
     return [*lines, "", f"Table 1 is trained with {chosen}" + (f": {TABLE1_RECIPE_WHY}." if TABLE1_RECIPE else ".")]
 
 
-def _seed_runs(records: list[dict], cell: str, recipe: str | None = None) -> list[dict]:
-    """``cell``'s runs at Table 1's budget with ``recipe`` (default Table 1's): seed 0, then each ``+seed_<n>``."""
+def _seed_runs(records: list[dict], cell: str, recipe: str | None = None) -> dict[int, dict]:
+    """``cell``'s runs at Table 1's budget with ``recipe`` (default Table 1's), by seed: 0, then each ``+seed_<n>``."""
     at = _at(records, TABLE1_BUDGET)
-    names = [cell, *(f"{cell}+{v}" for v in VARIANTS if v.startswith("seed_"))]
     recipe = TABLE1_RECIPE if recipe is None else recipe
-    return [at[n] for n in (with_recipe(n, recipe) for n in names) if n in at]
+    names = {0: cell, **{int(v.removeprefix("seed_")): f"{cell}+{v}" for v in VARIANTS if v.startswith("seed_")}}
+    runs = {seed: with_recipe(name, recipe) for seed, name in names.items()}
+    return {seed: at[run] for seed, run in runs.items() if run in at}
 
 
 def _seed_lines(records: list[dict]) -> list[str]:
     """Table 1's ST-CNN Aff and CNN over seeds, the CNN − ST-CNN difference's mean ± sd, and what the recipe
-    changed at this budget (the standard recipe's runs beside it)."""
-    pairs = {
-        d: [_seed_runs(records, cell_name(d, m)) for m in ("st_cnn_affine", "cnn")] for d in ("R", "RTS", "P", "E")
-    }
-    if not any(len(st) > 1 for st, _ in pairs.values()):
+    changed at this budget: the standard recipe's runs, and the ST-CNN with Table 1's recipe plus a change that
+    only the transformer has (such as ``loc_lr_1``: the CNN's runs stay its fair partner)."""
+    columns = ("R", "RTS", "P", "E")
+    runs = {(d, m): _seed_runs(records, cell_name(d, m)) for d in columns for m in ("st_cnn_affine", "cnn")}
+    if not any(len(runs[d, "st_cnn_affine"]) > 1 for d in columns):
         return []
     lines = ["", "## Seeds of Table 1: ST-CNN Aff and CNN", "",
              "Each entry: seed 0 (Table 1's) / seed 1 / ... % test error; the difference is CNN − ST-CNN Aff per "
              "seed, its mean ± standard deviation over the seeds: run-to-run noise, which the binomial ± of the "
              "acceptance list leaves out.", "", "| | R | RTS | P | E |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
 
-    def entry(runs: list[dict]) -> str:
-        if not runs:
+    def entry(by_seed: dict[int, dict]) -> str:
+        if not by_seed:
             return "—"
-        mean = statistics.fmean(r["test_error_pct"] for r in runs)
-        return " / ".join(f"{r['test_error_pct']:.2f}" for r in runs) + (f" (mean {mean:.2f})" if len(runs) > 1 else "")
+        errors = [r["test_error_pct"] for _, r in sorted(by_seed.items())]
+        return " / ".join(f"{e:.2f}" for e in errors) + (
+            f" (mean {statistics.fmean(errors):.2f})" if len(errors) > 1 else ""
+        )
 
-    for i, model in enumerate(("st_cnn_affine", "cnn")):
-        lines.append(f"| {LABELS[model]} | " + " | ".join(entry(pairs[d][i]) for d in pairs) + " |")
-    diffs = []
-    for st, cnn in pairs.values():
-        d = [b["test_error_pct"] - a["test_error_pct"] for a, b in zip(st, cnn)]
-        diffs.append(f"{statistics.fmean(d):+.2f} ± {statistics.stdev(d):.2f} ({len(d)} seeds)" if len(d) > 1 else "—")
-    lines.append("| CNN − ST-CNN Aff | " + " | ".join(diffs) + " |")
+    def difference(st: dict[int, dict], cnn: dict[int, dict]) -> str:
+        d = [cnn[seed]["test_error_pct"] - st[seed]["test_error_pct"] for seed in sorted(st.keys() & cnn.keys())]
+        return f"{statistics.fmean(d):+.2f} ± {statistics.stdev(d):.2f} ({len(d)} seeds)" if len(d) > 1 else "—"
+
+    for model in ("st_cnn_affine", "cnn"):
+        lines.append(f"| {LABELS[model]} | " + " | ".join(entry(runs[d, model]) for d in columns) + " |")
+    lines.append(
+        "| CNN − ST-CNN Aff | "
+        + " | ".join(difference(runs[d, "st_cnn_affine"], runs[d, "cnn"]) for d in columns)
+        + " |"
+    )
+    for variant in (v for v in VARIANTS if VARIANTS[v].transformer_only):
+        recipe = "+".join(filter(None, (TABLE1_RECIPE, variant)))
+        st = {d: _seed_runs(records, cell_name(d, "st_cnn_affine"), recipe) for d in columns}
+        if any(st.values()):
+            lines.append(
+                f"| {LABELS['st_cnn_affine']} `+{variant}` | " + " | ".join(entry(st[d]) for d in columns) + " |"
+            )
+            lines.append(f"| CNN − ST-CNN Aff `+{variant}` | "
+                         + " | ".join(difference(st[d], runs[d, "cnn"]) for d in columns) + " |")  # fmt: skip
     if TABLE1_RECIPE:
         lines += ["", f"The same models with the standard recipe (without `+{TABLE1_RECIPE}`) at this budget, "
                   "where measured:", "", "| | R | RTS | P | E |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
         for model in ("st_cnn_affine", "cnn"):
-            row = [entry(_seed_runs(records, cell_name(d, model), "")) for d in pairs]
+            row = [entry(_seed_runs(records, cell_name(d, model), "")) for d in columns]
             lines.append(f"| {LABELS[model]}, standard | " + " | ".join(row) + " |")
     return lines
 
@@ -357,7 +373,8 @@ def render_results(
                          f"difference {100 * diff:.2f} ± {100 * sigma:.2f} points — {verdict}")  # fmt: skip
     if not any_pair:
         lines.append("- no pair measured yet")
-    lines += _table1_goal_lines(table1, _seed_runs(records, "rts_st_cnn_affine"))
+    rts_seeds = _seed_runs(records, "rts_st_cnn_affine")
+    lines += _table1_goal_lines(table1, [r for _, r in sorted(rts_seeds.items())])
     used = sorted({part for r in records for part in variant_parts(split_variant(r["cell"])[1])})
     if used:
         lines += [

@@ -259,7 +259,8 @@ def test_seeds_section_gives_each_seed_the_mean_difference_and_the_standard_reci
     errors = {"rts_st_cnn_affine+ls_01": 0.0076, "rts_st_cnn_affine+ls_01+seed_1": 0.0066,
               "rts_st_cnn_affine+ls_01+seed_2": 0.0072, "rts_cnn+ls_01": 0.0120, "rts_cnn+ls_01+seed_1": 0.0110,
               "rts_cnn+ls_01+seed_2": 0.0100, "rts_st_cnn_affine": 0.0086, "rts_cnn": 0.0132,
-              "rts_cnn+ls_01+seed_1__other_budget": 0.5}  # fmt: skip
+              "rts_cnn+ls_01+seed_1__other_budget": 0.5, "rts_st_cnn_affine+ls_01+loc_lr_1": 0.0070,
+              "rts_st_cnn_affine+ls_01+loc_lr_1+seed_2": 0.0060}  # fmt: skip
     runs = [_record(c.split("__")[0], e, steps=50 if "__" in c else 100) for c, e in errors.items()]
     text = records.render_results(runs)
     section = text.split("## Seeds of Table 1: ST-CNN Aff and CNN")[1].split("\n## ")[0]
@@ -268,6 +269,11 @@ def test_seeds_section_gives_each_seed_the_mean_difference_and_the_standard_reci
     # CNN − ST per seed: 0.44, 0.44, 0.28 -> mean 0.39, sd 0.0924
     assert "| CNN − ST-CNN Aff | — | +0.39 ± 0.09 (3 seeds) | — | — |" in section
     assert "| ST-CNN Aff, standard | — | 0.86 | — | — |" in section and "| CNN, standard | — | 1.32 |" in section
+    # A transformer-only change on top of Table 1's recipe, against Table 1's CNN of the same seed (0 and 2):
+    # 1.20 − 0.70 = 0.50, 1.00 − 0.60 = 0.40 -> mean 0.45, sd 0.0707
+    assert "| ST-CNN Aff `+loc_lr_1` | — | 0.70 / 0.60 (mean 0.65) | — | — |" in section
+    assert "| CNN − ST-CNN Aff `+loc_lr_1` | — | +0.45 ± 0.07 (2 seeds) | — | — |" in section
+    assert "`+full_res`" not in section  # transformer-only too, but not run
     assert (
         "ST-CNN Aff on RTS ≤ 0.7%: **not met** (0.76%; seeds 0–2: 0.76 / 0.66 / 0.72%, mean 0.71%, 1 of 3 at or below)"
     ) in text

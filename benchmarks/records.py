@@ -146,7 +146,9 @@ def _seed_lines(records: list[dict]) -> list[str]:
     lines = ["", "## Seeds of Table 1: ST-CNN Aff and CNN", "",
              "Each entry: seed 0 (Table 1's) / seed 1 / ... % test error; the difference is CNN − ST-CNN Aff per "
              "seed, its mean ± standard deviation over the seeds: run-to-run noise, which the binomial ± of the "
-             "acceptance list leaves out.", "", "| | R | RTS | P | E |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+             "acceptance list leaves out. A row `+<change>`: Table 1's recipe plus a change that only the "
+             "transformer has, against Table 1's CNN of the same seed.", "", "| | R | RTS | P | E |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
 
     def entry(by_seed: dict[int, dict]) -> str:
         if not by_seed:

@@ -174,6 +174,11 @@ def shared_part(variant: str | None) -> str:
     return "+".join(v for v in variant_parts(variant) if not VARIANTS[v].transformer_only)
 
 
+def variant_for(cell: str, variant: str) -> str:
+    """What of ``variant`` ``cell``'s model runs: all of it with a transformer, else its :func:`shared_part`."""
+    return variant if parse_cell(cell)[1].startswith("st_") else shared_part(variant)
+
+
 def describe(variant: str) -> str:
     """What ``variant`` (``"a+b"``) changes against the standard recipe, part by part."""
     return "; ".join(VARIANTS[v].description for v in variant_parts(variant))

@@ -35,6 +35,7 @@ from cells import (
     run_stem,
     shared_part,
     split_variant,
+    variant_for,
     variant_parts,
     with_recipe,
 )
@@ -109,7 +110,7 @@ def _search_lines(records: list[dict]) -> list[str]:
     for variant in ("", *SEARCH_VARIANTS):
         row = []
         for cell in SEARCH_CELLS:
-            runs = variant if "st_" in cell else shared_part(variant)
+            runs = variant_for(cell, variant)
             r, standard = at.get(with_recipe(cell, runs)), at.get(cell)
             if variant and not runs:
                 row.append("(no transformer)")

@@ -67,8 +67,8 @@ from cells import (
     paper_error,
     parse_cell,
     run_stem,
-    shared_part,
     split_variant,  # fmt: skip
+    variant_for,
     with_recipe,
 )
 from records import RESULTS_DIR, RESULTS_MD, record_path, write_results
@@ -221,7 +221,7 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
     wall = sum(a["seconds"] or 0.0 for a in attempts)
     record = make_record(cell, steps, batch, summary, command=shlex.join(shown), wall_time_s=wall,
                          attempts=len(attempts), last_val_error=_last_val(workdir), pictures=pictures,
-                         machine=report.cpu_name())  # fmt: skip
+                         machine=report.cpu_name(), commit=git_commit())  # fmt: skip
     record_path(results_dir, cell, steps, batch).write_text(json.dumps(record, indent=2) + "\n")
     print(f"[reproduce] {cell}: test error {record['test_error_pct']:.2f}% (paper {record['paper_error_pct']}) "
           f"in {wall:.0f} s", flush=True)  # fmt: skip
@@ -229,8 +229,9 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
 
 
 def make_record(cell: str, steps: int, batch: int, summary: dict, *, command: str, wall_time_s: float, attempts: int,
-                last_val_error: float | None, pictures: dict, machine: str) -> dict:  # fmt: skip
-    """The record of a finished run of ``cell`` from its training summary (what RESULTS.md is rendered from)."""
+                last_val_error: float | None, pictures: dict, machine: str, commit: str) -> dict:  # fmt: skip
+    """The record of a finished run of ``cell`` from its training summary (what RESULTS.md is rendered from);
+    ``commit``: the code that trained it."""
     config = _config(cell, steps, batch)
     return {
         "cell": cell,
@@ -260,7 +261,7 @@ def make_record(cell: str, steps: int, batch: int, summary: dict, *, command: st
         "devices": summary.get("devices"),
         "xla_flags": summary.get("xla_flags"),  # absent from runs before the training command set any
         "command": command,
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
@@ -330,9 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{with_recipe(c)}:{TABLE1_BUDGET[0]}:{TABLE1_BUDGET[1]}" for c in TABLE1_CELLS]
     if args.search:
         # The CNN runs each variant less its transformer-only parts: a run another variant may share, planned once.
-        runs = [
-            with_recipe(c, v if "st_" in c else shared_part(v)) for v in ("", *SEARCH_VARIANTS) for c in SEARCH_CELLS
-        ]
+        runs = [with_recipe(c, variant_for(c, v)) for v in ("", *SEARCH_VARIANTS) for c in SEARCH_CELLS]
         cells = [f"{c}:{SEARCH_BUDGET[0]}:{SEARCH_BUDGET[1]}" for c in dict.fromkeys(runs)]
     todo = plan(cells, args.steps, args.batch)
     left = set(pending(todo, results_dir))

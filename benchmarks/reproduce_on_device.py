@@ -164,9 +164,10 @@ def _run_one(cell: str, steps: int, batch: int, pack_path: str, out: str, deadli
         summary, _ = train_cell(config, arrays, deadline=deadline)
     except Exception:  # one cell's failure must not stop the others: its traceback goes to the log
         return f"{cell}: failed\n{traceback.format_exc()}", None
+    # commit: the code packed and carried here, where there may be no git.
     record = make_record(cell, steps, batch, summary, command=command, wall_time_s=time.perf_counter() - started,
-                         attempts=1, last_val_error=None, pictures={}, machine=device_name())  # fmt: skip
-    record["git_commit"] = meta["git_commit"]  # the code packed and carried; the device's copy may have no git
+                         attempts=1, last_val_error=None, pictures={}, machine=device_name(),
+                         commit=meta["git_commit"])  # fmt: skip
     path = Path(out) / "results" / f"{run_stem(cell, steps, batch)}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return f"{cell}: test error {record['test_error_pct']:.2f}% in {record['wall_time_s']:.0f} s", record

@@ -2,7 +2,9 @@
 
 Every check runs at trace time on static information (shapes, dtypes, option
 strings) and raises a ``ValueError``/``TypeError`` whose message names the
-argument, what was expected and what was given.
+argument, what was expected and what was given. :func:`missing_extra` is the error of a
+Flax-side module (``stn_jax.nnx``, ``linen``, ``models``, ``optim``) imported without the
+``flax`` extra.
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+
+
+def missing_extra(module: str, error: ModuleNotFoundError) -> ImportError:
+    """The ImportError of ``module`` when ``error.name`` (flax or optax) is not installed: the core
+    install (``pip install stn_jax``) brings JAX and NumPy only."""
+    return ImportError(
+        f'{module} needs {error.name}, which comes with the flax extra: pip install "stn_jax[flax]"',
+        name=error.name,
+    )
 
 
 def check_option(name: str, value, allowed: Sequence[str]) -> str:

@@ -25,12 +25,17 @@ import dataclasses
 import types
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stn_jax import _config, _warp
+from stn_jax import _checks, _config, _warp
 from stn_jax._config import affine_constraints
+
+try:
+    import flax.linen as nn
+except ModuleNotFoundError as error:  # the core install, without the flax extra
+    raise _checks.missing_extra(__name__, error) from error
+
 from stn_jax.optim import localisation_labels, with_localisation_lr
 
 __all__ = [

@@ -113,10 +113,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
 
 from stn_jax import _checks
+
+try:
+    import optax
+    from flax import nnx
+except ModuleNotFoundError as error:  # the core install, without the flax extra
+    raise _checks.missing_extra(__name__, error) from error
+
 from stn_jax.nnx import MLPLocalisation, SpatialTransformer
 from stn_jax.optim import is_localisation_path
 

@@ -28,10 +28,15 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from stn_jax import _checks, _config, _warp
 from stn_jax._config import affine_constraints
+
+try:
+    from flax import nnx
+except ModuleNotFoundError as error:  # the core install, without the flax extra
+    raise _checks.missing_extra(__name__, error) from error
+
 from stn_jax.optim import localisation_labels, with_localisation_lr
 
 __all__ = [

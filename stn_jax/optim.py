@@ -37,9 +37,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import optax
 
 from stn_jax import _checks
+
+try:
+    import optax
+except ModuleNotFoundError as error:  # the core install, without the flax extra
+    raise _checks.missing_extra(__name__, error) from error
 
 __all__ = ["is_localisation_path", "localisation_labels", "with_localisation_lr"]
 

@@ -105,14 +105,18 @@ def _requires_dist() -> list[str]:
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_colab_pip_requirements(name):
-    """In Colab: the `train` extra's requirements with their ranges, the runtime's own TensorFlow distribution
-    in place of `tensorflow-cpu`, jax with the accelerator's extra; never the `dev` extra's."""
+    """In Colab: the `train` extra's requirements with their ranges (and those of the extras it includes by
+    naming `stn_jax[...]`), the runtime's own TensorFlow distribution in place of `tensorflow-cpu`, jax with the
+    accelerator's extra; never the `dev` extra's."""
     from packaging.requirements import Requirement
 
     pip_requirements = _setup_function(name, "pip_requirements")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    train = (*project["dependencies"], *project["optional-dependencies"]["train"])
-    expected = {Requirement(r).name: Requirement(r) for r in train}
+    extras = project["optional-dependencies"]
+    train = [Requirement(r) for r in (*project["dependencies"], *extras["train"])]
+    included = [Requirement(r) for t in train if t.name == "stn_jax" for e in t.extras for r in extras[e]]
+    assert {"flax", "optax"} <= {r.name for r in included}  # `train` includes the `flax` extra
+    expected = {r.name: r for r in train + included if r.name != "stn_jax"}
 
     def parse(requirements: list[str]) -> dict[str, Requirement]:
         assert all(";" not in r for r in requirements), requirements  # markers resolved, not passed on

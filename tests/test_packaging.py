@@ -157,3 +157,89 @@ def test_wheel_runs_in_a_fresh_venv_outside_the_repository(wheel, tmp_path):
     assert Path(info["dist"]).resolve() == fresh.resolve(), info  # the wheel's metadata, not the editable one's
     assert info["py_typed"] and info["finders"] == [], info
     assert info["version"] == built.name.split("-")[1]
+
+
+def test_core_requires_jax_and_numpy_only(wheel):
+    """`pip install stn_jax` brings JAX and NumPy; Flax and Optax come with the `flax` extra, which `train`
+    and `dev` include (so `pip install -e ".[dev,train]"` keeps installing them)."""
+    built, _ = wheel
+    with zipfile.ZipFile(built) as z:
+        (metadata,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = [
+            line.split(": ", 1)[1]
+            for line in z.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist: ")
+        ]
+    extra = lambda name: {r.split(";")[0].strip() for r in requires if f'extra == "{name}"' in r}
+    assert {r for r in requires if ";" not in r} == {"jax>=0.7.1", "numpy>=2.0"}, requires
+    assert extra("flax") == {"flax>=0.12.0", "optax>=0.1.5"}, requires
+    for name in ("train", "dev"):
+        assert "stn_jax[flax]" in extra(name), (name, requires)
+
+
+# Run in a venv holding the wheel and what `pip install stn_jax` brings: the functional core, every sampler
+# implementation against the reference, a gradient, the demo's gallery; then each Flax-side module's error.
+_CORE_PROBE = """
+import importlib, importlib.util, json
+import jax, jax.numpy as jnp, numpy as np
+import stn_jax
+from stn_jax import demo
+
+image = jnp.arange(5 * 6 * 3, dtype=jnp.float32).reshape(5, 6, 3) / 90
+theta = jnp.array([[0.9, -0.2, 0.1], [0.25, 0.8, -0.05]])
+g = stn_jax.grid(theta, (4, 7))
+out = {impl: np.asarray(stn_jax.sample(image, g, implementation=impl)) for impl in stn_jax.IMPLEMENTATIONS}
+grad = jax.grad(lambda t: stn_jax.sample(image, stn_jax.grid(t, (4, 7))).sum())(theta)
+tps = stn_jax.sample(image, stn_jax.grid(stn_jax.identity_params("tps"), (5, 6), transform="tps"))
+round_trip = stn_jax.compose_affine(theta, stn_jax.invert_affine(theta))
+errors = {}
+for name in ("stn_jax.nnx", "stn_jax.linen", "stn_jax.models", "stn_jax.optim"):
+    try:
+        importlib.import_module(name)
+        errors[name] = None
+    except ImportError as error:
+        errors[name] = str(error)
+print(json.dumps({
+    "stn_jax": stn_jax.__file__,
+    "grid": g.shape, "sample": {k: v.shape for k, v in out.items()},
+    "agree": all(np.allclose(v, out["reference"], atol=1e-4) for v in out.values()),
+    "grad_finite_nonzero": bool(jnp.isfinite(grad).all() and (grad != 0).any()),
+    "tps_identity": bool(np.allclose(tps, image, atol=1e-4)),
+    "round_trip": bool(np.allclose(round_trip, stn_jax.identity_params("affine"), atol=1e-5)),
+    "gallery": [name for name, _ in demo.gallery(demo.checkerboard(16))],
+    "absent": [m for m in ("flax", "optax") if importlib.util.find_spec(m) is None],
+    "errors": errors,
+}))
+"""
+
+
+def test_core_runs_without_the_flax_extra(wheel, tmp_path):
+    """The wheel installed as `pip install stn_jax` does it, dependencies from the package index, into a
+    fresh venv: the functional core runs; stn_jax.nnx, linen, models and optim say which extra to install."""
+    built, _ = wheel
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", str(built)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    env["PYTHONNOUSERSITE"] = "1"
+    env["JAX_PLATFORMS"] = "cpu"
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    probe = subprocess.run([python, "-c", _CORE_PROBE], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    info = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert Path(info["stn_jax"]).resolve().is_relative_to(env_dir.resolve()), info["stn_jax"]
+    assert info["absent"] == ["flax", "optax"], info  # the core install brought neither
+    assert info["grid"] == [4, 7, 2] and info["sample"] == {k: [4, 7, 3] for k in ("reference", "cpu", "dense")}
+    assert info["agree"] and info["grad_finite_nonzero"] and info["tps_identity"] and info["round_trip"], info
+    assert info["gallery"] == ["identity", "affine", "attention", "similarity", "projective", "tps"], info
+    for name, message in info["errors"].items():
+        assert message is not None, f"{name} imported without flax and optax"
+        assert message.startswith(f"{name} needs ") and 'pip install "stn_jax[flax]"' in message, message

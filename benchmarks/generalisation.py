@@ -71,7 +71,7 @@ def evaluate_run(record: dict, *, data_dir: Path, runs_dir: Path) -> dict:
     config = configs.get_config(record["config"])
     model = train.restore_model(config, runs_dir / stem)
     images, labels = data.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1,
-                                     drop_remainder=False, cache_dir=data_dir / ".stn_jax_decoded")  # fmt: skip
+                                     drop_remainder=False, cache_dir=data.cache_dir(data_dir))  # fmt: skip
     result = {"cell": record["cell"], "label": record["label"], "run": stem, "steps": record["steps"],
               "batch_size": record["batch_size"], "test_examples": len(labels),
               "in_distribution_error_pct": record["test_error_pct"], "accuracy_pct": {}}  # fmt: skip

@@ -60,7 +60,7 @@ def pack(data_dir: Path, out: Path, cells: list[str]) -> dict:
     if len(splits) != 1:
         raise ValueError(f"the cells read different splits {sorted(splits)}: pack them separately")
     dataset, train_split, test_split = splits.pop()
-    cache_dir = data_dir / ".stn_jax_decoded"
+    cache_dir = data.cache_dir(data_dir)
     # As train.train reads them: this process's (the only) shard of the training split, the whole test split.
     train = data.load_split(dataset, train_split, data_dir=data_dir, shard_index=0, shard_count=1, cache_dir=cache_dir)
     test = data.load_split(dataset, test_split, data_dir=data_dir, shard_index=0, shard_count=1,

@@ -25,7 +25,9 @@ Exit codes: 0 success; 1 unexpected error; 2 bad configuration or command line
 (found before any compile); 3 non-finite loss (the message names the checkpoint a
 rerun resumes from); 4 dataset missing and not preparable; 5 the workdir has
 checkpoints but none verifies (nothing moved or deleted); 6 another run holds the
-workdir; 130 interrupted (Ctrl-C).
+workdir; 7 preempted (SIGTERM, or JAX's preemption notice on a multi-process run): stopped
+at a step every process agreed on, with a complete and digested checkpoint of it, which
+the message names and a rerun resumes from; 130 interrupted (Ctrl-C).
 
 Console output that is not a terminal (logs, CI) carries no progress-bar escape codes and
 no TensorFlow/TFDS start-up warnings.
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     except errors.WorkdirBusyError as err:
         print(f"error: {err}", file=sys.stderr)
         return errors.EXIT_BUSY
+    except errors.PreemptedError as err:
+        print(str(err), file=sys.stderr)
+        return errors.EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the newest checkpoint that verifies", file=sys.stderr)
         return errors.EXIT_INTERRUPTED

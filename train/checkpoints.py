@@ -13,15 +13,18 @@ plus Orbax's ``metrics`` (the validation error, where the step was evaluated) an
 finished the checkpoint.
 
 The PRNG needs no saving: every random key of step ``s`` is ``fold_in(key(seed), s)``.
-Orbax writes each checkpoint into a temporary directory and renames it when complete,
-so a kill during a save leaves the previous checkpoints as they were (the half-written
-one is ignored and cleaned up at the next start). Retention: the last ``keep``
+Orbax writes each checkpoint into a temporary directory and renames it when complete
+(locally), or into its final directory and marks it complete with ``commit_success.txt``
+(on ``gs://``, which has no rename); either way a checkpoint counts as saved only when Orbax
+says it is finalised, so a kill during a save leaves the previous checkpoints as they were
+(the half-written one is ignored and cleaned up at the next start). Retention: the last ``keep``
 checkpoints plus the one with the lowest validation error (metrics are on disk, so
 this survives a resume).
 
 Restoring takes the newest checkpoint that verifies, all processes agreeing on it; a
 newer one that fails verification or cannot be read is reported in one line and moved
-aside to ``<step>.corrupt`` (never deleted). Checkpoints that exist but none verifies:
+aside to ``<step>.corrupt`` (never deleted; on ``gs://`` copied, then deleted:
+:func:`train.storage.move`). Checkpoints that exist but none verifies:
 :class:`CheckpointError`, nothing moved. A checkpoint without digests (written before
 they existed, or its run was killed before writing them) restores with a note.
 
@@ -36,7 +39,6 @@ import logging
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import grain
@@ -45,7 +47,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from train import digests, optim
+from train import digests, optim, storage
 from train.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("train.checkpoints")
@@ -63,7 +65,7 @@ class Checkpoints:
     """A run's ``CheckpointManager``: every process calls every method (saves are collective)."""
 
     def __init__(self, directory: os.PathLike | str, *, keep: int, async_save: bool = True):
-        self.directory = Path(os.path.abspath(os.fspath(directory)))
+        self.directory = storage.path(directory)
         best = pp.BestN(get_metric_fn=_val_error, reverse=True, n=1, keep_checkpoints_without_metrics=False)
         policy = pp.AnyPreservationPolicy([pp.LatestN(n=keep), best])
         options = ocp.CheckpointManagerOptions(
@@ -116,18 +118,18 @@ class Checkpoints:
     def seal(self, *, wait: bool = False) -> None:
         """Writes this process's digest of each checkpoint it saved that Orbax has finished.
 
-        A step directory exists under its final name only once every process has written its
-        part (Orbax renames it last), so each process can seal on its own. ``wait`` (collective):
-        first wait for every pending save.
+        Orbax finalises a step (renames it into place, or writes its commit marker on ``gs://``)
+        only once every process has written its part, so each process can seal on its own.
+        ``wait`` (collective): first wait for every pending save.
         """
         if wait:
             self.manager.wait_until_finished()
-            _sync("checkpoints finished")  # the primary process has renamed every step into place
+            _sync("checkpoints finished")  # the primary process has finalised every step
         for step in list(self._unsealed):
             step_dir = self.directory / str(step)
             if step not in self.manager.all_steps():
                 self._unsealed.remove(step)  # already deleted by retention
-            elif step_dir.is_dir():
+            elif ocp.step.is_path_finalized(step_dir):
                 digests.write(step_dir, jax.process_index(), jax.process_count())
                 self._unsealed.remove(step)
 
@@ -232,7 +234,7 @@ class Checkpoints:
                 while target.exists():
                     n += 1
                     target = self.directory / f"{step}.corrupt{n}"
-                os.rename(self.directory / str(step), target)
+                storage.move(self.directory / str(step), target)
                 log.warning("checkpoint step %d is damaged (%s): moved aside to %s", step, reason, target)
         _sync("damaged checkpoints moved aside")
         self.manager.reload()
@@ -242,7 +244,7 @@ def pick(directory: os.PathLike | str, steps: list[int], step: int | None = None
     """The checkpoint a reader outside a run should restore: ``step`` if given and not damaged,
     else the newest of ``steps`` that verifies (damaged ones are skipped with a warning and
     left in place). Raises :class:`CheckpointError` when there is none."""
-    directory = Path(directory)
+    directory = storage.path(directory)
     if step is not None and step not in steps:
         raise CheckpointError(f"no checkpoint step {step} in {directory}; there are steps {sorted(steps)}")
     candidates = [step] if step is not None else sorted(steps, reverse=True)
@@ -266,7 +268,7 @@ def read_params(directory: os.PathLike | str, *, step: int | None = None, ema_de
     With the run's ``ema_decay`` (> 0), the debiased moving average of the weights, the parameters the run
     evaluated (:func:`train.optim.eval_params`); :class:`CheckpointError` if the checkpoint has none.
     """
-    directory = Path(directory).absolute()
+    directory = storage.path(directory)
     with ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as mngr:
         step = pick(directory, list(mngr.all_steps()), step)
         tree = mngr.item_metadata(step)["state"].tree

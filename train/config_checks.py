@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import jax
 import ml_collections
+from etils import epath
 
 from stn_jax.models import MODEL_NAMES
-from train import datasets, distortions, optim
+from train import datasets, distortions, optim, storage
 from train.errors import ConfigError
 
 NONFINITE = ("stop", "skip")
@@ -29,12 +29,17 @@ def _positive_int(config, name: str) -> None:
         raise ConfigError(f"{name} must be a positive int, got {value!r}")
 
 
-def resolve_data_dir(config: ml_collections.ConfigDict) -> Path:
-    """``config.data_dir``, else ``$TFDS_DATA_DIR``; it must be given and its parent must exist."""
+def resolve_data_dir(config: ml_collections.ConfigDict) -> epath.Path:
+    """``config.data_dir``, else ``$TFDS_DATA_DIR``; it must be given and, when local, it or its parent must exist.
+
+    A URL (``gs://bucket/tfds``) is taken as it is: an object store has no directories to check, and a
+    missing dataset there is reported when it is read."""
     value = config.data_dir or os.environ.get("TFDS_DATA_DIR", "")
     if not value:
         raise ConfigError("no data_dir: pass --data_dir DIR (or set data_dir, or $TFDS_DATA_DIR)")
-    path = Path(value).expanduser().absolute()
+    path = storage.path(value)
+    if storage.is_remote(path):
+        return path
     dataset = datasets.DATASETS.get(config.dataset)
     creatable = dataset is not None and dataset.auto_prepare and config.prepare  # the run prepares it inside
     if not path.is_dir() and not (creatable and path.parent.is_dir()):

@@ -9,8 +9,10 @@ Public API::
         (default ``jax.process_index()`` of ``jax.process_count()``) through
         ``tfds.data_source(..., download=False)`` and decodes it once.
         images: np.uint8 (N, H, W, C) — (28, 28, 1) MNIST, (32, 32, 3) SVHN;
-        labels: np.int32 (N,). ``cache_dir`` keeps the decoded arrays as .npy files keyed
-        by the SHA-256 of the record files, so the next run skips decoding.
+        labels: np.int32 (N,). ``cache_dir`` (a local directory: :func:`cache_dir`) keeps the
+        decoded arrays as .npy files keyed by the record files' paths, sizes and modification
+        times (one ``stat`` each, so a ``gs://`` data_dir is not downloaded to name it), and the
+        rows read, so the next run skips decoding. Only the shard's records are read.
     shard_indices(num_examples, *, shard_index, shard_count, drop_remainder=True) -> np.int64 (n,)
         Contiguous shard of ``range(num_examples)``; with ``drop_remainder`` every shard
         has ``num_examples // shard_count`` examples (equal step counts on all hosts),
@@ -91,16 +93,27 @@ def _data_source(name: str, split: str, data_dir):
     return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
 
 
+def cache_dir(data_dir: os.PathLike | str) -> Path:
+    """Where decoded splits of ``data_dir`` are kept: inside it when local; for a ``gs://`` data_dir on this
+    host's disk (``$STN_JAX_CACHE_DIR``, else ``~/.cache/stn_jax/decoded``), never uploaded."""
+    from train import storage
+
+    if not storage.is_remote(data_dir):
+        return Path(data_dir) / ".stn_jax_decoded"
+    return Path(os.environ.get("STN_JAX_CACHE_DIR") or Path.home() / ".cache" / "stn_jax" / "decoded")
+
+
 def _fingerprint(source) -> str:
-    """SHA-256 over the split's record files, the split string and the file layout."""
+    """Names a split's content cheaply: the split string, and each record file's path, size and modification
+    time with the slice read from it (TFDS writes record files once; preparing again writes new ones)."""
     from etils import epath  # with TFDS; everything else here runs without it
 
     digest = hashlib.sha256(repr(source.split).encode())
     for instruction in source.dataset_info.splits[source.split].file_instructions:
-        digest.update(f"{instruction.skip}:{instruction.take}".encode())
-        with epath.Path(instruction.filename).open("rb") as f:  # local or remote (gs://) data_dir
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
+        stat = epath.Path(instruction.filename).stat()  # local or remote (gs://): one request
+        digest.update(
+            f"{instruction.filename}:{stat.length}:{stat.mtime}:{instruction.skip}:{instruction.take}\n".encode()
+        )
     return digest.hexdigest()[:32]
 
 

@@ -4,12 +4,12 @@ Every process writes into a step directory ``checkpoints/<step>/``: files whose 
 ``process_<i>`` (``state/ocdbt.process_1/…``, ``state/array_metadatas/process_1``,
 ``data/process_1-of-2.json``) are process ``i``'s; everything else (metadata, manifests, the
 merged OCDBT tree, ``meta/``, ``metrics/``) is written by the primary process 0. Once Orbax has
-renamed the directory into place (the checkpoint is complete), each process hashes its own part
-and writes ``digest.process_<i>.json`` into it: a temporary file renamed over, so a digest is
-either complete or absent. Verifying re-hashes the files the digest lists: a damaged checkpoint
-(truncated, overwritten, edited, a file or item directory missing) no longer matches.
+finished the checkpoint, each process hashes its own part and writes ``digest.process_<i>.json``
+into it (:func:`train.storage.write_bytes`: a local temporary renamed over, or one object), so a
+digest is either complete or absent. Verifying re-hashes the files the digest lists: a damaged
+checkpoint (truncated, overwritten, edited, a file or item directory missing) no longer matches.
 
-No JAX here: plain files, readable by any tool.
+No JAX here: plain files (local or ``gs://``, through ``etils.epath``), readable by any tool.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import hashlib
 import json
 import os
 import re
-from pathlib import Path
+
+from etils import epath
+
+from train import storage
 
 PREFIX = "digest.process_"  # digest files (and their temporaries) are not part of what they digest
 VERIFIED, NO_DIGEST, DAMAGED = "verified", "no digest", "damaged"
@@ -33,24 +36,20 @@ def owner(relpath: str) -> int:
     return 0
 
 
-def path(step_dir: os.PathLike | str, process: int) -> Path:
-    return Path(step_dir) / f"{PREFIX}{process}.json"
+def path(step_dir: os.PathLike | str, process: int) -> epath.Path:
+    return storage.path(step_dir) / f"{PREFIX}{process}.json"
 
 
-def _part(step_dir: Path, process: int) -> list[str]:
+def _part(step_dir: epath.Path, process: int) -> list[str]:
     """Sorted relative paths of ``process``'s files in ``step_dir``."""
-    found = []
-    for root, _, files in os.walk(step_dir):
-        for name in files:
-            rel = os.path.relpath(os.path.join(root, name), step_dir).replace(os.sep, "/")
-            if not name.startswith(PREFIX) and owner(rel) == process:
-                found.append(rel)
-    return sorted(found)
+    return [
+        rel for rel in storage.files(step_dir) if not rel.split("/")[-1].startswith(PREFIX) and owner(rel) == process
+    ]
 
 
-def _sha256(file: Path) -> str:
+def _sha256(file: epath.Path) -> str:
     h = hashlib.sha256()
-    with open(file, "rb") as f:
+    with file.open("rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
@@ -58,19 +57,14 @@ def _sha256(file: Path) -> str:
 
 def write(step_dir: os.PathLike | str, process: int, process_count: int) -> None:
     """Writes ``process``'s digest of its part of the finished ``step_dir`` (atomically)."""
-    step_dir = Path(step_dir)
-    files = {rel: {"size": (step_dir / rel).stat().st_size, "sha256": _sha256(step_dir / rel)}
+    step_dir = storage.path(step_dir)
+    files = {rel: {"size": (step_dir / rel).stat().length, "sha256": _sha256(step_dir / rel)}
              for rel in _part(step_dir, process)}  # fmt: skip
-    target = path(step_dir, process)
-    tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"process": process, "process_count": process_count, "files": files}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())  # the digest must not reach the disk later than its name
-    os.replace(tmp, target)
+    text = json.dumps({"process": process, "process_count": process_count, "files": files}, indent=1)
+    storage.write_text(path(step_dir, process), text)
 
 
-def _load(file: Path) -> dict | None:
+def _load(file: epath.Path) -> dict | None:
     """A digest's ``{path: (size, sha256)}`` and process count; None when unreadable."""
     try:
         data = json.loads(file.read_text())
@@ -82,7 +76,7 @@ def _load(file: Path) -> dict | None:
 
 def check(step_dir: os.PathLike | str, process: int) -> tuple[str, str]:
     """``(status, what is wrong)`` of ``process``'s part: VERIFIED, NO_DIGEST or DAMAGED."""
-    step_dir = Path(step_dir)
+    step_dir = storage.path(step_dir)
     digest = path(step_dir, process)
     if not step_dir.is_dir():
         return DAMAGED, "its directory is gone"
@@ -98,7 +92,7 @@ def check(step_dir: os.PathLike | str, process: int) -> tuple[str, str]:
         file = step_dir / rel
         if not file.is_file():
             problems.append(f"{rel} is missing")
-        elif (actual := file.stat().st_size) != size:
+        elif (actual := file.stat().length) != size:
             problems.append(f"{rel} has {actual} bytes, {size} when written")
         elif _sha256(file) != sha:
             problems.append(f"{rel} differs from its digest")
@@ -112,7 +106,7 @@ def check_all(step_dir: os.PathLike | str) -> tuple[str, str]:
     """Status of the whole checkpoint (every process's part), for readers outside a run."""
     status, reason = check(step_dir, 0)
     if status == NO_DIGEST:
-        others = sorted(Path(step_dir).glob(f"{PREFIX}*.json"))
+        others = sorted(storage.path(step_dir).glob(f"{PREFIX}*.json"))
         return (DAMAGED, f"{reason} but {others[0].name}") if others else (status, reason)
     if status == DAMAGED:
         return status, reason

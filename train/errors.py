@@ -10,6 +10,7 @@ EXIT_NONFINITE = 3  # NaN/inf loss with nonfinite="stop"; the message names the 
 EXIT_DATA = 4  # the dataset is missing and could not be prepared
 EXIT_CHECKPOINT = 5  # the workdir has checkpoints but none verifies (all damaged); nothing was moved
 EXIT_BUSY = 6  # another run holds the workdir
+EXIT_PREEMPTED = 7  # SIGTERM / a preemption notice: stopped with a checkpoint; a rerun resumes from it
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); checkpoints already written stay valid
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -19,6 +20,7 @@ EXIT_CODES = {
     EXIT_DATA: "dataset unavailable",
     EXIT_CHECKPOINT: "no checkpoint verifies",
     EXIT_BUSY: "workdir in use by another run",
+    EXIT_PREEMPTED: "preempted, checkpoint saved",
     EXIT_INTERRUPTED: "interrupted",
 }
 
@@ -41,3 +43,7 @@ class CheckpointError(RuntimeError):
 
 class WorkdirBusyError(RuntimeError):
     """Another run holds the workdir (exit code 6)."""
+
+
+class PreemptedError(RuntimeError):
+    """A preemption notice (SIGTERM) stopped the run after a checkpoint of the step it names (exit code 7)."""

@@ -9,7 +9,9 @@ and ``{"step": 500, "split": "val", "error": 0.031, "loss": 0.1}``. A train reco
 ``loss`` is the mean over the finite steps since the previous train record (the
 progress line shows the same value, labelled "mean of last N steps"); ``accuracy``,
 ``learning_rate`` and ``grad_norm`` are the logged step's own. On resume, records
-after the restored step are dropped first, so the file describes one history.
+after the restored step are dropped first, so the file describes one history. On an object
+store (``gs://`` workdir), where an append would silently overwrite, the writer keeps the
+file's lines and writes it whole at every record (one upload per record).
 """
 
 from __future__ import annotations
@@ -19,37 +21,46 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import TextIO
+
+from train import storage
 
 
 class MetricWriter:
-    """Appends records to ``metrics.jsonl`` and TensorBoard (``<workdir>/tensorboard``)."""
+    """Adds records to ``metrics.jsonl`` and TensorBoard (``<workdir>/tensorboard``), local or ``gs://``."""
 
     def __init__(self, workdir: os.PathLike | str, *, active: bool = True, tensorboard: bool = True):
         self.active = active
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = storage.path(workdir) / "metrics.jsonl"
         self._tb = None
+        # On an object store: every line of the file, written whole at each record (no appends there).
+        self._lines: list[str] | None = None
+        if active and storage.is_remote(self.path):
+            self._lines = self.path.read_text().splitlines() if self.path.exists() else []
         if active and tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.fspath(Path(workdir) / "tensorboard"))
+            self._tb = SummaryWriter(os.fspath(storage.path(workdir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """Drops records of steps > ``step`` (written by a run that was later killed)."""
         if not self.active or not self.path.is_file():
             return
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, self.path)
+        storage.write_text(self.path, "".join(f"{line}\n" for line in kept))
+        if self._lines is not None:
+            self._lines = kept
 
     def write(self, step: int, split: str, **values: float) -> None:
         if not self.active:
             return
         record = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self._lines is not None:
+            self._lines.append(json.dumps(record))
+            storage.write_text(self.path, "".join(f"{line}\n" for line in self._lines))
+        else:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for key, value in values.items():
                 self._tb.add_scalar(f"{split}/{key}", float(value), int(step))
@@ -61,7 +72,7 @@ class MetricWriter:
 
 
 def read_metrics(workdir: os.PathLike | str) -> list[dict]:
-    path = Path(workdir) / "metrics.jsonl"
+    path = storage.path(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 
 import numpy as np
+from etils import epath
+
+from train import storage
 
 
 def _figure():
@@ -24,7 +27,9 @@ def _tile_channels(image: np.ndarray) -> np.ndarray:
     return np.concatenate([image[..., c] for c in range(image.shape[-1])], axis=1)
 
 
-def save_transformed(path: os.PathLike | str, inputs: np.ndarray, outputs: np.ndarray, *, title: str = "") -> Path:
+def save_transformed(
+    path: os.PathLike | str, inputs: np.ndarray, outputs: np.ndarray, *, title: str = ""
+) -> epath.Path:
     """A grid of rows ``input | transformer output`` for each example; returns the PNG's path."""
     plt = _figure()
     n = len(inputs)
@@ -44,14 +49,10 @@ def save_transformed(path: os.PathLike | str, inputs: np.ndarray, outputs: np.nd
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=80)
 
 
-def save_curves(path: os.PathLike | str, records: list[dict], *, test_error: float | None = None) -> Path:
+def save_curves(path: os.PathLike | str, records: list[dict], *, test_error: float | None = None) -> epath.Path:
     """Training loss and validation error against the step (from ``metrics.jsonl`` records)."""
     plt = _figure()
     train = [r for r in records if r["split"] == "train" and "loss" in r]
@@ -70,7 +71,15 @@ def save_curves(path: os.PathLike | str, records: list[dict], *, test_error: flo
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return _save(fig, path, dpi=90)
+
+
+def _save(fig, path: os.PathLike | str, *, dpi: int) -> epath.Path:
+    """Writes ``fig`` as a PNG at ``path`` (local or ``gs://``, whole or not at all) and closes it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    _figure().close(fig)
+    path = storage.path(path)
+    storage.mkdir(path.parent)
+    storage.write_bytes(path, buffer.getvalue())
     return path

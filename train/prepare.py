@@ -16,7 +16,10 @@ Local files go through TFDS's own builders (``mnist/3.0.1``, ``svhn_cropped/3.1.
 a subclass only points ``_split_generators`` at local files, so examples are generated,
 encoded and written by the same code as after a download. Every build happens in a
 temporary directory inside ``data_dir`` and is renamed into place when complete, so an
-interrupted or failed run leaves nothing half-written.
+interrupted or failed run leaves nothing half-written. A ``gs://`` data_dir
+(``--data_dir gs://bucket/tfds``) is built in a local temporary directory and then
+uploaded, ``dataset_info.json`` last: a dataset counts as prepared only once that file is
+there, so an interrupted upload is prepared again.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 if TYPE_CHECKING:  # imported lazily at run time: etils comes with TFDS
     from etils import epath
 
-from train import datasets, mnist_files, mnist_offline
+from train import datasets, mnist_files, mnist_offline, storage
 
 log = logging.getLogger("train.prepare")
 
@@ -54,14 +57,17 @@ class DownloadError(RuntimeError):
     """TFDS could not download the dataset (host unreachable or download failed)."""
 
 
-def resolve_data_dir(data_dir: os.PathLike | str | None) -> Path:
-    """``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's own rule)."""
+def resolve_data_dir(data_dir: os.PathLike | str | None) -> Path | epath.Path:
+    """``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's own rule); a URL
+    (``gs://…``) as an ``epath.Path``."""
     if data_dir is None:
         data_dir = os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+    if storage.is_remote(data_dir):
+        return storage.path(data_dir)
     return Path(data_dir).expanduser()
 
 
-def dataset_path(dataset: str, data_dir: os.PathLike | str | None) -> Path:
+def dataset_path(dataset: str, data_dir: os.PathLike | str | None) -> Path | epath.Path:
     """Where TFDS keeps ``dataset`` ("mnist" or "svhn") inside ``data_dir``."""
     name, version = DATASETS[dataset]
     return resolve_data_dir(data_dir) / name / version
@@ -72,23 +78,30 @@ def is_prepared(dataset: str, data_dir: os.PathLike | str | None) -> bool:
 
 
 @contextlib.contextmanager
-def _staging(dataset: str, data_dir: Path) -> Iterator[Path]:
-    """A temporary TFDS data_dir inside ``data_dir``; on success its dataset is renamed into place."""
+def _staging(dataset: str, data_dir: Path | epath.Path) -> Iterator[Path]:
+    """A temporary TFDS data_dir inside ``data_dir`` (for a ``gs://`` one, on local disk); on success its
+    dataset is renamed into place (uploaded, ``dataset_info.json`` last)."""
     name, version = DATASETS[dataset]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".prepare-{name}-", dir=data_dir))
+    remote = storage.is_remote(data_dir)
+    if not remote:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".prepare-{name}-", dir=None if remote else data_dir))
     try:
         yield staging
         built = staging / name / version
         if not (built / "dataset_info.json").is_file():
             raise RuntimeError(f"TFDS finished without writing {built}")
         target = data_dir / name / version
-        target.parent.mkdir(exist_ok=True)
-        os.rename(built, target)  # same file system: atomic, and fails rather than merging
+        if remote:
+            storage.copy_tree(storage.path(built), target, last="dataset_info.json")
+        else:
+            target.parent.mkdir(exist_ok=True)
+            os.rename(built, target)  # same file system: atomic, and fails rather than merging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):  # drop the parent we may have created, if still empty
-            (data_dir / name).rmdir()
+            if not remote:
+                (data_dir / name).rmdir()
 
 
 # ---------------------------------------------------------------- builders on local files

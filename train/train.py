@@ -44,16 +44,28 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 
-from train import checkpoints, compiled, data, datasets, evaluation, loop, metrics, plots, workdir_lock
+from train import (
+    checkpoints,
+    compiled,
+    data,
+    datasets,
+    evaluation,
+    loop,
+    metrics,
+    plots,
+    preemption,
+    storage,
+    workdir_lock,
+)
 from train.compiled import build
 from train.config_checks import resolve_data_dir, validate
 from train.errors import (  # noqa: F401  (re-exported: the exit codes belong to this loop)
@@ -66,10 +78,12 @@ from train.errors import (  # noqa: F401  (re-exported: the exit codes belong to
     EXIT_INTERRUPTED,
     EXIT_NONFINITE,
     EXIT_OK,
+    EXIT_PREEMPTED,
     CheckpointError,
     ConfigError,
     DataError,
     NonFiniteLossError,
+    PreemptedError,
     WorkdirBusyError,
 )  # fmt: skip
 
@@ -98,19 +112,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     t_start = time.perf_counter()
     validate(config)
     data_dir = resolve_data_dir(config)
-    workdir = Path(workdir).absolute()
+    workdir = storage.path(workdir)
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        storage.mkdir(workdir)
+        storage.mkdir(data_dir)
     lock = _hold(workdir)
     try:
-        return _train_and_evaluate(config, workdir, data_dir, t_start, return_params=return_params)
+        with preemption.Preemption() as preempted:
+            return _train_and_evaluate(config, workdir, data_dir, t_start, preempted, return_params=return_params)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_and_evaluate(config, workdir: Path, data_dir: Path, t_start: float, *, return_params: bool):
+def _train_and_evaluate(config, workdir: epath.Path, data_dir: epath.Path, t_start: float,
+                        preempted: preemption.Preemption, *, return_params: bool):  # fmt: skip
     lead = jax.process_index() == 0
     # Shapes only, nothing allocated or compiled: bad model_kwargs fail here, before the data.
     model = nnx.eval_shape(lambda: build(config))
@@ -119,14 +135,15 @@ def _train_and_evaluate(config, workdir: Path, data_dir: Path, t_start: float, *
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
                                    async_save=config.async_checkpoints)  # fmt: skip
     writer = metrics.MetricWriter(workdir, active=lead)
-    start, state, verified = _restore_or_init(ckpt, fns.init, run_data.iterator, writer)
+    start, state, meta, verified = _restore_or_init(ckpt, fns.init, run_data.iterator, writer)
     progress = metrics.Progress(total=config.steps, start=start, batch_size=config.batch_size,
                                 log_every=config.log_every, active=lead)  # fmt: skip
     if start:
         how = "verified" if verified else "unverified: no digest"
         progress.message(f"resumed from the checkpoint of step {start} in {workdir / 'checkpoints'} ({how})")
 
-    steps = _Steps(config, workdir, run_data, fns, ckpt, writer, progress)
+    steps = _Steps(config, workdir, run_data, fns, ckpt, writer, progress, preempted)
+    steps.window = list(meta.get("loss_window", []))  # the log after a resume averages the same steps
     try:
         state = steps.run(start, state)
         rate = progress.rate(config.steps)  # the training steps only: not the last save's wait nor the test set
@@ -156,7 +173,7 @@ def _train_and_evaluate(config, workdir: Path, data_dir: Path, t_start: float, *
     writer.write(config.steps, "test", error=test["error"], loss=test["loss"])
     if lead:
         plots.save_curves(workdir / "curves.png", metrics.read_metrics(workdir), test_error=test["error"])
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        storage.write_text(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
     writer.close()
     ckpt.close()
     progress.message(
@@ -171,10 +188,12 @@ def _train_and_evaluate(config, workdir: Path, data_dir: Path, t_start: float, *
 class _Steps:
     """The steps of one run after its set-up: what happens at every boundary, in :meth:`run`'s order."""
 
-    def __init__(self, config, workdir: Path, run_data: _Data, fns: compiled.Functions, ckpt: checkpoints.Checkpoints,
-                 writer: metrics.MetricWriter, progress: metrics.Progress):  # fmt: skip
+    def __init__(self, config, workdir: epath.Path, run_data: _Data, fns: compiled.Functions,
+                 ckpt: checkpoints.Checkpoints, writer: metrics.MetricWriter, progress: metrics.Progress,
+                 preempted: preemption.Preemption):  # fmt: skip
         self.config, self.workdir, self.data, self.fns = config, workdir, run_data, fns
-        self.ckpt, self.writer, self.progress = ckpt, writer, progress
+        self.ckpt, self.writer, self.progress, self.preempted = ckpt, writer, progress, preempted
+        self.stop_at: int | None = None  # the step every process agreed to stop at for a preemption
         self.lead = jax.process_index() == 0
         self.meta = {"seed": config.seed, "config": json.loads(config.to_json())}
         self.show = data.replicate(run_data.test_images[: config.num_show], fns.replicated)
@@ -193,9 +212,12 @@ class _Steps:
 
         def boundary(step: int) -> bool:
             """Where metrics are fetched: the first step (its end starts the clock), and before every log,
-            evaluation and checkpoint, so that nothing is logged or saved after an unseen non-finite step."""
+            evaluation and checkpoint, so that nothing is logged or saved after an unseen non-finite step.
+            Also the step all processes agree to stop at after a preemption notice, asked at every step."""
+            if self.preempted.reached(step):  # first: every process must ask at every step
+                self.stop_at = step
             every = (config.log_every, config.eval_every, config.checkpoint_every)
-            return step == start + 1 or any(step % n == 0 for n in every)
+            return step == self.stop_at or step == start + 1 or any(step % n == 0 for n in every)
 
         steps = loop.drive(one_step, (params, opt_state), self.data.iterator, sharding=fns.batch, start=start,
                            stop=config.steps, boundary=boundary)  # fmt: skip
@@ -206,13 +228,20 @@ class _Steps:
             val = None
             if _due(step, config.eval_every, config.steps):
                 val = self.evaluate(step, params, opt_state, other)
-            if _due(step, config.checkpoint_every, config.steps) or val is not None:
+            if _due(step, config.checkpoint_every, config.steps) or val is not None or step == self.stop_at:
                 # The iterator has given exactly this step's batches: drive takes the next one after this.
+                meta = {"step": step, **self.meta, "loss_window": self.window}
                 self.ckpt.save(step, state={"params": params, "opt_state": opt_state, "other": other},
-                               iterator=self.data.iterator, meta={"step": step, **self.meta},
+                               iterator=self.data.iterator, meta=meta,
                                val_error=None if val is None else val["error"])  # fmt: skip
             self.ckpt.seal()  # digests an asynchronous save as soon as it is complete
             self.progress.exclude(time.perf_counter() - t_other)
+            if step == self.stop_at and step < config.steps:
+                self.ckpt.wait()  # every process: the checkpoint complete and its digests written
+                raise PreemptedError(
+                    f"preempted: stopped at step {step} of {config.steps} with a checkpoint of it in "
+                    f"{self.ckpt.directory}; rerun the same command to resume from step {step}"
+                )
         return {"params": params, "opt_state": opt_state, "other": other}
 
     def check_finite(self, step: int, fetched: list[dict]) -> None:
@@ -268,7 +297,7 @@ def _due(step: int, every: int, last: int) -> bool:
     return step % every == 0 or step == last
 
 
-def _hold(workdir: Path) -> workdir_lock.WorkdirLock | None:
+def _hold(workdir: epath.Path) -> workdir_lock.WorkdirLock | None:
     """The lead process takes the workdir's lock; every process stops if it cannot (collective)."""
     lock, busy = None, ""
     if jax.process_index() == 0:
@@ -287,16 +316,16 @@ def _hold(workdir: Path) -> workdir_lock.WorkdirLock | None:
 
 
 def _restore_or_init(ckpt: checkpoints.Checkpoints, init: Callable, iterator, writer: metrics.MetricWriter):
-    """``(start step, state, verified)``: the newest checkpoint that verifies (damaged newer ones moved aside,
-    ``iterator`` set to its position, later metrics dropped), else step 0 with a fresh state."""
+    """``(start step, state, meta, verified)``: the newest checkpoint that verifies (damaged newer ones moved
+    aside, ``iterator`` set to its position, later metrics dropped), else step 0 with a fresh state."""
     # Compiles init only without a checkpoint: its shapes come from jax.eval_shape.
     restored = ckpt.restore_newest(abstract_state=jax.eval_shape(init), iterator=iterator)
     if restored is None:
-        return 0, init(), False
+        return 0, init(), {}, False
     _, state, meta, verified = restored
     start = int(meta["step"])
     writer.truncate_after(start)
-    return start, state, verified
+    return start, state, meta, verified
 
 
 # -- the run's data ------------------------------------------------------------------------------------
@@ -309,7 +338,7 @@ class _Data(NamedTuple):
     test_images: np.ndarray  # the test split as model input, all of it: the pictures' first num_show
 
 
-def _read_data(config, data_dir: Path) -> _Data:
+def _read_data(config, data_dir: epath.Path) -> _Data:
     """This process's shard of the training split; validation and test splits distorted once."""
     _ensure_dataset(config, data_dir)
     train_images, train_labels = _train_arrays(config, data_dir)
@@ -326,7 +355,7 @@ def _read_data(config, data_dir: Path) -> _Data:
     return _Data(iterator, val_set, test_set, test_images)
 
 
-def _ensure_dataset(config: ml_collections.ConfigDict, data_dir: Path) -> None:
+def _ensure_dataset(config: ml_collections.ConfigDict, data_dir: epath.Path) -> None:
     """Prepares the dataset (process 0; MNIST: TFDS, else the offline copy) when data_dir lacks it and
     ``config.prepare`` and the dataset allows it (:attr:`train.datasets.Dataset.auto_prepare`)."""
     from train import prepare
@@ -356,18 +385,18 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _eval_arrays(config, data_dir: Path, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _eval_arrays(config, data_dir: epath.Path, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The whole split as model input, distorted once with ``seed`` (identical on every host), float32."""
     images, labels = data.load_split(config.dataset, split, data_dir=data_dir, shard_index=0, shard_count=1,
-                                     drop_remainder=False, cache_dir=data_dir / ".stn_jax_decoded")  # fmt: skip
+                                     drop_remainder=False, cache_dir=data.cache_dir(data_dir))  # fmt: skip
     return datasets.of(config).fixed_input(config.distortion, images, labels, seed=seed)
 
 
-def _train_arrays(config, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _train_arrays(config, data_dir: epath.Path) -> tuple[np.ndarray, np.ndarray]:
     """This process's shard of the training split, uint8: raw digits, distorted afresh every step,
     or with ``train_distortion="fixed"`` the whole split distorted once (seed ``test_seed + 2``,
     identical on every host and for any process count) and then sharded."""
-    cache_dir = data_dir / ".stn_jax_decoded"
+    cache_dir = data.cache_dir(data_dir)
     if config.train_distortion == "fresh":
         return data.load_split(config.dataset, config.train_split, data_dir=data_dir, cache_dir=cache_dir)
     images, labels = _eval_arrays(config, data_dir, config.train_split, config.test_seed + 2)
@@ -389,7 +418,7 @@ def final_params(workdir: os.PathLike | str, *, step: int | None = None, ema_dec
     digests are checked first (:func:`train.checkpoints.pick`): a damaged one raises
     :class:`CheckpointError`, or is skipped when no ``step`` is given.
     """
-    return checkpoints.read_params(Path(workdir) / "checkpoints", step=step, ema_decay=ema_decay)
+    return checkpoints.read_params(storage.path(workdir) / "checkpoints", step=step, ema_decay=ema_decay)
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: os.PathLike | str, *, step: int | None = None):

@@ -125,6 +125,8 @@ class Checkpoints:
         if wait:
             self.manager.wait_until_finished()
             _sync("checkpoints finished")  # the primary process has finalised every step
+        if self._unsealed:
+            storage.forget_listings(self.directory)
         for step in list(self._unsealed):
             step_dir = self.directory / str(step)
             if step not in self.manager.all_steps():

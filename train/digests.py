@@ -77,6 +77,7 @@ def _load(file: epath.Path) -> dict | None:
 def check(step_dir: os.PathLike | str, process: int) -> tuple[str, str]:
     """``(status, what is wrong)`` of ``process``'s part: VERIFIED, NO_DIGEST or DAMAGED."""
     step_dir = storage.path(step_dir)
+    storage.forget_listings(step_dir)
     digest = path(step_dir, process)
     if not step_dir.is_dir():
         return DAMAGED, "its directory is gone"

@@ -57,12 +57,26 @@ def write_text(target: epath.Path, text: str) -> None:
     write_bytes(target, text.encode())
 
 
+def forget_listings(where: os.PathLike | str) -> None:
+    """Drops the directory listings gcsfs keeps (it never expires them), so that what other writers made
+    since (TensorStore for Orbax, other hosts) is seen: call before checking what a directory holds."""
+    if is_remote(where):
+        from etils.epath import backend
+
+        backend.fsspec_backend.fs(os.fspath(where)).invalidate_cache()
+
+
 def files(directory: epath.Path) -> list[str]:
     """Relative ``/``-separated paths of every file under ``directory``, sorted."""
+    forget_listings(directory)
+    return _files(directory)
+
+
+def _files(directory: epath.Path) -> list[str]:
     found = []
     for entry in directory.iterdir():
         if entry.is_dir():
-            found.extend(f"{entry.name}/{rel}" for rel in files(entry))
+            found.extend(f"{entry.name}/{rel}" for rel in _files(entry))
         else:
             found.append(entry.name)
     return sorted(found)

@@ -113,7 +113,7 @@ def data(server, tmp_path_factory):
 def finished(server, data, tmp_path_factory):
     """The tiny run on ``gs://``, started from an empty local directory, then the same command again."""
     workdir, cwd = f"gs://{server.bucket()}/run", tmp_path_factory.mktemp("cwd")
-    argv = ["--config", "tiny", "--workdir", workdir, "--data_dir", data, "--set", *RUN]
+    argv = ["--config", "tiny", "--workdir", workdir, "--data_dir", data, "--set", *RUN, "profile_steps=(2,3)"]
     first = subprocess.run([sys.executable, "-m", "train", *argv], cwd=cwd, env=env(server), capture_output=True,
                            text=True, timeout=600)  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
@@ -138,6 +138,8 @@ def test_a_run_on_gs_writes_everything_there_and_nothing_locally(finished, gs):
         assert objects[name].startswith(b"\x89PNG")
     assert [n for n in objects if n.startswith("tensorboard/events.out.tfevents.")]
     assert "run.lock" not in objects  # released at the end
+    # --set profile_steps=(2,3): a jax.profiler trace, made locally and uploaded.
+    assert [n for n in objects if re.fullmatch(r"profile/plugins/profile/[^/]+/[^/]+\.xplane\.pb", n)]
     # Checkpoints finished by Orbax, then digested; the reader restores them from gs://.
     steps = sorted({int(n.split("/")[1]) for n in objects if n.startswith("checkpoints/")})
     assert steps == [2, 4] or steps == [4]

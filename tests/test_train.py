@@ -712,6 +712,8 @@ def compilations():
         (["--config", "tiny", "--set", "ema_decay=1.0"], "ema_decay must be a number in [0, 1)"),
         (["--config", "tiny", "--set", "label_smoothing=-0.1"], "label_smoothing must be a number in [0, 1)"),
         (["--config", "tiny", "--set", "model_kwargs.depth=3"], "model_kwargs"),
+        (["--config", "tiny", "--set", "profile_steps=(5,2)"], "profile_steps must be () or (first, last)"),
+        (["--config", "tiny", "--set", "steps=10", "profile_steps=(5,20)"], "last <= steps=10"),
         (["--config", "tiny", "--data_dir", "/nonexistent/stn/data"], "data_dir /nonexistent/stn/data does not exist"),
         (["--config", "svhn_cnn", "--data_dir", "{tmp}/absent"], "does not exist"),
         (["--config", "tiny", "--data_dir", ""], "no data_dir"),

@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_third_party()
+    os.environ.setdefault("EPATH_USE_TF", "false")  # gs:// through gcsfs, as tested (train.storage)
     from train import configs
 
     if args.list:

@@ -73,6 +73,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _positive_int(config, name)
     if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
         raise ConfigError(f"learning_rate must be a positive finite number, got {config.learning_rate!r}")
+    steps = tuple(config.profile_steps)
+    if steps and not (len(steps) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+                      and 1 <= steps[0] <= steps[1] <= config.steps):  # fmt: skip
+        raise ConfigError(f"profile_steps must be () or (first, last) with 1 <= first <= last <= steps={config.steps}, "
+                          f"got {config.profile_steps!r}")  # fmt: skip
     for name in ("ema_decay", "label_smoothing"):
         if not (isinstance(config[name], (int, float)) and 0 <= config[name] < 1):
             raise ConfigError(f"{name} must be a number in [0, 1) (0: off), got {config[name]!r}")

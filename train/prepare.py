@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    os.environ.setdefault("EPATH_USE_TF", "false")  # gs:// through gcsfs, as tested (train.storage)
     try:
         if args.dataset == "mnist":
             path = prepare_mnist(args.data_dir, source=args.source, fallback=args.fallback)

@@ -10,11 +10,15 @@ on an object store, and is handled here once:
   leaves the source whole, so nothing is ever lost, at worst copied twice.
 
 Every remote request here is one object operation; a listing is one request per directory level.
+``python -m train`` sets ``EPATH_USE_TF=false`` unless it is set: epath then reaches ``gs://`` through
+gcsfs, the client the tests run against, rather than TensorFlow's (which it picks when TensorFlow is
+installed, as the ``train`` extra has it).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import urllib.parse
 
 from etils import epath
@@ -60,7 +64,7 @@ def write_text(target: epath.Path, text: str) -> None:
 def forget_listings(where: os.PathLike | str) -> None:
     """Drops the directory listings gcsfs keeps (it never expires them), so that what other writers made
     since (TensorStore for Orbax, other hosts) is seen: call before checking what a directory holds."""
-    if is_remote(where):
+    if is_remote(where) and "gcsfs" in sys.modules:  # not imported: nothing listed, nothing to forget
         from etils.epath import backend
 
         backend.fsspec_backend.fs(os.fspath(where)).invalidate_cache()

@@ -63,6 +63,7 @@ from train import (
     metrics,
     plots,
     preemption,
+    profiling,
     storage,
     workdir_lock,
 )
@@ -149,6 +150,8 @@ def _train_and_evaluate(config, workdir: epath.Path, data_dir: epath.Path, t_sta
         rate = progress.rate(config.steps)  # the training steps only: not the last save's wait nor the test set
         ckpt.wait()
     finally:
+        if steps.trace is not None:
+            steps.trace.stop()  # a run stopped inside the traced steps keeps its trace
         ckpt.seal()  # stopped by an error or Ctrl-C: digests of the saves already complete
         progress.close()
 
@@ -194,6 +197,7 @@ class _Steps:
         self.config, self.workdir, self.data, self.fns = config, workdir, run_data, fns
         self.ckpt, self.writer, self.progress, self.preempted = ckpt, writer, progress, preempted
         self.stop_at: int | None = None  # the step every process agreed to stop at for a preemption
+        self.trace: profiling.StepTrace | None = None
         self.lead = jax.process_index() == 0
         self.meta = {"seed": config.seed, "config": json.loads(config.to_json())}
         self.show = data.replicate(run_data.test_images[: config.num_show], fns.replicated)
@@ -204,6 +208,7 @@ class _Steps:
         """Steps ``start + 1 .. config.steps`` from ``state``; returns the final state."""
         config, fns = self.config, self.fns
         params, opt_state, other = state["params"], state["opt_state"], state["other"]
+        self.trace = profiling.StepTrace(config.profile_steps, self.workdir, start=start)
 
         def one_step(carry, batch, step):
             index = jnp.asarray(step - 1, jnp.int32)  # keys and lr of the step being taken
@@ -217,11 +222,13 @@ class _Steps:
             if self.preempted.reached(step):  # first: every process must ask at every step
                 self.stop_at = step
             every = (config.log_every, config.eval_every, config.checkpoint_every)
-            return step == self.stop_at or step == start + 1 or any(step % n == 0 for n in every)
+            return (step == self.stop_at or step == start + 1 or self.trace.boundary(step)
+                    or any(step % n == 0 for n in every))  # fmt: skip
 
         steps = loop.drive(one_step, (params, opt_state), self.data.iterator, sharding=fns.batch, start=start,
                            stop=config.steps, boundary=boundary)  # fmt: skip
         for step, (params, opt_state), fetched in steps:
+            self.trace.reached(step)
             self.check_finite(step, fetched)
             self.log(step, fetched[-1])
             t_other = time.perf_counter()

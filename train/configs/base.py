@@ -26,6 +26,8 @@ Fields (all overridable from the command line with ``--set key=value``):
                              weights with this decay (:func:`train.optim.params_ema`)
 ``label_smoothing``          0: off; else train on labels smoothed by this much
                              (``optax.smooth_labels``; evaluation losses stay unsmoothed)
+``profile_steps``            ``()``: off; ``(first, last)``: a ``jax.profiler`` trace of those
+                             steps in ``<workdir>/profile`` (:mod:`train.profiling`)
 ===========================  ================================================================
 """
 
@@ -74,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpoints = True
     c.num_show = 16  # test images in each inputs-vs-transformer PNG
+    c.profile_steps = ()  # (first, last): trace those steps into <workdir>/profile
     return c
 
 

@@ -32,6 +32,7 @@ else:
 import jax
 from etils import epath
 
+import data_fixtures
 import gcs_server
 import helpers
 import test_checkpoints as local  # the damage kinds and small checkpoints of the local suite
@@ -96,13 +97,13 @@ def train_losses(workdir: str) -> list[tuple[int, float]]:
 
 @pytest.fixture(scope="module")
 def data(server, tmp_path_factory):
-    """A tiny genuine TFDS MNIST prepared by ``python -m train.prepare``'s code straight into ``gs://``."""
+    """A tiny genuine TFDS MNIST prepared by ``python -m train.prepare`` straight into ``gs://`` (the README's
+    command, from local IDX files)."""
     url = f"gs://{server.bucket()}/tfds"
-    code = ("import sys, data_fixtures as fx; from train import prepare; "
-            "print(prepare.prepare_mnist_arrays(fx.mnist_arrays(100, 8), data_dir=sys.argv[1]))")  # fmt: skip
+    idx = data_fixtures.write_idx_dir(tmp_path_factory.mktemp("idx"), data_fixtures.mnist_arrays(100, 8))
     cwd = tmp_path_factory.mktemp("cwd")
-    result = subprocess.run([sys.executable, "-c", code, url], cwd=cwd, env=env(server), capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "train.prepare", "mnist", "--data_dir", url, "--from", str(idx)],
+                            cwd=cwd, env=env(server), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == f"{url}/mnist/3.0.1"
     assert list(cwd.iterdir()) == []  # nothing local but the temporary build, removed

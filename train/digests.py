@@ -40,11 +40,10 @@ def path(step_dir: os.PathLike | str, process: int) -> epath.Path:
     return storage.path(step_dir) / f"{PREFIX}{process}.json"
 
 
-def _part(step_dir: epath.Path, process: int) -> list[str]:
-    """Sorted relative paths of ``process``'s files in ``step_dir``."""
-    return [
-        rel for rel in storage.files(step_dir) if not rel.split("/")[-1].startswith(PREFIX) and owner(rel) == process
-    ]
+def _part(step_dir: epath.Path, process: int) -> dict[str, int]:
+    """``{relative path: size}`` of ``process``'s files in ``step_dir``, sorted."""
+    return {rel: size for rel, size in storage.files(step_dir).items()
+            if not rel.split("/")[-1].startswith(PREFIX) and owner(rel) == process}  # fmt: skip
 
 
 def _sha256(file: epath.Path) -> str:
@@ -58,8 +57,7 @@ def _sha256(file: epath.Path) -> str:
 def write(step_dir: os.PathLike | str, process: int, process_count: int) -> None:
     """Writes ``process``'s digest of its part of the finished ``step_dir`` (atomically)."""
     step_dir = storage.path(step_dir)
-    files = {rel: {"size": (step_dir / rel).stat().length, "sha256": _sha256(step_dir / rel)}
-             for rel in _part(step_dir, process)}  # fmt: skip
+    files = {rel: {"size": size, "sha256": _sha256(step_dir / rel)} for rel, size in _part(step_dir, process).items()}
     text = json.dumps({"process": process, "process_count": process_count, "files": files}, indent=1)
     storage.write_text(path(step_dir, process), text)
 
@@ -81,7 +79,8 @@ def check(step_dir: os.PathLike | str, process: int) -> tuple[str, str]:
     digest = path(step_dir, process)
     if not step_dir.is_dir():
         return DAMAGED, "its directory is gone"
-    if not digest.exists():
+    present = storage.files(step_dir)  # one listing: what is there, and its sizes
+    if digest.name not in present:
         lead = _load(path(step_dir, 0)) if process else None
         if lead is not None and process >= lead["process_count"]:
             return VERIFIED, ""  # written by fewer processes: nothing of this one's in it
@@ -90,12 +89,11 @@ def check(step_dir: os.PathLike | str, process: int) -> tuple[str, str]:
         return DAMAGED, f"{digest.name} is unreadable"
     problems = []
     for rel, (size, sha) in loaded["files"].items():
-        file = step_dir / rel
-        if not file.is_file():
+        if rel not in present:
             problems.append(f"{rel} is missing")
-        elif (actual := file.stat().length) != size:
+        elif (actual := present[rel]) != size:
             problems.append(f"{rel} has {actual} bytes, {size} when written")
-        elif _sha256(file) != sha:
+        elif _sha256(step_dir / rel) != sha:
             problems.append(f"{rel} differs from its digest")
     if not problems:
         return VERIFIED, ""

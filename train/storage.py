@@ -70,20 +70,22 @@ def forget_listings(where: os.PathLike | str) -> None:
         backend.fsspec_backend.fs(os.fspath(where)).invalidate_cache()
 
 
-def files(directory: epath.Path) -> list[str]:
-    """Relative ``/``-separated paths of every file under ``directory``, sorted."""
+def files(directory: epath.Path) -> dict[str, int]:
+    """``{relative /-separated path: size in bytes}`` of every file under ``directory``, sorted by path.
+
+    One listing request per directory on an object store: the sizes come with the listings."""
     forget_listings(directory)
-    return _files(directory)
+    return dict(sorted(_files(directory)))
 
 
-def _files(directory: epath.Path) -> list[str]:
+def _files(directory: epath.Path) -> list[tuple[str, int]]:
     found = []
     for entry in directory.iterdir():
         if entry.is_dir():
-            found.extend(f"{entry.name}/{rel}" for rel in _files(entry))
+            found.extend((f"{entry.name}/{rel}", size) for rel, size in _files(entry))
         else:
-            found.append(entry.name)
-    return sorted(found)
+            found.append((entry.name, entry.stat().length))
+    return found
 
 
 def copy_tree(source: epath.Path, target: epath.Path, *, last: str | None = None) -> None:

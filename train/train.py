@@ -29,11 +29,16 @@ it (naming the step it happened at) after the pending checkpoint is complete; th
 checked before anything is saved, so no checkpoint follows that step, and the message names
 the newest checkpoint that verifies, the one a rerun resumes from. Checkpoints that exist but
 none verifies raise :class:`CheckpointError` (:mod:`train.checkpoints`); a workdir held by
-another run raises :class:`WorkdirBusyError` (:mod:`train.workdir_lock`).
+another run raises :class:`WorkdirBusyError` (:mod:`train.workdir_lock`). A preemption notice
+(SIGTERM; :mod:`train.preemption`) makes the step every process agrees on a boundary: its
+checkpoint is saved and waited for, then :class:`PreemptedError` names the step a rerun resumes
+from (the loss window since the last log is in the checkpoint, so the rerun logs what an
+uninterrupted run logs).
 
-Files in ``workdir``: ``run.lock``, ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
-``samples/step_<s>.png`` (test inputs beside the transformer's outputs, every
-evaluation), ``curves.png`` (loss and error curves) and ``summary.json``.
+Files in ``workdir`` (a local directory or ``gs://…``: :mod:`train.storage`): ``run.lock``,
+``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``, ``samples/step_<s>.png`` (test inputs
+beside the transformer's outputs, every evaluation), ``curves.png`` (loss and error curves),
+``summary.json``, and ``profile/`` with ``profile_steps`` (:mod:`train.profiling`).
 :func:`final_params` and :func:`restore_model` read the run's checkpoints back.
 """
 

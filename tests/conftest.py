@@ -8,6 +8,12 @@ import pytest
 
 import helpers
 
+# etils.epath picks its gs:// client once per process (TensorFlow's when TensorFlow is importable,
+# unless this is "false") and caches the choice at the first path it sees: the GCS tests' clients
+# (tests/test_gcs.py) must be gcsfs, whatever test file ran before them in a worker. Selects a
+# client only; where it points is set per test (tests/gcs_server.py).
+os.environ.setdefault("EPATH_USE_TF", "false")
+
 # `jax.enable_x64` as a context manager is jax >= 0.8; before, `jax.experimental.enable_x64`
 # (removed in 0.9). The oldest supported jax (tests/oldest-versions.txt) is 0.7.
 enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64

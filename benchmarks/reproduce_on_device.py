@@ -120,7 +120,7 @@ def train_cell(config, arrays: dict[str, np.ndarray], *, deadline: float | None 
     test_images, test_labels = datasets.of(config).fixed_input(
         config.distortion, arrays["test_images"], arrays["test_labels"], seed=config.test_seed
     )
-    test_set = evaluation.EvalSet(test_images, test_labels, global_batch=config.eval_batch_size)
+    test_set = evaluation.EvalSet(test_images, test_labels, size=len(test_labels), global_batch=config.eval_batch_size)
     test = evaluation.evaluate(fns.eval_step, evaluated, other, test_set, fns.batch)
     summary = {
         "config": config.name,

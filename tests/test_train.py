@@ -28,7 +28,19 @@ from flax import nnx
 
 import data_fixtures as fx
 from train import __main__ as cli
-from train import checkpoints, compiled, config_checks, configs, data, datasets, distortions, errors, prepare, xla_cpu
+from train import (
+    checkpoints,
+    compiled,
+    config_checks,
+    configs,
+    data,
+    datasets,
+    distortions,
+    errors,
+    evaluation,
+    prepare,
+    xla_cpu,
+)
 from train import train as train_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,6 +222,35 @@ def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir,
 
     summary = train_lib.train_and_evaluate(config, tmp_path)
     assert summary["steps"] == 4 and np.isfinite(summary["test_loss"])
+
+
+def test_each_process_reads_only_the_rows_it_evaluates_distorted_as_in_the_whole_split(data_dir, monkeypatch):
+    config = tiny_config("mnist_rts28_cnn", data_dir)
+    monkeypatch.setattr(distortions, "TEST_CHUNK", 16)  # chunks smaller than the split: reads cross chunk edges
+    raw, raw_labels = data.load_split("mnist", config.train_split, data_dir=data_dir, shard_index=0, shard_count=1)
+    whole, whole_labels = distortions.test_set(config.distortion, raw, raw_labels, seed=5)
+    assert len(whole_labels) == 92
+    reads, load_split = [], data.load_split
+    monkeypatch.setattr(data, "load_split", lambda *a, **k: reads.append(k["rows"]) or load_split(*a, **k))
+    for start, stop in [(0, 3), (13, 37), (40, 92), (90, 92), (50, 50)]:
+        reads.clear()
+        images, labels = train_lib._eval_arrays(config, data_dir, config.train_split, 5, (start, stop))
+        np.testing.assert_array_equal(images, whole[start:stop])
+        np.testing.assert_array_equal(labels, whole_labels[start:stop])
+        # Read: from the first chunk the rows touch to the end of the last, nothing else.
+        assert reads == [(start // 16 * 16, min(92, -(-stop // 16) * 16) if stop > start else start // 16 * 16)]
+    # Two processes: contiguous rows, together the whole split, each evaluating in as many batches.
+    with monkeypatch.context() as m:
+        m.setattr(jax, "process_count", lambda: 2)
+        parts = []
+        for index in range(2):
+            m.setattr(jax, "process_index", lambda index=index: index)
+            parts.append(evaluation.rows(93))
+            size = parts[-1][1] - parts[-1][0]
+            assert evaluation.EvalSet(whole[:size], whole_labels[:size], size=93, global_batch=8).num_batches == 12
+        with pytest.raises(ValueError, match=r"evaluates rows \[47, 93\) of 93, got 47 examples"):
+            evaluation.EvalSet(whole[:47], whole_labels[:47], size=93, global_batch=8)
+    assert parts == [(0, 47), (47, 93)]
 
 
 def test_every_table1_cell_has_a_config_and_modules_take_precedence():

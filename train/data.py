@@ -3,16 +3,19 @@
 Public API::
 
     load_split(name, split, *, data_dir=None, shard_index=None, shard_count=None,
-               drop_remainder=True, cache_dir=None) -> (images, labels)
+               drop_remainder=True, rows=None, cache_dir=None) -> (images, labels)
         name: "mnist" or "svhn" (TFDS "svhn_cropped"); split: any TFDS split string
         ("train", "test", "train[:90%]", "train+extra"). Reads this process's shard
         (default ``jax.process_index()`` of ``jax.process_count()``) through
         ``tfds.data_source(..., download=False)`` and decodes it once.
+        ``rows=(start, stop)`` reads those rows instead of a shard.
         images: np.uint8 (N, H, W, C) — (28, 28, 1) MNIST, (32, 32, 3) SVHN;
         labels: np.int32 (N,). ``cache_dir`` (a local directory: :func:`cache_dir`) keeps the
         decoded arrays as .npy files keyed by the record files' paths, sizes and modification
         times (one ``stat`` each, so a ``gs://`` data_dir is not downloaded to name it), and the
         rows read, so the next run skips decoding. Only the shard's records are read.
+    split_size(name, split, *, data_dir=None) -> int
+        The number of examples of a prepared split (read from its dataset info).
     shard_indices(num_examples, *, shard_index, shard_count, drop_remainder=True) -> np.int64 (n,)
         Contiguous shard of ``range(num_examples)``; with ``drop_remainder`` every shard
         has ``num_examples // shard_count`` examples (equal step counts on all hosts),
@@ -144,15 +147,22 @@ def load_split(
     shard_index: int | None = None,
     shard_count: int | None = None,
     drop_remainder: bool = True,
+    rows: tuple[int, int] | None = None,
     cache_dir: os.PathLike | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """This process's shard of a prepared TFDS split, decoded into memory (see module docstring)."""
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    shard_count = jax.process_count() if shard_count is None else shard_count
+    """This process's shard (or ``rows``) of a prepared TFDS split, decoded into memory (see module docstring)."""
     source = _data_source(name, split, data_dir)
-    indices = shard_indices(
-        len(source), shard_index=shard_index, shard_count=shard_count, drop_remainder=drop_remainder
-    )
+    if rows is not None:
+        if not 0 <= rows[0] <= rows[1] <= len(source):
+            raise ValueError(f"rows must lie within [0, {len(source)}] of {split!r}, got {rows}")
+        indices = np.arange(*rows)
+    else:
+        indices = shard_indices(
+            len(source),
+            shard_index=jax.process_index() if shard_index is None else shard_index,
+            shard_count=jax.process_count() if shard_count is None else shard_count,
+            drop_remainder=drop_remainder,
+        )
     if cache_dir is None:
         log.info("decoding %d examples of %s:%s", len(indices), TFDS_NAMES[name], split)
         return _decode(source, indices)
@@ -167,6 +177,11 @@ def load_split(
     _save_atomic(image_file, images)
     _save_atomic(label_file, labels)
     return images, labels
+
+
+def split_size(name: str, split: str, *, data_dir: os.PathLike | str | None = None) -> int:
+    """The number of examples of a prepared split: its dataset info, no record read."""
+    return len(_data_source(name, split, data_dir))
 
 
 def _check_arrays(images: np.ndarray, labels: np.ndarray, batch_size: int) -> None:

@@ -50,11 +50,23 @@ class Dataset:
             return _distortions().distort(distortion, key, images, labels)
         return scaled(images, labels)
 
-    def fixed_input(self, distortion: str, images: Any, labels: Any, *, seed: int) -> tuple[Any, Any]:
-        """A whole raw split on the host → (model input np.float32, labels), distorted once with ``seed``."""
+    def fixed_input(
+        self, distortion: str, images: Any, labels: Any, *, seed: int, first_row: int = 0
+    ) -> tuple[Any, Any]:
+        """A raw split on the host → (model input np.float32, labels), distorted once with ``seed``.
+
+        ``images`` are the split's rows from ``first_row`` on, a multiple of :attr:`fixed_chunk`, up to a
+        multiple of it or the split's end: they come out as they do when the whole split is distorted."""
         if self.distortable:
-            return _distortions().test_set(distortion, images, labels, seed=seed)
+            return _distortions().test_set(
+                distortion, images, labels, seed=seed, first_chunk=first_row // self.fixed_chunk
+            )
         return images.astype("float32") / 255.0, labels
+
+    @property
+    def fixed_chunk(self) -> int:
+        """Rows distorted together by :meth:`fixed_input` (1: each row on its own)."""
+        return _distortions().TEST_CHUNK if self.distortable else 1
 
 
 def scaled(images: Any, labels: Any) -> tuple[Any, Any]:

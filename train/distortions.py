@@ -267,8 +267,11 @@ def distort(kind: str, key: jax.Array, images, labels) -> tuple[jax.Array, jax.A
     return _distort(kind, key, images, labels)
 
 
-def test_set(kind: str, images, labels, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed distorted test set: chunk ``i`` uses ``fold_in(key(seed), i)``."""
+def test_set(kind: str, images, labels, *, seed: int, first_chunk: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed distorted test set: chunk ``i`` uses ``fold_in(key(seed), i)``.
+
+    ``images`` may also be whole chunks of a larger split, from chunk ``first_chunk`` on (rows
+    ``first_chunk * TEST_CHUNK`` onwards): they come out as they do in the whole split's set."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {seed!r}")
     images, labels = np.asarray(images), np.asarray(labels)
@@ -277,7 +280,7 @@ def test_set(kind: str, images, labels, *, seed: int) -> tuple[np.ndarray, np.nd
     out_images, out_labels = [], []
     for i, start in enumerate(range(0, len(images), TEST_CHUNK)):
         chunk = slice(start, start + TEST_CHUNK)
-        x, y = distort(kind, jax.random.fold_in(root, i), images[chunk], labels[chunk])
+        x, y = distort(kind, jax.random.fold_in(root, first_chunk + i), images[chunk], labels[chunk])
         out_images.append(np.asarray(x))
         out_labels.append(np.asarray(y))
     if not out_images:

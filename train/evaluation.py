@@ -13,17 +13,27 @@ import numpy as np
 from train import data
 
 
-class EvalSet:
-    """This process's part of an evaluation split, in equally many batches on every process."""
+def rows(size: int) -> tuple[int, int]:
+    """``(start, stop)``: the rows of a ``size``-example split that this process evaluates."""
+    own = data.shard_indices(size, shard_index=jax.process_index(), shard_count=jax.process_count(),
+                             drop_remainder=False)  # fmt: skip
+    return (int(own[0]), int(own[-1]) + 1) if len(own) else (0, 0)
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, global_batch: int):
-        count, index = jax.process_count(), jax.process_index()
-        rows = data.shard_indices(len(labels), shard_index=index, shard_count=count, drop_remainder=False)
-        self.images, self.labels = images[rows], labels[rows]
+
+class EvalSet:
+    """This process's part of an evaluation split (its :func:`rows` of ``size``), in equally many batches on
+    every process."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, size: int, global_batch: int):
+        count = jax.process_count()
+        start, stop = rows(size)
+        if len(labels) != stop - start:
+            raise ValueError(f"this process evaluates rows [{start}, {stop}) of {size}, got {len(labels)} examples")
+        self.images, self.labels = images, labels
         self.local_batch = global_batch // count
-        largest = -(-len(labels) // count)
+        largest = -(-size // count)
         self.num_batches = max(1, -(-largest // self.local_batch))
-        self.size = len(labels)
+        self.size = size
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
         return data.eval_batches(self.images, self.labels, batch_size=self.local_batch, num_batches=self.num_batches)

@@ -347,7 +347,7 @@ class _Data(NamedTuple):
     iterator: Any  # this process's training batches (grain, checkpointed)
     val_set: evaluation.EvalSet
     test_set: evaluation.EvalSet
-    test_images: np.ndarray  # the test split as model input, all of it: the pictures' first num_show
+    test_images: np.ndarray  # the test split's first num_show examples as model input: the pictures' inputs
 
 
 def _read_data(config, data_dir: epath.Path) -> _Data:
@@ -360,11 +360,11 @@ def _read_data(config, data_dir: epath.Path) -> _Data:
             f"batch_size={config.batch_size} exceeds the {len(train_labels)} training examples per process"
         )
     iterator = data.train_iterator(train_images, train_labels, batch_size=local_batch, seed=config.seed)
-    val_set = evaluation.EvalSet(*_eval_arrays(config, data_dir, config.val_split, config.test_seed + 1),
-                                 global_batch=config.eval_batch_size)  # fmt: skip
-    test_images, test_labels = _eval_arrays(config, data_dir, config.test_split, config.test_seed)
-    test_set = evaluation.EvalSet(test_images, test_labels, global_batch=config.eval_batch_size)
-    return _Data(iterator, val_set, test_set, test_images)
+    val_set = _eval_set(config, data_dir, config.val_split, config.test_seed + 1)
+    test_set = _eval_set(config, data_dir, config.test_split, config.test_seed)
+    size = data.split_size(config.dataset, config.test_split, data_dir=data_dir)
+    shown, _ = _eval_arrays(config, data_dir, config.test_split, config.test_seed, (0, min(config.num_show, size)))
+    return _Data(iterator, val_set, test_set, shown)
 
 
 def _ensure_dataset(config: ml_collections.ConfigDict, data_dir: epath.Path) -> None:
@@ -397,24 +397,42 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _eval_arrays(config, data_dir: epath.Path, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The whole split as model input, distorted once with ``seed`` (identical on every host), float32."""
-    images, labels = data.load_split(config.dataset, split, data_dir=data_dir, shard_index=0, shard_count=1,
-                                     drop_remainder=False, cache_dir=data.cache_dir(data_dir))  # fmt: skip
-    return datasets.of(config).fixed_input(config.distortion, images, labels, seed=seed)
+def _eval_set(config, data_dir: epath.Path, split: str, seed: int) -> evaluation.EvalSet:
+    """The rows of ``split`` this process evaluates, and only those read (:func:`_eval_arrays`)."""
+    size = data.split_size(config.dataset, split, data_dir=data_dir)
+    images, labels = _eval_arrays(config, data_dir, split, seed, evaluation.rows(size))
+    return evaluation.EvalSet(images, labels, size=size, global_batch=config.eval_batch_size)
+
+
+def _eval_arrays(
+    config, data_dir: epath.Path, split: str, seed: int, rows: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[start, stop)`` of ``split`` as model input, float32, distorted with ``seed`` exactly as when the
+    whole split is distorted once (identical on every host, for any process count): read from the start of
+    the first distortion chunk they touch to the end of the last."""
+    dataset, (start, stop) = datasets.of(config), rows
+    size = data.split_size(config.dataset, split, data_dir=data_dir)
+    first = start // dataset.fixed_chunk * dataset.fixed_chunk
+    last = min(size, -(-stop // dataset.fixed_chunk) * dataset.fixed_chunk) if stop > start else first
+    images, labels = data.load_split(config.dataset, split, data_dir=data_dir, rows=(first, last),
+                                     cache_dir=data.cache_dir(data_dir))  # fmt: skip
+    images, labels = dataset.fixed_input(config.distortion, images, labels, seed=seed, first_row=first)
+    return images[start - first : stop - first], labels[start - first : stop - first]
 
 
 def _train_arrays(config, data_dir: epath.Path) -> tuple[np.ndarray, np.ndarray]:
     """This process's shard of the training split, uint8: raw digits, distorted afresh every step,
-    or with ``train_distortion="fixed"`` the whole split distorted once (seed ``test_seed + 2``,
-    identical on every host and for any process count) and then sharded."""
+    or with ``train_distortion="fixed"`` the split as distorted once (seed ``test_seed + 2``,
+    identical on every host and for any process count), only this shard's rows read."""
     cache_dir = data.cache_dir(data_dir)
     if config.train_distortion == "fresh":
         return data.load_split(config.dataset, config.train_split, data_dir=data_dir, cache_dir=cache_dir)
-    images, labels = _eval_arrays(config, data_dir, config.train_split, config.test_seed + 2)
-    rows = data.shard_indices(len(labels), shard_index=jax.process_index(), shard_count=jax.process_count())
+    size = data.split_size(config.dataset, config.train_split, data_dir=data_dir)
+    rows = data.shard_indices(size, shard_index=jax.process_index(), shard_count=jax.process_count())
+    images, labels = _eval_arrays(config, data_dir, config.train_split, config.test_seed + 2,
+                                  (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0))  # fmt: skip
     # uint8 like the raw digits: a quarter of float32's memory (TC: 0.2 GB instead of 0.8 GB).
-    return np.round(images[rows] * 255.0).astype(np.uint8), labels[rows]
+    return np.round(images * 255.0).astype(np.uint8), labels
 
 
 # -- reading a run back ----------------------------------------------------------------------------------

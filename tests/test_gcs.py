@@ -282,6 +282,31 @@ def test_the_gs_lock_refuses_a_second_run_and_is_taken_over_once_its_lease_ends(
     assert not storage.path(f"{workdir}/run.lock").exists()
 
 
+def test_a_run_whose_lease_another_run_took_over_stops_before_its_next_checkpoint(server, data, gs):
+    workdir = f"{gs}/run"
+    argv = ["--config", "tiny", "--workdir", workdir, "--data_dir", data, "--set", *LONG, "checkpoint_every=20"]
+    proc = subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=REPO,
+                            env={**env(server), "STN_JAX_LOCK_LEASE_S": "0.4"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines = []
+    for line in proc.stderr:  # once step 50 is logged: another run's lock replaces this one's (as a takeover does)
+        lines.append(line)
+        if "step 50/300" in line:
+            storage.path(f"{workdir}/run.lock").write_text(
+                json.dumps({"holder": "pid 1 on elsewhere", "lease_ends": 0})
+            )
+            break
+    err = "".join(lines) + proc.stderr.read()
+    assert proc.wait(timeout=300) == errors.EXIT_BUSY == 6, err[-3000:]
+    [stopped] = re.findall(
+        r"another run took this run's lock on \S+ over .*: stopped at step (\d+) without saving it", err
+    )
+    saved = checkpoints.Checkpoints(f"{workdir}/checkpoints", keep=3).all_steps()
+    assert 50 < int(stopped) < 300 and saved and max(saved) < int(stopped)
+    storage.forget_listings(workdir)
+    assert json.loads(storage.path(f"{workdir}/run.lock").read_text())["holder"] == "pid 1 on elsewhere"  # left as is
+
+
 def signal_when(proc: subprocess.Popen, pattern: str, sig: int, target: subprocess.Popen | None = None) -> str:
     """Reads ``proc``'s stderr until a line matches ``pattern``, then sends ``sig`` to ``target`` (default
     ``proc``); returns all that ``proc`` wrote to stderr."""

@@ -125,14 +125,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     lock = _hold(workdir)
     try:
         with preemption.Preemption() as preempted:
-            return _train_and_evaluate(config, workdir, data_dir, t_start, preempted, return_params=return_params)
+            return _train_and_evaluate(config, workdir, data_dir, t_start, preempted, lock,
+                                       return_params=return_params)  # fmt: skip
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train_and_evaluate(config, workdir: epath.Path, data_dir: epath.Path, t_start: float,
-                        preempted: preemption.Preemption, *, return_params: bool):  # fmt: skip
+                        preempted: preemption.Preemption, lock: workdir_lock.WorkdirLock | None, *,
+                        return_params: bool):  # fmt: skip
     lead = jax.process_index() == 0
     # Shapes only, nothing allocated or compiled: bad model_kwargs fail here, before the data.
     model = nnx.eval_shape(lambda: build(config))
@@ -148,7 +150,7 @@ def _train_and_evaluate(config, workdir: epath.Path, data_dir: epath.Path, t_sta
         how = "verified" if verified else "unverified: no digest"
         progress.message(f"resumed from the checkpoint of step {start} in {workdir / 'checkpoints'} ({how})")
 
-    steps = _Steps(config, workdir, run_data, fns, ckpt, writer, progress, preempted)
+    steps = _Steps(config, workdir, run_data, fns, ckpt, writer, progress, preempted, lock)
     steps.window = list(meta.get("loss_window", []))  # the log after a resume averages the same steps
     try:
         state = steps.run(start, state)
@@ -198,9 +200,10 @@ class _Steps:
 
     def __init__(self, config, workdir: epath.Path, run_data: _Data, fns: compiled.Functions,
                  ckpt: checkpoints.Checkpoints, writer: metrics.MetricWriter, progress: metrics.Progress,
-                 preempted: preemption.Preemption):  # fmt: skip
+                 preempted: preemption.Preemption, lock: workdir_lock.WorkdirLock | None):  # fmt: skip
         self.config, self.workdir, self.data, self.fns = config, workdir, run_data, fns
         self.ckpt, self.writer, self.progress, self.preempted = ckpt, writer, progress, preempted
+        self.lock = lock  # process 0's; None elsewhere
         self.stop_at: int | None = None  # the step every process agreed to stop at for a preemption
         self.trace: profiling.StepTrace | None = None
         self.lead = jax.process_index() == 0
@@ -241,6 +244,7 @@ class _Steps:
             if _due(step, config.eval_every, config.steps):
                 val = self.evaluate(step, params, opt_state, other)
             if _due(step, config.checkpoint_every, config.steps) or val is not None or step == self.stop_at:
+                self.check_lock(step)
                 # The iterator has given exactly this step's batches: drive takes the next one after this.
                 meta = {"step": step, **self.meta, "loss_window": self.window}
                 self.ckpt.save(step, state={"params": params, "opt_state": opt_state, "other": other},
@@ -255,6 +259,20 @@ class _Steps:
                     f"{self.ckpt.directory}; rerun the same command to resume from step {step}"
                 )
         return {"params": params, "opt_state": opt_state, "other": other}
+
+    def check_lock(self, step: int) -> None:
+        """Before a save (collective): stop if another run has taken this run's lease on a ``gs://`` workdir over
+        (it could not be renewed in time), rather than write into a workdir another run now writes."""
+        lost = self.lock is not None and self.lock.lost
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            lost = bool(multihost_utils.broadcast_one_to_all(np.int32(lost)))
+        if lost:
+            raise WorkdirBusyError(
+                f"another run took this run's lock on {self.workdir} over (its lease could not be renewed in time): "
+                f"stopped at step {step} without saving it. {self.ckpt.resume_note()}"
+            )
 
     def check_finite(self, step: int, fetched: list[dict]) -> None:
         """The fetched steps in order: non-finite ones stop the run or are skipped, before any save."""

@@ -15,7 +15,8 @@ on the generation it wrote last, so it never overwrites a successor; :meth:`Work
 deletes it. A second run that finds a lease still running exits 6 naming the holder; one that
 finds it ended (its holder was killed, or could not reach GCS for ``LEASE_S``) takes it over with
 a one-line warning, by a write conditional on the generation it read, so of two runs taking over
-at once exactly one wins. Lease ends are compared with this host's clock: hosts must keep time
+at once exactly one wins. The run that lost its lease sees :attr:`WorkdirLock.lost` and stops before
+its next checkpoint (:mod:`train.train`). Lease ends are compared with this host's clock: hosts must keep time
 (NTP, as cloud VMs do) to well within ``LEASE_S``. ``$STN_JAX_LOCK_LEASE_S`` sets ``LEASE_S``
 (default 120 s: after a ``kill -9`` a rerun waits at most that long).
 

@@ -61,7 +61,7 @@ def gs(server, monkeypatch):
     """A fresh bucket's URL, with this process's clients pointed at the server for this test only."""
     for name, value in server.env.items():
         monkeypatch.setenv(name, value)
-    storage.forget_listings("gs://any")  # listings cached by an earlier test, of its own bucket
+    storage.forget_listings("gs://goog-any")  # listings cached by an earlier test, of its own bucket
     return f"gs://{server.bucket()}"
 
 

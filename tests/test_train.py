@@ -234,7 +234,7 @@ def test_each_process_reads_only_the_rows_it_evaluates_distorted_as_in_the_whole
     monkeypatch.setattr(data, "load_split", lambda *a, **k: reads.append(k["rows"]) or load_split(*a, **k))
     for start, stop in [(0, 3), (13, 37), (40, 92), (90, 92), (50, 50)]:
         reads.clear()
-        images, labels = train_lib._eval_arrays(config, data_dir, config.train_split, 5, (start, stop))
+        images, labels = train_lib._eval_arrays(config, data_dir, config.train_split, 5, (start, stop), 92)
         np.testing.assert_array_equal(images, whole[start:stop])
         np.testing.assert_array_equal(labels, whole_labels[start:stop])
         # Read: from the first chunk the rows touch to the end of the last, nothing else.

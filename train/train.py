@@ -380,8 +380,8 @@ def _read_data(config, data_dir: epath.Path) -> _Data:
     iterator = data.train_iterator(train_images, train_labels, batch_size=local_batch, seed=config.seed)
     val_set = _eval_set(config, data_dir, config.val_split, config.test_seed + 1)
     test_set = _eval_set(config, data_dir, config.test_split, config.test_seed)
-    size = data.split_size(config.dataset, config.test_split, data_dir=data_dir)
-    shown, _ = _eval_arrays(config, data_dir, config.test_split, config.test_seed, (0, min(config.num_show, size)))
+    shown_rows = (0, min(config.num_show, test_set.size))
+    shown, _ = _eval_arrays(config, data_dir, config.test_split, config.test_seed, shown_rows, test_set.size)
     return _Data(iterator, val_set, test_set, shown)
 
 
@@ -418,18 +418,17 @@ def _sync(name: str) -> None:
 def _eval_set(config, data_dir: epath.Path, split: str, seed: int) -> evaluation.EvalSet:
     """The rows of ``split`` this process evaluates, and only those read (:func:`_eval_arrays`)."""
     size = data.split_size(config.dataset, split, data_dir=data_dir)
-    images, labels = _eval_arrays(config, data_dir, split, seed, evaluation.rows(size))
+    images, labels = _eval_arrays(config, data_dir, split, seed, evaluation.rows(size), size)
     return evaluation.EvalSet(images, labels, size=size, global_batch=config.eval_batch_size)
 
 
 def _eval_arrays(
-    config, data_dir: epath.Path, split: str, seed: int, rows: tuple[int, int]
+    config, data_dir: epath.Path, split: str, seed: int, rows: tuple[int, int], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``[start, stop)`` of ``split`` as model input, float32, distorted with ``seed`` exactly as when the
+    """Rows ``[start, stop)`` of ``split`` (``size`` examples) as model input, float32, distorted with ``seed`` exactly as when the
     whole split is distorted once (identical on every host, for any process count): read from the start of
     the first distortion chunk they touch to the end of the last."""
     dataset, (start, stop) = datasets.of(config), rows
-    size = data.split_size(config.dataset, split, data_dir=data_dir)
     first = start // dataset.fixed_chunk * dataset.fixed_chunk
     last = min(size, -(-stop // dataset.fixed_chunk) * dataset.fixed_chunk) if stop > start else first
     images, labels = data.load_split(config.dataset, split, data_dir=data_dir, rows=(first, last),
@@ -448,7 +447,7 @@ def _train_arrays(config, data_dir: epath.Path) -> tuple[np.ndarray, np.ndarray]
     size = data.split_size(config.dataset, config.train_split, data_dir=data_dir)
     rows = data.shard_indices(size, shard_index=jax.process_index(), shard_count=jax.process_count())
     images, labels = _eval_arrays(config, data_dir, config.train_split, config.test_seed + 2,
-                                  (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0))  # fmt: skip
+                                  (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0), size)  # fmt: skip
     # uint8 like the raw digits: a quarter of float32's memory (TC: 0.2 GB instead of 0.8 GB).
     return np.round(images * 255.0).astype(np.uint8), labels
 

@@ -317,7 +317,13 @@ def _two_processes(data_dir: Path, workdir: Path, out: Path, steps: int) -> list
                 "--set", f"steps={steps}", "eval_every=3", "checkpoint_every=3"]  # fmt: skip
         procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out / f"p{i}.npz"), *argv], cwd=REPO,
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
-    outputs = [p.communicate(timeout=300) for p in procs]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    except subprocess.TimeoutExpired:  # one process failed and the other waits for it: show both
+        for p in procs:
+            p.kill()
+        stderrs = [p.communicate()[1] for p in procs]
+        raise AssertionError("".join(f"process {i}:\n{e[-3000:]}\n" for i, e in enumerate(stderrs))) from None
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     return [dict(np.load(out / f"p{i}.npz")) for i in range(2)]

@@ -2,7 +2,7 @@
 against the same on local disk.
 
 The state saved is the README model's (``mnist_rts_st_cnn_affine``: parameters, AdamW state, the
-data iterator, the meta), through the run's own :class:`train.checkpoints.Checkpoints`:
+meta), through the run's own :class:`train.checkpoints.Checkpoints`:
 
 * **save** — ``save`` and ``wait`` (Orbax writes and finalises the step; the process's digest
   is written after): what a checkpoint boundary costs the loop at most;
@@ -77,14 +77,6 @@ def model_state():
     return state, jax.eval_shape(fns.init)
 
 
-def iterator():
-    import numpy as np
-
-    from train import data
-
-    return data.train_iterator(np.zeros((256, 28, 28, 1), np.uint8), np.zeros(256, np.int32), batch_size=128, seed=0)
-
-
 def time_checkpoints(directory: str, state, abstract, repeats: int) -> dict:
     from train import checkpoints, storage
 
@@ -92,13 +84,13 @@ def time_checkpoints(directory: str, state, abstract, repeats: int) -> dict:
     for step in range(1, repeats + 2):  # the first round warms up
         ckpt = checkpoints.Checkpoints(directory, keep=2)
         t = time.perf_counter()
-        ckpt.save(step, state=state, iterator=iterator(), meta={"step": step})
+        ckpt.save(step, state=state, meta={"step": step})
         ckpt.wait()
         saved = time.perf_counter() - t
         ckpt.close()
         t = time.perf_counter()
         reader = checkpoints.Checkpoints(directory, keep=2)
-        restored = reader.restore_newest(abstract_state=abstract, iterator=iterator())
+        restored = reader.restore_newest(abstract_state=abstract)
         loaded = time.perf_counter() - t
         reader.close()
         assert restored is not None and restored[0] == step and restored[3]
@@ -116,7 +108,7 @@ def count_boundary(workdir: str, requests: Requests) -> dict:
 
     state, _ = model_state()
     ckpt = checkpoints.Checkpoints(f"{workdir}/checkpoints", keep=2, async_save=False)
-    ckpt.save(1, state=state, iterator=iterator(), meta={"step": 1})
+    ckpt.save(1, state=state, meta={"step": 1})
     ckpt.manager.wait_until_finished()
     ckpt._unsealed.append(1)
     step_dir = f"{workdir}/checkpoints/1"
@@ -140,7 +132,7 @@ def render(rows: dict, counts: dict, args, load_before: float, load_after: float
     lines = [
         f"Command: `PYTHONPATH=.:tests python benchmarks/checkpoint_storage.py --repeats {args.repeats}`  ",
         f"Machine: {report.cpu_name()}; load average (1 min) before/after: {load_before:.2f} / {load_after:.2f}  ",
-        f"State: `{CONFIG}`'s parameters, AdamW state, iterator and meta, {local['bytes'] / 1e6:.2f} MB on disk; "
+        f"State: `{CONFIG}`'s parameters, AdamW state and meta, {local['bytes'] / 1e6:.2f} MB on disk; "
         f"medians of {args.repeats} rounds after one warm-up.",
         "",
         "| where | save + finalise + digest (s) | restore + verify (s) |",

@@ -39,7 +39,7 @@ def main() -> int:
         return data.train_iterator(np.zeros((8, 28, 28, 1), np.uint8), labels, batch_size=2, seed=0)
 
     it = iterator()
-    ckpt = checkpoints.Checkpoints(directory, keep=5)
+    ckpt = checkpoints.Checkpoints(directory, keep=5, iterators=True)
     for step in (1, 2):
         next(it)
         ckpt.save(step, state=state(step), iterator=it, meta={"step": step})
@@ -52,7 +52,7 @@ def main() -> int:
     multihost_utils.sync_global_devices("damaged")
 
     it = iterator()
-    ckpt = checkpoints.Checkpoints(directory, keep=5)
+    ckpt = checkpoints.Checkpoints(directory, keep=5, iterators=True)
     abstract = {"params": {"w": jax.ShapeDtypeStruct((64,), np.float32, sharding=replicated)}}
     step, restored, _, verified = ckpt.restore_newest(abstract_state=abstract, iterator=it)
     ckpt.close()

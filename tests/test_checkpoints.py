@@ -68,7 +68,7 @@ def batch_after(step: int) -> np.ndarray:
 def save(directory: Path, steps, *, keep: int = 10, val_errors=None) -> None:
     """Checkpoints of ``steps`` (asynchronous saves, as a run makes them), each after as many batches."""
     it, taken = iterator(), 0
-    ckpt = checkpoints.Checkpoints(directory, keep=keep)
+    ckpt = checkpoints.Checkpoints(directory, keep=keep, iterators=True)
     for i, step in enumerate(steps):
         for _ in range(step - taken):
             next(it)
@@ -81,7 +81,7 @@ def save(directory: Path, steps, *, keep: int = 10, val_errors=None) -> None:
 def restore(directory: Path):
     """``restore_newest``'s result and the labels of the next batch of the restored iterator."""
     it = iterator()
-    ckpt = checkpoints.Checkpoints(directory, keep=10)
+    ckpt = checkpoints.Checkpoints(directory, keep=10, iterators=True)
     try:
         result = ckpt.restore_newest(abstract_state=ABSTRACT, iterator=it)
     finally:
@@ -91,7 +91,7 @@ def restore(directory: Path):
 
 def kept(directory: Path, keep: int = 10) -> tuple[list[int], int | None]:
     """The steps in ``directory`` and the best one."""
-    ckpt = checkpoints.Checkpoints(directory, keep=keep)
+    ckpt = checkpoints.Checkpoints(directory, keep=keep, iterators=True)
     try:
         return ckpt.all_steps(), ckpt.best_step()
     finally:
@@ -261,7 +261,7 @@ def test_nan_stop_message_names_only_a_verified_checkpoint(tmp_path):
     directory = tmp_path / "checkpoints"
     save(directory, [1, 2])
     DAMAGE["bytes changed in an optimiser state"](directory / "2")
-    ckpt = checkpoints.Checkpoints(directory, keep=10)
+    ckpt = checkpoints.Checkpoints(directory, keep=10, iterators=True)
     assert ckpt.resume_note().startswith(f"The last good checkpoint is step 1 in {directory} (verified)")
     DAMAGE["truncated array file"](directory / "1")
     assert ckpt.resume_note() == f"No checkpoint in {directory} verifies: a rerun has none to resume from."
@@ -271,7 +271,7 @@ def test_nan_stop_message_names_only_a_verified_checkpoint(tmp_path):
 def test_best_checkpoint_is_the_lowest_val_error_and_survives_a_reopen(tmp_path, caplog):
     directory = tmp_path / "checkpoints"
     save(directory, [1, 2, 3], keep=1, val_errors=[0.1, 0.5, 0.9])
-    ckpt = checkpoints.Checkpoints(directory, keep=1)
+    ckpt = checkpoints.Checkpoints(directory, keep=1, iterators=True)
     assert ckpt.best_step() == 1 and ckpt.all_steps() == [1, 3]
     ckpt.save(4, state=state(4), iterator=iterator(), meta={"step": 4})  # a resumed run's next save, not evaluated
     ckpt.close()

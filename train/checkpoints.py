@@ -1,12 +1,14 @@
-"""Orbax checkpoints of a training run: model/optimiser state, data iterator, step; verified on restore.
+"""Orbax checkpoints of a training run: model/optimiser state, step; verified on restore.
 
-A checkpoint ``<workdir>/checkpoints/<step>/`` holds three items:
+A checkpoint ``<workdir>/checkpoints/<step>/`` holds two items:
 
 * ``state`` — ``{"params", "opt_state", "other"}`` (the model's non-parameter, non-RNG
   variables), replicated ``jax.Array`` leaves, saved asynchronously where Orbax can;
-* ``data`` — the grain iterator's state, one JSON file per process
-  (``grain.checkpoint``), so every host resumes its own shard exactly;
-* ``meta`` — ``{"step", "seed", "config"}`` as JSON;
+* ``meta`` — ``{"step", "seed", "config", "loss_window"}`` as JSON;
+
+and with ``Checkpoints(..., iterators=True)`` a third, ``data``: a grain iterator's state, one JSON file
+per process (``grain.checkpoint``), so that every host resumes its own shard of a stream exactly. The
+training loop saves none: its batches are a function of the step (:mod:`train.sources`).
 
 plus Orbax's ``metrics`` (the validation error, where the step was evaluated) and one
 ``digest.process_<i>.json`` per process (:mod:`train.digests`), written once Orbax has
@@ -41,7 +43,6 @@ import os
 import sys
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -64,7 +65,7 @@ def _val_error(metrics: dict) -> float:
 class Checkpoints:
     """A run's ``CheckpointManager``: every process calls every method (saves are collective)."""
 
-    def __init__(self, directory: os.PathLike | str, *, keep: int, async_save: bool = True):
+    def __init__(self, directory: os.PathLike | str, *, keep: int, async_save: bool = True, iterators: bool = False):
         self.directory = storage.path(directory)
         best = pp.BestN(get_metric_fn=_val_error, reverse=True, n=1, keep_checkpoints_without_metrics=False)
         policy = pp.AnyPreservationPolicy([pp.LatestN(n=keep), best])
@@ -76,15 +77,12 @@ class Checkpoints:
             cleanup_tmp_directories=True,
             create=True,
         )
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=options,
-            item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
-                "data": grain.checkpoint.CheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler(),
-            },
-        )
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        if iterators:  # grain only where a data iterator is saved with the state
+            import grain
+
+            handlers["data"] = grain.checkpoint.CheckpointHandler()
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._unsealed: list[int] = []  # saved by this process, digest not yet written
 
     def latest_step(self) -> int | None:
@@ -98,20 +96,17 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, *, state: Any, iterator: Any, meta: dict, val_error: float | None = None) -> None:
+    def save(self, step: int, *, state: Any, meta: dict, iterator: Any = None, val_error: float | None = None) -> None:
+        """Saves ``state`` and ``meta`` (and a grain ``iterator``'s position, with ``iterators=True``) as ``step``."""
         self.seal()
         # Metrics on every checkpoint ({} without an evaluation): Orbax warns on each save without.
         metrics = {} if val_error is None else {VAL_METRIC: float(val_error)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(iterator),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if iterator is not None:
+            import grain
+
+            items["data"] = grain.checkpoint.CheckpointSave(iterator)
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
         self._unsealed.append(step)
         self.seal()  # a synchronous save is already complete
 
@@ -142,9 +137,9 @@ class Checkpoints:
         self.seal(wait=True)
         self.manager.close()
 
-    def restore_newest(self, *, abstract_state: Any, iterator: Any) -> tuple[int, Any, dict, bool] | None:
+    def restore_newest(self, *, abstract_state: Any, iterator: Any = None) -> tuple[int, Any, dict, bool] | None:
         """Restores the newest checkpoint that verifies into ``abstract_state``'s shapes and
-        shardings and sets ``iterator``'s state; returns ``(step, state, meta, verified)``, or
+        shardings (and ``iterator``'s state, if given); returns ``(step, state, meta, verified)``, or
         None when there is no checkpoint (``verified`` is False for one without digests).
 
         Newer checkpoints that fail verification or cannot be read are moved aside.
@@ -201,11 +196,12 @@ class Checkpoints:
     def _try_restore(self, step: int, abstract_state: Any, iterator: Any) -> tuple[dict | None, str]:
         """``(restored items, "")``, or ``(None, what went wrong)`` in one line."""
         _drop_closed_loop_noise()
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(iterator),
-            meta=ocp.args.JsonRestore(),
-        )
+        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        if iterator is not None:
+            import grain
+
+            items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+        args = ocp.args.Composite(**items)
         try:
             return self.manager.restore(step, args=args), ""
         except Exception as err:

@@ -55,18 +55,19 @@ def make_init(config: ml_collections.ConfigDict, tx: optax.GradientTransformatio
     return jax.jit(init, out_shardings=replicated)
 
 
-def make_train_step(config: ml_collections.ConfigDict, graphdef, rng_state, tx: optax.GradientTransformation, *,
-                    replicated, batch) -> Callable:  # fmt: skip
-    """``step(params, opt_state, other, images, labels, step) -> (params, opt_state, metrics)``
-    (:func:`train.step.make_train_step` with the config's seed, preprocessing, schedule and label smoothing).
+def make_train_chunk(config: ml_collections.ConfigDict, graphdef, rng_state, tx: optax.GradientTransformation, *,
+                     replicated, batch) -> Callable:  # fmt: skip
+    """``chunk(params, opt_state, other, dataset, xs, first) -> (params, opt_state, metrics)``: steps of
+    :func:`train.step.make_train_step` with the config's seed, preprocessing, schedule and label smoothing, as
+    many per dispatch as ``xs`` holds (:func:`train.step.make_train_chunk`).
 
     A non-finite loss or gradient leaves params and optimiser state unchanged (the host
     then stops or skips, per ``config.nonfinite``).
     """
-    return step_lib.make_train_step(graphdef, rng_state, tx, seed=config.seed,
-                                    preprocess=functools.partial(preprocess, config),
-                                    schedule=optim.schedule(config), replicated=replicated, batch=batch,
+    step = step_lib.make_train_step(graphdef, rng_state, tx, seed=config.seed,
+                                    preprocess=functools.partial(preprocess, config), schedule=optim.schedule(config),
                                     label_smoothing=config.label_smoothing)  # fmt: skip
+    return step_lib.make_train_chunk(step, replicated=replicated, batch=batch)
 
 
 class Functions(NamedTuple):
@@ -75,7 +76,7 @@ class Functions(NamedTuple):
     replicated: jax.sharding.NamedSharding  # parameters, optimiser state, metrics
     batch: jax.sharding.NamedSharding  # the leading axis split over "data"
     init: Callable
-    train_step: Callable
+    train_chunk: Callable  # K steps per dispatch (train.step.make_train_chunk)
     eval_step: Callable
     transform: Callable | None  # None: the model has no transformer
     eval_params: Callable  # (params, opt_state) -> what evaluation, pictures and the returned params use
@@ -95,7 +96,7 @@ def functions(config: ml_collections.ConfigDict, model: nnx.Module) -> Functions
         replicated=replicated,
         batch=batch,
         init=make_init(config, tx, replicated),
-        train_step=make_train_step(config, graphdef, rng_state, tx, replicated=replicated, batch=batch),
+        train_chunk=make_train_chunk(config, graphdef, rng_state, tx, replicated=replicated, batch=batch),
         eval_step=step_lib.make_eval_step(graphdef, rng_state, replicated=replicated, batch=batch),
         transform=transform,
         # The weights' average with ema_decay, else the weights.

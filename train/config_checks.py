@@ -16,7 +16,7 @@ import ml_collections
 from etils import epath
 
 from stn_jax.models import MODEL_NAMES
-from train import datasets, distortions, optim, storage
+from train import datasets, distortions, optim, sources, storage
 from train.errors import ConfigError
 
 NONFINITE = ("stop", "skip")
@@ -68,8 +68,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"schedule must be one of {optim.SCHEDULES}, got {config.schedule!r}")
     if config.nonfinite not in NONFINITE:
         raise ConfigError(f"nonfinite must be one of {NONFINITE}, got {config.nonfinite!r}")
+    if config.data_source not in sources.CHOICES:
+        raise ConfigError(f"data_source must be one of {sources.CHOICES}, got {config.data_source!r}")
     for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "log_every", "checkpoint_every",
-                 "keep_checkpoints", "num_show"):  # fmt: skip
+                 "keep_checkpoints", "num_show", "steps_per_dispatch"):  # fmt: skip
         _positive_int(config, name)
     if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
         raise ConfigError(f"learning_rate must be a positive finite number, got {config.learning_rate!r}")

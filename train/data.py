@@ -22,11 +22,12 @@ Public API::
         without it the first ``num_examples % shard_count`` shards get one more.
     EpochBatches(images, labels, batch_size, seed) -> callable: batch number -> that batch
         The batches ``train_iterator`` yields, as a pure function of the batch number (no grain).
-    train_iterator(images, labels, *, batch_size, seed, num_epochs=None) -> grain.DatasetIterator
+    train_iterator(images, labels, *, batch_size, seed, num_epochs=None, start=0) -> grain.DatasetIterator
         Yields {"image": images.dtype (B, H, W, C), "label": np.int32 (B,)} with B =
         ``batch_size`` (per process): ``N // B`` batches per epoch, each epoch a fresh
         permutation drawn from (seed, epoch), so deterministic in ``seed``; ``num_epochs=None``
-        repeats forever. ``it.get_state()`` is a small JSON-able dict, ``it.set_state(state)``
+        repeats forever; ``start`` skips that many batches (a run resumed at step ``start``).
+        ``it.get_state()`` is a small JSON-able dict, ``it.set_state(state)``
         resumes exactly (also mid-epoch) on an iterator rebuilt from the same arrays, batch
         size and seed. With orbax: ``ocp.args.Composite(..., ds=grain.checkpoint.CheckpointSave(it))``
         to save, ``grain.checkpoint.CheckpointRestore(it)`` to restore (tested).
@@ -195,7 +196,8 @@ class EpochBatches:
     """Batch ``b`` → the examples of its epoch's permutation; a pure function of (seed, b).
 
     What :func:`train_iterator` yields, without grain: ``map(EpochBatches(...), range(steps))``
-    gives the same batches in the same order (``benchmarks/reproduce_on_device.py``)."""
+    gives the same batches in the same order; :meth:`rows` gives their row numbers (what
+    :class:`train.sources.DeviceSource` sends to the devices instead of the batches)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
         self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
@@ -208,14 +210,18 @@ class EpochBatches:
             self._cached_epoch = epoch
         return self._permutation
 
-    def __call__(self, batch: int) -> dict[str, np.ndarray]:
+    def rows(self, batch: int) -> np.ndarray:
+        """The rows of batch ``batch`` (0-based, counted over epochs)."""
         epoch, step = divmod(int(batch), self.steps_per_epoch)
-        rows = self.permutation(epoch)[step * self.batch_size : (step + 1) * self.batch_size]
+        return self.permutation(epoch)[step * self.batch_size : (step + 1) * self.batch_size]
+
+    def __call__(self, batch: int) -> dict[str, np.ndarray]:
+        rows = self.rows(batch)
         return {"image": self.images[rows], "label": self.labels[rows]}
 
 
 def train_iterator(
-    images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int, num_epochs: int | None = None
+    images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int, num_epochs: int | None = None, start: int = 0
 ) -> grain.DatasetIterator:
     """Shuffled batches of in-memory arrays with an exactly restorable state (see module docstring)."""
     images, labels = np.asarray(images), np.asarray(labels, np.int32)
@@ -232,7 +238,9 @@ def train_iterator(
     # and a batch is gathered with one fancy index, far cheaper than grain's per-element
     # shuffle and stacking (measured: ~5 ms vs ~0.1 ms per MNIST batch of 128).
     steps = make_batch.steps_per_epoch * (num_epochs if num_epochs is not None else 2**62 // make_batch.steps_per_epoch)
-    batches = grain.MapDataset.range(steps).map(make_batch)
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start <= steps:
+        raise ValueError(f"start must be an int in [0, {steps}], got {start!r}")
+    batches = grain.MapDataset.range(int(start), steps).map(make_batch)
     # Data already in memory: no reader threads (the grain docs advise 0 to avoid GIL contention).
     options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     return iter(batches.to_iter_dataset(options))

@@ -1,5 +1,6 @@
-"""The jitted functions of a model, without a config: the train step that ``train.train`` compiles (through
-:mod:`train.compiled`) and ``benchmarks/loop_speed.py`` times, the evaluation step and the transformer's output.
+"""The jitted functions of a model, without a config: the train step and the chunk of steps that ``train.train``
+compiles (through :mod:`train.compiled`) and ``benchmarks/loop_speed.py`` times, the evaluation step and the
+transformer's output.
 
 Imports JAX, Flax and Optax only (no TFDS, grain, orbax or ml_collections), so a
 benchmark can build the real step on a machine that has nothing else.
@@ -37,9 +38,9 @@ def finite(tree: Any) -> jax.Array:
 
 
 def make_train_step(graphdef, rng_state, tx: optax.GradientTransformation, *, seed: int,
-                    preprocess: Callable, schedule: optax.Schedule, replicated, batch,
-                    label_smoothing: float = 0.0) -> Callable:  # fmt: skip
-    """``step(params, opt_state, other, images, labels, step) -> (params, opt_state, metrics)``, jitted.
+                    preprocess: Callable, schedule: optax.Schedule, label_smoothing: float = 0.0) -> Callable:  # fmt: skip
+    """``step(params, opt_state, other, images, labels, step) -> (params, opt_state, metrics)``, not jitted:
+    the body that :func:`make_train_chunk` scans (and ``benchmarks/loop_speed.py`` jits alone).
 
     Step ``s`` (0-based) draws its keys from ``fold_in(fold_in(key(seed), 1), s)``:
     ``preprocess(key, images, labels) -> (x, y)`` (the distortion), then dropout. A
@@ -78,10 +79,51 @@ def make_train_step(graphdef, rng_state, tx: optax.GradientTransformation, *, se
         }
         return keep(new_params, params), keep(new_opt_state, opt_state), out
 
+    return step_fn
+
+
+def chunk_sharding(batch: jax.sharding.NamedSharding) -> jax.sharding.NamedSharding:
+    """A chunk's per-step inputs ``(K, B, ...)``: the steps axis whole, the batch axis split like ``batch``."""
+    return jax.sharding.NamedSharding(batch.mesh, jax.sharding.PartitionSpec(None, *batch.spec))
+
+
+def make_train_chunk(step_fn: Callable, *, replicated, batch) -> Callable:
+    """``chunk(params, opt_state, other, dataset, xs, first) -> (params, opt_state, metrics)``, jitted: ``K``
+    steps of ``step_fn`` (:func:`make_train_step`) in one ``lax.scan``, one dispatch, no host in between.
+
+    ``first`` is the 0-based index of the chunk's first step (int32; step ``first + k`` takes its keys and
+    learning rate from its own index). ``xs`` holds each step's input along a leading axis of ``K`` steps,
+    batch axis split over the devices (:func:`chunk_sharding`):
+
+    * ``{"image": (K, B, H, W, C), "label": (K, B)}``: the batches themselves (``dataset`` is None); or
+    * ``{"index": (K, B)}``: rows of ``dataset = {"image": (N, H, W, C), "label": (N,)}``, the training
+      split held on the devices (replicated), gathered there.
+
+    ``metrics`` are each step's (``(K,)`` leaves). ``params`` and ``opt_state`` are donated: the
+    caller keeps only what the chunk returns. ``K`` is static, so each chunk length compiles once.
+    """
+    row_sharding = batch
+
+    def chunk(params, opt_state, other, dataset, xs, first):
+        def one(carry, step_input):
+            x, k = step_input
+            if "index" in x:
+                rows = x["index"]
+                x = {"image": dataset["image"][rows], "label": dataset["label"][rows]}
+                x = jax.lax.with_sharding_constraint(x, row_sharding)
+            params, opt_state = carry
+            params, opt_state, out = step_fn(params, opt_state, other, x["image"], x["label"], first + k)
+            return (params, opt_state), out
+
+        length = jax.tree.leaves(xs)[0].shape[0]
+        (params, opt_state), out = jax.lax.scan(one, (params, opt_state), (xs, jnp.arange(length, dtype=jnp.int32)))
+        return params, opt_state, out
+
     return jax.jit(
-        step_fn,
-        in_shardings=(replicated, replicated, replicated, batch, batch, replicated),
+        chunk,
+        in_shardings=(replicated, replicated, replicated, replicated, chunk_sharding(batch), replicated),
         out_shardings=(replicated, replicated, replicated),
+        donate_argnums=(0, 1),
     )
 
 

@@ -52,7 +52,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
@@ -69,9 +68,11 @@ from train import (
     plots,
     preemption,
     profiling,
+    sources,
     storage,
     workdir_lock,
 )
+from train import step as step_lib
 from train.compiled import build
 from train.config_checks import resolve_data_dir, validate
 from train.errors import (  # noqa: F401  (re-exported: the exit codes belong to this loop)
@@ -143,14 +144,19 @@ def _train_and_evaluate(config, workdir: epath.Path, data_dir: epath.Path, t_sta
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
                                    async_save=config.async_checkpoints)  # fmt: skip
     writer = metrics.MetricWriter(workdir, active=lead)
-    start, state, meta, verified = _restore_or_init(ckpt, fns.init, run_data.iterator, writer)
+    start, state, meta, verified = _restore_or_init(ckpt, fns.init, writer)
+    # The batches of step s are a function of s alone: a resumed run's source starts at its step.
+    source = sources.make(run_data.source_kind, run_data.train_images, run_data.train_labels,
+                          batch_size=config.batch_size // jax.process_count(), seed=config.seed, start=start,
+                          replicated=fns.replicated, steps_sharding=step_lib.chunk_sharding(fns.batch))  # fmt: skip
     progress = metrics.Progress(total=config.steps, start=start, batch_size=config.batch_size,
                                 log_every=config.log_every, active=lead)  # fmt: skip
     if start:
         how = "verified" if verified else "unverified: no digest"
         progress.message(f"resumed from the checkpoint of step {start} in {workdir / 'checkpoints'} ({how})")
+    progress.message(f"training batches: {run_data.source_why}; up to {config.steps_per_dispatch} steps per dispatch")
 
-    steps = _Steps(config, workdir, run_data, fns, ckpt, writer, progress, preempted, lock)
+    steps = _Steps(config, workdir, run_data, fns, ckpt, writer, progress, preempted, lock, source)
     steps.window = list(meta.get("loss_window", []))  # the log after a resume averages the same steps
     try:
         state = steps.run(start, state)
@@ -200,8 +206,8 @@ class _Steps:
 
     def __init__(self, config, workdir: epath.Path, run_data: _Data, fns: compiled.Functions,
                  ckpt: checkpoints.Checkpoints, writer: metrics.MetricWriter, progress: metrics.Progress,
-                 preempted: preemption.Preemption, lock: workdir_lock.WorkdirLock | None):  # fmt: skip
-        self.config, self.workdir, self.data, self.fns = config, workdir, run_data, fns
+                 preempted: preemption.Preemption, lock: workdir_lock.WorkdirLock | None, source):  # fmt: skip
+        self.config, self.workdir, self.data, self.fns, self.source = config, workdir, run_data, fns, source
         self.ckpt, self.writer, self.progress, self.preempted = ckpt, writer, progress, preempted
         self.lock = lock  # process 0's; None elsewhere
         self.stop_at: int | None = None  # the step every process agreed to stop at for a preemption
@@ -218,9 +224,9 @@ class _Steps:
         params, opt_state, other = state["params"], state["opt_state"], state["other"]
         self.trace = profiling.StepTrace(config.profile_steps, self.workdir, start=start)
 
-        def one_step(carry, batch, step):
-            index = jnp.asarray(step - 1, jnp.int32)  # keys and lr of the step being taken
-            params, opt_state, out = fns.train_step(*carry, other, batch["image"], batch["label"], index)
+        def run_chunk(carry, xs, first):
+            first_index = np.int32(first - 1)  # keys and lr of the chunk's first step
+            params, opt_state, out = fns.train_chunk(*carry, other, self.source.dataset, xs, first_index)
             return (params, opt_state), out
 
         def boundary(step: int) -> bool:
@@ -233,8 +239,8 @@ class _Steps:
             return (step == self.stop_at or step == start + 1 or self.trace.boundary(step)
                     or any(step % n == 0 for n in every))  # fmt: skip
 
-        steps = loop.drive(one_step, (params, opt_state), self.data.iterator, sharding=fns.batch, start=start,
-                           stop=config.steps, boundary=boundary)  # fmt: skip
+        steps = loop.drive(run_chunk, (params, opt_state), self.source.feed, start=start, stop=config.steps,
+                           boundary=boundary, max_steps=config.steps_per_dispatch)  # fmt: skip
         for step, (params, opt_state), fetched in steps:
             self.trace.reached(step)
             self.check_finite(step, fetched)
@@ -245,10 +251,8 @@ class _Steps:
                 val = self.evaluate(step, params, opt_state, other)
             if _due(step, config.checkpoint_every, config.steps) or val is not None or step == self.stop_at:
                 self.check_lock(step)
-                # The iterator has given exactly this step's batches: drive takes the next one after this.
                 meta = {"step": step, **self.meta, "loss_window": self.window}
-                self.ckpt.save(step, state={"params": params, "opt_state": opt_state, "other": other},
-                               iterator=self.data.iterator, meta=meta,
+                self.ckpt.save(step, state={"params": params, "opt_state": opt_state, "other": other}, meta=meta,
                                val_error=None if val is None else val["error"])  # fmt: skip
             self.ckpt.seal()  # digests an asynchronous save as soon as it is complete
             self.progress.exclude(time.perf_counter() - t_other)
@@ -345,11 +349,11 @@ def _hold(workdir: epath.Path) -> workdir_lock.WorkdirLock | None:
     return lock
 
 
-def _restore_or_init(ckpt: checkpoints.Checkpoints, init: Callable, iterator, writer: metrics.MetricWriter):
+def _restore_or_init(ckpt: checkpoints.Checkpoints, init: Callable, writer: metrics.MetricWriter):
     """``(start step, state, meta, verified)``: the newest checkpoint that verifies (damaged newer ones moved
-    aside, ``iterator`` set to its position, later metrics dropped), else step 0 with a fresh state."""
+    aside, later metrics dropped), else step 0 with a fresh state."""
     # Compiles init only without a checkpoint: its shapes come from jax.eval_shape.
-    restored = ckpt.restore_newest(abstract_state=jax.eval_shape(init), iterator=iterator)
+    restored = ckpt.restore_newest(abstract_state=jax.eval_shape(init))
     if restored is None:
         return 0, init(), {}, False
     _, state, meta, verified = restored
@@ -362,7 +366,10 @@ def _restore_or_init(ckpt: checkpoints.Checkpoints, init: Callable, iterator, wr
 
 
 class _Data(NamedTuple):
-    iterator: Any  # this process's training batches (grain, checkpointed)
+    train_images: np.ndarray  # this process's shard of the training split, uint8
+    train_labels: np.ndarray
+    source_kind: str  # where the training batches come from (train.sources): "device" or "host"
+    source_why: str  # ... and why, in words
     val_set: evaluation.EvalSet
     test_set: evaluation.EvalSet
     test_images: np.ndarray  # the test split's first num_show examples as model input: the pictures' inputs
@@ -377,12 +384,12 @@ def _read_data(config, data_dir: epath.Path) -> _Data:
         raise ConfigError(
             f"batch_size={config.batch_size} exceeds the {len(train_labels)} training examples per process"
         )
-    iterator = data.train_iterator(train_images, train_labels, batch_size=local_batch, seed=config.seed)
+    kind, why = sources.choose(config.data_source, train_images.nbytes + train_labels.nbytes)
     val_set = _eval_set(config, data_dir, config.val_split, config.test_seed + 1)
     test_set = _eval_set(config, data_dir, config.test_split, config.test_seed)
     shown_rows = (0, min(config.num_show, test_set.size))
     shown, _ = _eval_arrays(config, data_dir, config.test_split, config.test_seed, shown_rows, test_set.size)
-    return _Data(iterator, val_set, test_set, shown)
+    return _Data(train_images, train_labels, kind, f"{kind} ({why})", val_set, test_set, shown)
 
 
 def _ensure_dataset(config: ml_collections.ConfigDict, data_dir: epath.Path) -> None:

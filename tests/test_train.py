@@ -41,6 +41,7 @@ from train import (
     prepare,
     xla_cpu,
 )
+from train import step as step_lib
 from train import train as train_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -467,41 +468,54 @@ def test_nan_loss_skip_mode_skips_steps_and_finishes(data_dir, tmp_path):
     assert all(np.isfinite(p).all() for p in flat_params(tmp_path))
 
 
-def poison_steps(monkeypatch, bad_steps, *, interrupt_at=None):
+def poison_steps(monkeypatch, bad_steps, *, interrupt_at=None, dispatched=None):
     """Makes the loop's step non-finite at ``bad_steps`` (1-based; params and optimiser state kept, as the
-    real step keeps them), and raise KeyboardInterrupt when step ``interrupt_at`` is about to be dispatched."""
-    real = compiled.make_train_step
-    calls = []
+    real step keeps them), and raise KeyboardInterrupt when the chunk holding step ``interrupt_at`` is about
+    to be dispatched; each dispatched chunk's ``(first step, length)`` is appended to ``dispatched``."""
+    real_step, real_chunk = step_lib.make_train_step, step_lib.make_train_chunk
+    bad = sorted(s - 1 for s in bad_steps) or [-1]
 
-    def make(config, *args, **kwargs):
-        step = real(config, *args, **kwargs)
-        bad = jnp.asarray(sorted(s - 1 for s in bad_steps) or [-1], jnp.int32)
+    def make_step(*args, **kwargs):
+        step = real_step(*args, **kwargs)
 
-        @jax.jit
         def poisoned(params, opt_state, other, images, labels, index):
             new_params, new_opt_state, out = step(params, opt_state, other, images, labels, index)
-            hit = jnp.any(index == bad)
+            hit = jnp.any(index == jnp.asarray(bad, jnp.int32))
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(hit, b, a), new, old)
             out = dict(out, loss=jnp.where(hit, jnp.nan, out["loss"]), finite=out["finite"] & ~hit)
             return keep(new_params, params), keep(new_opt_state, opt_state), out
 
-        def counted(*args):
-            calls.append(None)
-            if len(calls) == interrupt_at:
-                raise KeyboardInterrupt
-            return poisoned(*args)
+        return poisoned
 
+    def make_chunk(*args, **kwargs):
+        chunk = real_chunk(*args, **kwargs)
+
+        def counted(params, opt_state, other, dataset, xs, first):
+            length = jax.tree.leaves(xs)[0].shape[0]
+            if interrupt_at is not None and first + 1 <= interrupt_at <= first + length:
+                raise KeyboardInterrupt
+            if dispatched is not None:
+                dispatched.append((int(first) + 1, length))
+            return chunk(params, opt_state, other, dataset, xs, first)
+
+        counted.jitted = chunk
         return counted
 
-    monkeypatch.setattr(compiled, "make_train_step", make)
+    monkeypatch.setattr(step_lib, "make_train_step", make_step)
+    monkeypatch.setattr(step_lib, "make_train_chunk", make_chunk)
 
 
-@pytest.mark.parametrize("bad, found_at, last_good", [(6, 6, 3), (7, 8, 6)])
-def test_nan_stop_lands_at_the_next_boundary_and_no_checkpoint_follows_it(bad, found_at, last_good, data_dir,
+@pytest.mark.parametrize("every, bad, found_at, last_good", [(("4", "3"), 6, 6, 3), (("4", "3"), 7, 8, 6),
+                                                             (("12", "6"), 9, 12, 6)])  # fmt: skip
+def test_nan_stop_lands_at_the_next_boundary_and_no_checkpoint_follows_it(every, bad, found_at, last_good, data_dir,
                                                                            tmp_path, monkeypatch):  # fmt: skip
-    # Metrics are fetched at steps 1, 3, 4, 6, 8, 9, 12 (first step, log_every=4, checkpoint_every=3).
-    poison_steps(monkeypatch, {bad})
-    config = tiny_config("tiny", data_dir, "steps=12", "log_every=4", "checkpoint_every=3", "eval_every=100")
+    # log_every=4, checkpoint_every=3: metrics fetched at steps 1, 3, 4, 6, 8, 9, 12 (first step, log, checkpoint).
+    # log_every=12, checkpoint_every=6: steps 7-12 run as chunks of 4 and 2, step 9 inside the first.
+    log_every, checkpoint_every = every
+    dispatched = []
+    poison_steps(monkeypatch, {bad}, dispatched=dispatched)
+    config = tiny_config("tiny", data_dir, "steps=12", f"log_every={log_every}",
+                         f"checkpoint_every={checkpoint_every}", "eval_every=100")  # fmt: skip
     with pytest.raises(errors.NonFiniteLossError) as info:
         train_lib.train_and_evaluate(config, tmp_path)
     message = str(info.value)
@@ -509,10 +523,14 @@ def test_nan_stop_lands_at_the_next_boundary_and_no_checkpoint_follows_it(bad, f
     assert (f"(seen at step {found_at}, where the metrics were fetched)" in message) == (found_at != bad)
     assert f"The last good checkpoint is step {last_good} in {tmp_path / 'checkpoints'}" in message
     manager = checkpoints.Checkpoints(tmp_path / "checkpoints", keep=2)
-    assert manager.all_steps() == [s for s in (3, 6) if s < bad]  # step 6's checkpoint only when 6 was good
+    saves = range(int(checkpoint_every), 13, int(checkpoint_every))
+    assert manager.all_steps() == [s for s in saves if s < bad]  # no checkpoint at or after the bad step
     manager.close()
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["split"] == "train"] == [4]
+    logged = tmp_path / "metrics.jsonl"  # none before the first log
+    records = [json.loads(line) for line in logged.read_text().splitlines()] if logged.exists() else []
+    assert [r["step"] for r in records if r["split"] == "train"] == [4] * (log_every == "4")
+    if log_every == "12":
+        assert dispatched == [(1, 1), (2, 4), (6, 1), (7, 4), (11, 2)]
     assert all(np.isfinite(p).all() for p in flat_params(tmp_path))
 
 
@@ -534,18 +552,55 @@ def test_nan_skip_counts_skipped_steps_and_stops_after_too_many_in_a_row(data_di
         train_lib.train_and_evaluate(config, tmp_path / "stops")
 
 
-def test_interrupted_run_resumes_bit_exactly_from_its_checkpoint(data_dir, tmp_path, monkeypatch):
-    """The checkpoint's iterator position matches its step although the loop reads ahead (in-process, quick)."""
-    config = tiny_config("tiny", data_dir, "steps=6", "checkpoint_every=3", "eval_every=100", "async_checkpoints=False")
+@pytest.mark.parametrize("source", ["device", "host"])
+def test_interrupted_run_resumes_bit_exactly_from_its_checkpoint(source, data_dir, tmp_path, monkeypatch):
+    """The batches after a resume are those of an uninterrupted run although the loop reads ahead (in-process)."""
+    config = tiny_config("tiny", data_dir, "steps=20", "log_every=20", "checkpoint_every=7", "eval_every=100",
+                         "async_checkpoints=False", f"data_source={source!r}")  # fmt: skip
     train_lib.train_and_evaluate(config, tmp_path / "reference")
     with monkeypatch.context() as m:
-        poison_steps(m, set(), interrupt_at=5)  # steps 1-4 dispatched, the checkpoint of step 3 saved
+        poison_steps(m, set(), interrupt_at=16)  # steps 1-14 dispatched, the checkpoints of steps 7 and 14 saved
         with pytest.raises(KeyboardInterrupt):
             train_lib.train_and_evaluate(config, tmp_path / "interrupted")
-    assert checkpoints.Checkpoints(tmp_path / "interrupted" / "checkpoints", keep=2).latest_step() == 3
+    assert checkpoints.Checkpoints(tmp_path / "interrupted" / "checkpoints", keep=2).latest_step() == 14
     summary = train_lib.train_and_evaluate(config, tmp_path / "interrupted")
-    assert summary["resumed_from"] == 3
+    assert summary["resumed_from"] == 14
     assert_same_params(flat_params(tmp_path / "interrupted"), flat_params(tmp_path / "reference"), rtol=0, atol=0)
+
+
+def test_every_chunking_and_both_sources_end_with_identical_parameters_and_losses(data_dir, tmp_path, monkeypatch):
+    """One step per dispatch, chunks of up to 4 or 32 (ragged spans cut into powers of two), the split on the
+    device or batches from the host: the same parameters and logged losses, bit for bit. A run dispatches
+    one chunk per planned piece and compiles one chunk length per distinct piece."""
+    every = ("steps=21", "log_every=5", "eval_every=21", "checkpoint_every=10")
+    runs = {}
+    for name, overrides in [("k32_device", ("data_source='device'",)), ("k1", ("steps_per_dispatch=1",)),
+                            ("k4_host", ("steps_per_dispatch=4", "data_source='host'")),
+                            ("k3_device", ("steps_per_dispatch=3", "data_source='device'"))]:  # fmt: skip
+        dispatched = []
+        with monkeypatch.context() as m:
+            poison_steps(m, set(), dispatched=dispatched)
+            made = []
+            real = step_lib.make_train_chunk
+            m.setattr(step_lib, "make_train_chunk", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+            config = tiny_config("mnist_rts_st_cnn_affine", data_dir, *every, *overrides)
+            _, params = train_lib.train_and_evaluate(config, tmp_path / name, return_params=True)
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = params, [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
+        assert [d[0] for d in dispatched] == list(np.cumsum([1] + [n for _, n in dispatched][:-1]))  # consecutive
+        assert sum(n for _, n in dispatched) == 21
+        assert made[0].jitted._cache_size() == len({n for _, n in dispatched})  # one compile per chunk length
+        runs[name] += (dispatched,)
+    # Boundaries 1, 5, 10, 15, 20, 21: spans of 1, 4, 5, 5, 5, 1 steps.
+    assert runs["k32_device"][2] == [(1, 1), (2, 4), (6, 4), (10, 1), (11, 4), (15, 1), (16, 4), (20, 1), (21, 1)]
+    assert runs["k1"][2] == [(s, 1) for s in range(1, 22)]
+    assert runs["k3_device"][2] == [(1, 1), (2, 2), (4, 1), (5, 1), (6, 2), (8, 1), (9, 2), (11, 2), (13, 1),
+                                    (14, 2), (16, 2), (18, 1), (19, 2), (21, 1)]  # fmt: skip
+    reference_params, reference_losses, _ = runs["k1"]
+    assert [s for s, _ in reference_losses] == [5, 10, 15, 20, 21]
+    for name, (params, losses, _) in runs.items():
+        assert losses == reference_losses, name
+        assert_same_params(jax.tree.leaves(params), jax.tree.leaves(reference_params), rtol=0, atol=0)
 
 
 # -- the loop's driver ------------------------------------------------------------------------------------
@@ -624,89 +679,91 @@ def test_loop_step_and_loop_benchmark_import_nothing_a_bare_accelerator_machine_
     assert out == ["[]", "[]"], out  # no backend started; nothing absent there imported
 
 
-class FakeMetric:
-    """A step's metric that records every way of reading it on the host (a sync with the device)."""
-
-    def __init__(self, step: int, events: list):
-        self.step, self.events = step, events
-
-    def _read(self, how):
-        self.events.append(("read", self.step, how))
-        return np.asarray(float(self.step))
-
-    def __array__(self, dtype=None, copy=None):
-        return self._read("__array__")
-
-    def __float__(self):
-        return float(self._read("__float__"))
-
-    def __bool__(self):
-        return bool(self._read("__bool__"))
-
-    def block_until_ready(self):
-        self._read("block_until_ready")
-        return self
-
-    def item(self):
-        return self._read("item").item()
-
-
-@pytest.mark.parametrize("start", [0, 4])
-def test_drive_dispatches_every_step_and_reads_metrics_only_at_boundaries(start, monkeypatch):
+@pytest.mark.parametrize("start, max_steps", [(0, 100), (4, 100), (0, 3), (2, 1)])
+def test_drive_runs_spans_to_each_boundary_in_power_of_two_chunks_and_reads_metrics_only_there(start, max_steps,
+                                                                                                monkeypatch):  # fmt: skip
     from train import loop
 
-    events = []
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    events, stop = [], start + 22
 
-    def batches():
-        for k in range(start + 1, 100):
-            events.append(("batch", k))
-            yield {"image": np.full((2, 3), k, np.uint8)}
+    def boundary(s):
+        events.append(("ask", s))
+        return s % 7 == 0
 
-    def step(carry, batch, s):
-        assert isinstance(batch["image"], jax.Array) and batch["image"].sharding == sharding  # already sent
-        events.append(("step", s, int(np.asarray(batch["image"])[0, 0])))
-        return carry + [s], {"loss": FakeMetric(s, events), "finite": FakeMetric(s, events)}
+    def feed(first, length):
+        events.append(("feed", first, length))
+        return {"x": jnp.arange(first, first + length)}
+
+    def run_chunk(carry, xs, first):
+        assert isinstance(xs["x"], jax.Array)  # already sent
+        events.append(("chunk", first, len(xs["x"])))
+        return carry + [int(v) for v in xs["x"]], {"loss": xs["x"] * 10, "finite": xs["x"] % 2 == 0}
 
     real_device_get = jax.device_get
     monkeypatch.setattr(jax, "device_get", lambda x: (events.append(("device_get",)), real_device_get(x))[1])
-    stop = start + 7
     got = []
-    for s, carry, fetched in loop.drive(step, [], batches(), sharding=sharding, start=start, stop=stop,
-                                        boundary=lambda s: s % 3 == 0):  # fmt: skip
+    for s, carry, fetched in loop.drive(run_chunk, [], feed, start=start, stop=stop, boundary=boundary,
+                                        max_steps=max_steps):  # fmt: skip
         events.append(("yield", s))
-        got.append((s, list(carry), [(float(m["loss"]), float(m["finite"])) for m in fetched]))
-    boundaries = [s for s in range(start + 1, stop + 1) if s % 3 == 0 or s == stop]
+        got.append((s, list(carry), [(int(m["loss"]), bool(m["finite"])) for m in fetched]))
 
-    expected, previous = [], start
-    for b in boundaries:
-        for s in range(previous + 1, b + 1):
-            # Batch s is read after step s-1 was dispatched (and after the boundary of s-1 was handled).
-            expected += [("batch", s), ("step", s, s)]
-        expected.append(("device_get",))
-        for s in range(previous + 1, b + 1):
-            expected += [("read", s, "__array__")] * 2
-        expected.append(("yield", b))
-        previous = b
+    # The expected order, step by step: a span's steps are asked about before its first chunk is fed; each chunk
+    # is the largest power of two left in its span; the next chunk is fed only after the previous was dispatched
+    # (and after its boundary was handled); metrics are read only at a boundary.
+    expected, s, boundaries = [], start, []
+    while s < stop:
+        first = s + 1
+        while True:
+            s += 1
+            hit = s == stop or s % 7 == 0
+            if s != stop:
+                expected.append(("ask", s))
+            if hit or s - first + 1 == max_steps:
+                break
+        left = s - first + 1
+        while left:
+            length = 2 ** int(np.log2(left))
+            expected += [("feed", first, length), ("chunk", first, length)]
+            first, left = first + length, left - length
+        if hit:
+            expected += [("device_get",), ("yield", s)]
+            boundaries.append(s)
     assert events == expected
     assert [g[0] for g in got] == boundaries
     assert got[-1][1] == list(range(start + 1, stop + 1))
-    assert [m for g in got for m in g[2]] == [(float(s), float(s)) for s in range(start + 1, stop + 1)]
+    assert [m for g in got for m in g[2]] == [(10 * s, s % 2 == 0) for s in range(start + 1, stop + 1)]
 
 
-def test_run_returns_every_steps_metrics_of_a_jitted_step():
+def test_pieces_are_the_binary_digits_largest_first():
     from train import loop
 
-    sharding = jax.sharding.NamedSharding(jax.make_mesh((1,), ("data",)), jax.sharding.PartitionSpec("data"))
+    assert loop.pieces(1) == [1] and loop.pieces(50) == [32, 16, 2] and loop.pieces(64) == [64]
+    assert all(sum(loop.pieces(n)) == n and len(set(loop.pieces(n))) == len(loop.pieces(n)) for n in range(1, 300))
+    assert {p for n in range(1, 33) for p in loop.pieces(n)} == {1, 2, 4, 8, 16, 32}  # at most 6 chunk lengths
+
+
+def test_run_returns_every_steps_metrics_of_a_jitted_chunk():
+    from train import loop
+
+    sharding = jax.sharding.NamedSharding(jax.make_mesh((1,), ("data",)), jax.sharding.PartitionSpec(None, "data"))
     rng = np.random.default_rng(0)
-    host = [{"x": rng.integers(0, 255, (4, 3), dtype=np.uint8)} for _ in range(5)]
-    jitted = jax.jit(lambda c, x: (c + x.sum(), {"sum": x.sum(), "total": c + x.sum()}))
-    carry, metrics = loop.run(lambda c, b, s: jitted(c, b["x"].astype(jnp.int32)), jnp.int32(0), iter(host),
-                              sharding=sharding, steps=5, fetch_every=2)  # fmt: skip
-    sums = [int(b["x"].astype(np.int64).sum()) for b in host]
+    host = rng.integers(0, 255, (7, 4, 3), dtype=np.uint8)
+
+    @jax.jit
+    def chunk(c, xs):
+        def one(c, x):
+            total = c + x.astype(jnp.int32).sum()
+            return total, {"sum": x.astype(jnp.int32).sum(), "total": total}
+
+        return jax.lax.scan(one, c, xs)
+
+    feed = lambda first, n: loop.global_batch(host[first - 1 : first - 1 + n], sharding)
+    carry, metrics = loop.run(lambda c, xs, first: chunk(c, xs), jnp.int32(0), feed, steps=7, fetch_every=3,
+                              max_steps=2)  # fmt: skip
+    sums = [int(b.astype(np.int64).sum()) for b in host]
     assert [int(m["sum"]) for m in metrics] == sums
     assert [int(m["total"]) for m in metrics] == list(np.cumsum(sums))
-    assert all(isinstance(m["sum"], np.ndarray) for m in metrics) and int(carry) == sum(sums)
+    assert int(carry) == sum(sums)
 
 
 def test_progress_shows_the_logged_mean_loss_and_draws_only_when_called():

@@ -157,8 +157,13 @@ def _seconds_until(stop_at: str | None) -> float | None:
 
 
 def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Path, results_dir: Path,
-             python: str, stop_at: str | None = None) -> dict | None:  # fmt: skip
-    """Trains (or resumes) one cell and writes its record; None if it was stopped before the end."""
+             python: str, stop_at: str | None = None, deadline: float | None = None, machine: str | None = None,
+             commit: str | None = None, test_examples: int = TEST_EXAMPLES) -> dict | None:  # fmt: skip
+    """Trains (or resumes) one cell and writes its record; None if it was stopped before the end.
+
+    Stopped at ``stop_at`` (HH:MM UTC) or ``deadline`` (``time.time()``) like a preempted run: SIGTERM, a
+    checkpoint of the step it reached, resumable. ``machine`` and ``commit`` default to this CPU's name and
+    this checkout's commit; the summary must report ``test_examples`` test examples."""
     stem = run_stem(cell, steps, batch)
     workdir = runs_dir / stem
     workdir.mkdir(parents=True, exist_ok=True)
@@ -173,9 +178,9 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
     attempts = json.loads(attempts_path.read_text()) if attempts_path.exists() else []
     attempts.append({"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "seconds": None})
     attempts_path.write_text(json.dumps(attempts, indent=1))
-    remaining = _seconds_until(stop_at)
+    remaining = _seconds_until(stop_at) if deadline is None else deadline - time.time()
     if remaining is not None and remaining <= 60:
-        print(f"[reproduce] {cell}: not started, stop time {stop_at} UTC is near", flush=True)
+        print(f"[reproduce] {cell}: not started, the stop time is near", flush=True)
         attempts.pop()
         attempts_path.write_text(json.dumps(attempts, indent=1))
         return None
@@ -187,8 +192,8 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
         try:
             child.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
-            print(f"[reproduce] {cell}: stop time {stop_at} UTC reached, interrupting (resumable)", flush=True)
-            child.send_signal(signal.SIGINT)
+            print(f"[reproduce] {cell}: stop time reached, preempting it (resumable)", flush=True)
+            child.send_signal(signal.SIGTERM)  # a checkpoint of the step it reached, then exit code 7
             try:
                 child.wait(timeout=120)
             except subprocess.TimeoutExpired:
@@ -207,7 +212,7 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
         print(f"[reproduce] {cell}: exit code {child.returncode}; see {workdir / 'train.log'}", flush=True)
         return None
     summary = json.loads(summary_path.read_text())
-    if summary.get("steps") != steps or summary.get("test_examples") != TEST_EXAMPLES:
+    if summary.get("steps") != steps or summary.get("test_examples") != test_examples:
         raise RuntimeError(f"{cell}: summary {summary_path} does not match the budget or the full test set: {summary}")
     results_dir.mkdir(parents=True, exist_ok=True)
     pictures = {}
@@ -221,7 +226,7 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
     wall = sum(a["seconds"] or 0.0 for a in attempts)
     record = make_record(cell, steps, batch, summary, command=shlex.join(shown), wall_time_s=wall,
                          attempts=len(attempts), last_val_error=_last_val(workdir), pictures=pictures,
-                         machine=report.cpu_name(), commit=git_commit())  # fmt: skip
+                         machine=machine or report.cpu_name(), commit=commit or git_commit())  # fmt: skip
     record_path(results_dir, cell, steps, batch).write_text(json.dumps(record, indent=2) + "\n")
     print(f"[reproduce] {cell}: test error {record['test_error_pct']:.2f}% (paper {record['paper_error_pct']}) "
           f"in {wall:.0f} s", flush=True)  # fmt: skip

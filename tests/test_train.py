@@ -613,34 +613,51 @@ def _device_driver():
     return reproduce_on_device
 
 
-def test_device_driver_ends_with_the_training_commands_parameters_and_test_error(data_dir, tmp_path):
-    """benchmarks/reproduce_on_device.py trains without grain, orbax or TFDS, and on the same batches (two epochs),
-    keys, step and test evaluation as the training loop: on a CPU the results agree bit for bit."""
+ABSENT_ON_ACCELERATOR = ("tensorflow", "tensorflow_datasets", "grain", "tensorboardX")  # a lent GPU machine lacks them
+
+
+def test_a_run_on_a_pack_without_tfds_or_grain_matches_the_run_on_tfds_with_host_batches(data_dir, tmp_path):
+    """Where TFDS, grain, TensorFlow and tensorboardX are missing (made unimportable here), ``python -m train``
+    reads a pack (benchmarks/reproduce_on_device.py), holds its training split on the device, and ends with the
+    parameters, losses and test error of the same run on the TFDS data_dir with batches from the host (grain)."""
     device = _device_driver()
-    config = tiny_config("mnist_rts_st_cnn_affine", data_dir, "steps=14", "ema_decay=0.5", "label_smoothing=0.1")
-    summary, params = train_lib.train_and_evaluate(config, tmp_path / "run", return_params=True)
-    meta = device.pack(data_dir, tmp_path / "pack.npz", ["rts_st_cnn_affine", "e_cnn"])
-    assert (meta["train_examples"], meta["test_examples"]) == (92, 8)  # train[:92%] of 100, all of test
-    _, arrays = device.load_pack(tmp_path / "pack.npz")
-    device_summary, device_params = device.train_cell(config, arrays)
-    assert device_summary["test_error"] == summary["test_error"]
-    assert device_summary["test_loss"] == summary["test_loss"]
-    leaves, device_leaves = jax.tree.leaves(params), jax.tree.leaves(device_params)
-    assert len(leaves) == len(device_leaves) > 0
-    for a, b in zip(leaves, device_leaves):
-        np.testing.assert_array_equal(a, np.asarray(b))
+    sizes = device.pack(data_dir, tmp_path / "pack.npz", ["rts_st_cnn_affine", "e_cnn"])
+    assert sizes == {"dataset": "mnist", "train[:92%]": 92, "train[92%:]": 8, "test": 8}
+    sets = ["model_kwargs.channels=(4,4)", "batch_size=8", "eval_batch_size=8", "steps=14", "log_every=5",
+            "eval_every=7", "checkpoint_every=7", "num_show=2", "warmup_steps=1"]  # fmt: skip
+    block = f"import sys; sys.modules.update(dict.fromkeys({ABSENT_ON_ACCELERATOR!r})); import train.__main__ as m; "
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    result = subprocess.run([sys.executable, "-c", block + "sys.exit(m.main())", "--config", "mnist_rts_st_cnn_affine",
+                             "--data_dir", str(tmp_path / "pack.npz"), "--workdir", str(tmp_path / "pack_run"),
+                             "--set", *sets],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training batches: device (the split (0 MiB) fits)" in result.stderr
+    assert "tensorboardX is not installed" in result.stderr and not (tmp_path / "pack_run" / "tensorboard").exists()
+    reference = run_cli(["--config", "mnist_rts_st_cnn_affine", "--data_dir", str(data_dir), "--workdir",
+                         str(tmp_path / "tfds_run"), "--set", *sets, "data_source='host'"])  # fmt: skip
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    summary = json.loads((tmp_path / "tfds_run" / "summary.json").read_text())
+    on_pack = json.loads((tmp_path / "pack_run" / "summary.json").read_text())
+    assert (on_pack["test_error"], on_pack["test_loss"]) == (summary["test_error"], summary["test_loss"])
+    lines = lambda run: [{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "time")}
+                         for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    assert len(lines("pack_run")) > 3 and lines("pack_run") == lines("tfds_run")
+    assert_same_params(flat_params(tmp_path / "pack_run"), flat_params(tmp_path / "tfds_run"), rtol=0, atol=0)
 
 
-def test_device_driver_records_cells_in_worker_processes_and_abandons_them_past_the_deadline(data_dir, tmp_path):
+def test_device_driver_trains_cells_with_the_training_command_on_a_pack_and_records_them(data_dir, tmp_path):
     device = _device_driver()
     device.pack(data_dir, tmp_path / "pack.npz", ["rts_fcn"])
     out = tmp_path / "out"
     specs = [("rts_fcn", 3, 8), ("r_fcn+seed_1", 2, 4)]
-    recorded = device.run(specs, tmp_path / "pack.npz", out, workers=2, seconds=600, command="python x")
+    recorded = device.run(specs, tmp_path / "pack.npz", out, workers=2, seconds=600)
     assert recorded == 2, (out / "run.log").read_text()
     record = json.loads((out / "results" / "rts_fcn__s3_b8.json").read_text())
     assert (record["cell"], record["steps"], record["batch_size"], record["test_examples"]) == ("rts_fcn", 3, 8, 8)
-    assert record["machine"].startswith("cpu") and record["last_val_error"] is None
+    assert record["machine"].startswith("cpu") and record["last_val_error"] is not None  # validated as any run
+    assert "-m train --config mnist_rts_fcn" in record["command"] and "pack.npz" in record["command"]
+    assert (out / "runs" / "rts_fcn__s3_b8" / "checkpoints").is_dir()
     assert json.loads((out / "results" / "r_fcn+seed_1__s2_b4.json").read_text())["variant"] == "seed_1"
     imported = tmp_path / "imported"
     (imported / "rts_fcn__s3_b8.json").parent.mkdir()
@@ -652,7 +669,7 @@ def test_device_driver_records_cells_in_worker_processes_and_abandons_them_past_
     assert json.loads(written[0].read_text()) == json.loads((out / "results" / written[0].name).read_text())
     assert json.loads(kept[0].read_text()) == {"recorded": "before"}  # an existing record is never replaced
     late = tmp_path / "late"
-    assert device.run([("p_fcn", 3, 8)], tmp_path / "pack.npz", late, workers=1, seconds=1, command="x") == 0
+    assert device.run([("p_fcn", 3, 8)], tmp_path / "pack.npz", late, workers=1, seconds=1) == 0
     assert "not started, out of time" in (late / "run.log").read_text()
     assert not list((late / "results").iterdir())
 
@@ -666,9 +683,9 @@ def _imported_in_a_fresh_process(imports: str, absent: tuple[str, ...], extra: s
     return out.stdout.split()
 
 
-def test_device_driver_imports_nothing_a_bare_accelerator_machine_lacks_but_ml_collections():
-    imports = "reproduce_on_device, train.compiled, train.data, train.evaluation, train.config_checks"
-    assert _imported_in_a_fresh_process(imports, ("tensorflow", "tensorflow_datasets", "grain", "orbax")) == ["[]"]
+def test_device_driver_and_the_training_command_import_nothing_a_lent_accelerator_lacks():
+    imports = "reproduce_on_device, train.train, train.__main__"
+    assert _imported_in_a_fresh_process(imports, ABSENT_ON_ACCELERATOR) == ["[]"]
 
 
 def test_loop_step_and_loop_benchmark_import_nothing_a_bare_accelerator_machine_lacks():

@@ -16,7 +16,7 @@ import ml_collections
 from etils import epath
 
 from stn_jax.models import MODEL_NAMES
-from train import datasets, distortions, optim, sources, storage
+from train import datasets, distortions, optim, packed, sources, storage
 from train.errors import ConfigError
 
 NONFINITE = ("stop", "skip")
@@ -39,6 +39,10 @@ def resolve_data_dir(config: ml_collections.ConfigDict) -> epath.Path:
         raise ConfigError("no data_dir: pass --data_dir DIR (or set data_dir, or $TFDS_DATA_DIR)")
     path = storage.path(value)
     if storage.is_remote(path):
+        return path
+    if packed.is_pack(path):  # splits packed in one file (train.packed)
+        if not path.is_file():
+            raise ConfigError(f"data_dir {path} (a pack of splits) does not exist")
         return path
     dataset = datasets.DATASETS.get(config.dataset)
     creatable = dataset is not None and dataset.auto_prepare and config.prepare  # the run prepares it inside

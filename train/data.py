@@ -14,6 +14,8 @@ Public API::
         decoded arrays as .npy files keyed by the record files' paths, sizes and modification
         times (one ``stat`` each, so a ``gs://`` data_dir is not downloaded to name it), and the
         rows read, so the next run skips decoding. Only the shard's records are read.
+        A ``data_dir`` ending in ``.npz`` is a pack (:mod:`train.packed`): the split is read from it,
+        without TFDS.
     split_size(name, split, *, data_dir=None) -> int
         The number of examples of a prepared split (read from its dataset info).
     shard_indices(num_examples, *, shard_index, shard_count, drop_remainder=True) -> np.int64 (n,)
@@ -57,7 +59,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from train import datasets
+from train import datasets, packed
 from train.loop import global_batch  # noqa: F401  (part of this module's API; written once, in the JAX-only loop)
 
 if TYPE_CHECKING:
@@ -152,18 +154,25 @@ def load_split(
     cache_dir: os.PathLike | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """This process's shard (or ``rows``) of a prepared TFDS split, decoded into memory (see module docstring)."""
-    source = _data_source(name, split, data_dir)
+    if packed.is_pack(data_dir):
+        images, labels = packed.read(data_dir, name, split)
+        size = len(labels)
+    else:
+        source = _data_source(name, split, data_dir)
+        size = len(source)
     if rows is not None:
-        if not 0 <= rows[0] <= rows[1] <= len(source):
-            raise ValueError(f"rows must lie within [0, {len(source)}] of {split!r}, got {rows}")
+        if not 0 <= rows[0] <= rows[1] <= size:
+            raise ValueError(f"rows must lie within [0, {size}] of {split!r}, got {rows}")
         indices = np.arange(*rows)
     else:
         indices = shard_indices(
-            len(source),
+            size,
             shard_index=jax.process_index() if shard_index is None else shard_index,
             shard_count=jax.process_count() if shard_count is None else shard_count,
             drop_remainder=drop_remainder,
         )
+    if packed.is_pack(data_dir):  # already decoded: no cache
+        return images[indices], labels[indices]
     if cache_dir is None:
         log.info("decoding %d examples of %s:%s", len(indices), TFDS_NAMES[name], split)
         return _decode(source, indices)
@@ -182,6 +191,8 @@ def load_split(
 
 def split_size(name: str, split: str, *, data_dir: os.PathLike | str | None = None) -> int:
     """The number of examples of a prepared split: its dataset info, no record read."""
+    if packed.is_pack(data_dir):
+        return len(packed.read(data_dir, name, split)[1])
     return len(_data_source(name, split, data_dir))
 
 

@@ -38,9 +38,12 @@ class MetricWriter:
         if active and storage.is_remote(self.path):
             self._lines = self.path.read_text().splitlines() if self.path.exists() else []
         if active and tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.fspath(storage.path(workdir) / "tensorboard"))
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # a machine with JAX and little else (a lent accelerator): metrics.jsonl only
+                print("tensorboardX is not installed: no TensorBoard files, metrics.jsonl only", file=sys.stderr)
+            else:
+                self._tb = SummaryWriter(os.fspath(storage.path(workdir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """Drops records of steps > ``step`` (written by a run that was later killed)."""

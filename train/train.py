@@ -65,6 +65,7 @@ from train import (
     evaluation,
     loop,
     metrics,
+    packed,
     plots,
     preemption,
     profiling,
@@ -122,7 +123,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
     workdir = storage.path(workdir)
     if jax.process_index() == 0:
         storage.mkdir(workdir)
-        storage.mkdir(data_dir)
+        if not packed.is_pack(data_dir):
+            storage.mkdir(data_dir)
     lock = _hold(workdir)
     try:
         with preemption.Preemption() as preempted:
@@ -397,6 +399,13 @@ def _ensure_dataset(config: ml_collections.ConfigDict, data_dir: epath.Path) -> 
     ``config.prepare`` and the dataset allows it (:attr:`train.datasets.Dataset.auto_prepare`)."""
     from train import prepare
 
+    if packed.is_pack(data_dir):  # read without TFDS: it must hold the run's splits
+        held = packed.header(data_dir)
+        missing = [s for s in (config.train_split, config.val_split, config.test_split) if s not in held["splits"]]
+        if held["dataset"] != config.dataset or missing:
+            raise DataError(f"the pack {data_dir} holds {held['dataset']} splits {held['splits']}; this run reads "
+                            f"{config.dataset} {config.train_split!r}, {config.val_split!r} and {config.test_split!r}")
+        return
     if prepare.is_prepared(config.dataset, data_dir):
         return
     if not datasets.of(config).auto_prepare or not config.prepare:

@@ -1,33 +1,36 @@
 """What the training loop costs beyond its bare jitted step: images/s of the loop against the step alone.
 
-Three ways of training the same model (default: the ST-CNN (affine) of
-``mnist_rts_st_cnn_affine`` on 42×42 RTS digits, AdamW, localisation at 0.1× the rate),
-at the same batch size, on synthetic data (random uint8 28×28 "digits", random labels):
+Ways of training the same model (default: the ST-CNN (affine) of ``mnist_rts_st_cnn_affine`` on 42×42 RTS
+digits, AdamW, localisation at 0.1× the rate), at the same batch size, on synthetic data (random uint8 28×28
+"digits", random labels):
 
 * **bare step** — ``benchmarks/train_speed.py``'s step (``train_speed.jax_step``): forward,
   backward, AdamW on one device-resident float batch already at the model's input size,
   parameters donated; what ``train_speed.py`` reports;
-* **real step** — the training loop's own jitted step (``train.step.make_train_step``, as
-  ``train.train`` builds it: RTS distortion of the raw digits on the device, dropout keys,
-  non-finite check, metrics) called on one device-resident batch;
-* **loop** — that step driven by ``train.loop.run`` as ``train_and_evaluate`` drives it:
-  host batches gathered from an in-memory uint8 array (like ``train.data``'s iterator),
-  sent to the devices one step ahead, metrics fetched every ``--fetch_every`` steps (the
-  config's ``log_every``, 50).
+* **real step** — the training loop's step body (``train.step.make_train_step``: RTS distortion of the
+  raw digits on the device, dropout keys, non-finite check, metrics) jitted alone, one dispatch per
+  step, on one device-resident batch;
+* **scanned real step** — the loop's jitted chunk (``train.step.make_train_chunk``) of 32 steps on the
+  training split held on the device, one fixed block of rows: the loop's device work without the host;
+* **loop** — ``train.loop.run`` as ``train_and_evaluate`` drives it, at most K steps per dispatch
+  (K = 1, 8, 32, and "to the next boundary": the metric fetch every ``--fetch_every`` steps, the
+  config's ``log_every``, 50), for both sources of ``train.sources``: the split held on the devices
+  (``device``: a ``(K, B)`` block of row numbers per dispatch) and host batches (``host``: K batches
+  gathered from an in-memory uint8 array, stacked and sent, the next chunk's while the current runs).
 
-loop / bare is what the issue asked for (the loop's images/s against ``train_speed.py``'s
-for the same model and batch); loop / real step isolates the loop's own cost (batches,
-transfers, dispatch, metric fetches) from the distortion that the real step adds.
+loop / bare is what the issue asked for (the loop's images/s against ``train_speed.py``'s for the same
+model and batch); loop / scanned real step isolates the loop's own cost (batches, transfers, dispatch,
+metric fetches) from the distortion and metrics that the real step adds.
 
 Timing: medians over ``--repeats`` rounds after warm-up; in each round every variant runs
-``--steps_per_round`` steps (default: enough for about 1 s of bare steps), interleaved, and
-ends synchronised with the device (``jax.block_until_ready``), so it runs unchanged on a
-GPU or TPU. On a CPU it sets the XLA flag the training command sets (``train/xla_cpu.py``)
-before JAX starts; not where an accelerator plugin is installed or ``JAX_PLATFORMS`` names
-an accelerator first; ``--xla_default`` leaves XLA's defaults.
+``--steps_per_round`` steps (default: enough for about 1 s of bare steps, rounded up to a multiple of
+``--fetch_every``), interleaved, and ends synchronised with the device (``jax.block_until_ready``), so it
+runs unchanged on a GPU or TPU. On a CPU it sets the XLA flag the training command sets
+(``train/xla_cpu.py``) before JAX starts; not where an accelerator plugin is installed or ``JAX_PLATFORMS``
+names an accelerator first; ``--xla_default`` leaves XLA's defaults.
 
-Imports only JAX, Flax, Optax, NumPy and this repository (no TFDS, grain, orbax or
-ml_collections), so it runs on a bare accelerator machine.
+Imports only JAX, Flax, Optax, NumPy and this repository (no TFDS, grain, orbax or ml_collections; the host
+source is fed from NumPy as grain's iterator would be), so it runs on a bare accelerator machine.
 
 Run: ``PYTHONPATH=. python benchmarks/loop_speed.py`` (writes its section of BENCHMARKS.md
 between the markers below); ``--out DIR`` writes ``DIR/loop_speed.md`` instead,
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import itertools
 import math
 import os
 import platform
@@ -48,7 +52,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -57,7 +60,7 @@ import report
 import train_speed
 from stn_jax.models import build_model
 from stn_jax.optim import with_localisation_lr
-from train import distortions, loop, xla_cpu
+from train import data, distortions, loop, sources, xla_cpu
 from train import step as step_lib
 
 BEGIN = "<!-- BEGIN benchmarks/loop_speed.py (generated, do not edit by hand) -->"
@@ -77,20 +80,18 @@ def accelerator_expected(environ=os.environ) -> bool:
     return any(name.startswith(("jax-cuda", "jax-rocm", "libtpu")) for name in names)
 
 
-def host_batches(batch: int, seed: int = 0):
-    """Endless ``{"image": uint8 (B, 28, 28, 1), "label": int32 (B,)}`` gathered from an in-memory pool."""
+CHUNKS = (1, 8, 32, None)  # the loop's steps per dispatch; None: up to the next boundary (the metric fetch)
+SCAN = 32  # the scanned real step's chunk
+
+
+def pool(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``POOL`` synthetic training digits: uint8 (N, 28, 28, 1) and int32 labels."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (POOL, 28, 28, 1), dtype=np.uint8)
-    labels = rng.integers(0, 10, POOL).astype(np.int32)
-    while True:
-        order = rng.permutation(POOL)
-        for start in range(0, POOL - batch + 1, batch):
-            rows = order[start : start + batch]
-            yield {"image": images[rows], "label": labels[rows]}
+    return rng.integers(0, 256, (POOL, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, POOL).astype(np.int32)
 
 
-def real_step(name: str, distortion: str, batch: int, *, seed: int = 0):
-    """The loop's jitted step, its state, the shardings and a device-resident batch."""
+def real_chunk(name: str, distortion: str, batch: int, *, seed: int = 0):
+    """The loop's step body and jitted chunk, the initial state, and the shardings."""
     shape = distortions.OUTPUT_SHAPES[distortion]
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -105,77 +106,117 @@ def real_step(name: str, distortion: str, batch: int, *, seed: int = 0):
         _, params, _, other = nnx.split(built, nnx.Param, nnx.RngState, ...)
         return params, tx.init(params), other
 
-    params, opt_state, other = jax.jit(init, out_shardings=replicated)()
-    train_step = step_lib.make_train_step(graphdef, rng_state, tx, seed=seed,
-                                          preprocess=lambda k, x, y: distortions.distort(distortion, k, x, y),
-                                          schedule=schedule, replicated=replicated, batch=batch_sharding)  # fmt: skip
-
-    def one_step(carry, batch, step):  # as train.train's loop calls it
-        index = jnp.asarray(step - 1, jnp.int32)
-        params, opt_state, out = train_step(*carry, other, batch["image"], batch["label"], index)
-        return (params, opt_state), out
-
-    resident = loop.global_batch(next(host_batches(batch, seed=1)), batch_sharding)
-    return one_step, (params, opt_state), batch_sharding, resident
+    step = step_lib.make_train_step(graphdef, rng_state, tx, seed=seed,
+                                    preprocess=lambda k, x, y: distortions.distort(distortion, k, x, y),
+                                    schedule=schedule)  # fmt: skip
+    chunk = step_lib.make_train_chunk(step, replicated=replicated, batch=batch_sharding)
+    jitted_step = jax.jit(step, in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding,
+                                              replicated), out_shardings=replicated, donate_argnums=(0, 1))  # fmt: skip
+    return step, chunk, jitted_step, jax.jit(init, out_shardings=replicated), replicated, batch_sharding
 
 
 def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
-    """``{variant: run(k)}``, each running k steps and returning synchronised; and the real step's compile time."""
+    """``{variant: run(k)}``, each running k steps and returning synchronised; and the scanned step's compile time."""
     side = distortions.OUTPUT_SHAPES[distortion][0]
     bare_step, bare_params, bare_opt, x, y, _ = train_speed.jax_step(name, side, batch)
-    bare = {"state": (bare_params, bare_opt)}
+    state = {"bare": (bare_params, bare_opt)}
 
     def run_bare(k):
-        params, opt_state = bare["state"]
+        params, opt_state = state["bare"]
         for _ in range(k):
             params, opt_state, _ = bare_step(params, opt_state, x, y)
-        bare["state"] = jax.block_until_ready((params, opt_state))
+        state["bare"] = jax.block_until_ready((params, opt_state))
 
-    one_step, carry, sharding, resident = real_step(name, distortion, batch)
-    real = {"carry": carry, "loop": carry}
-    batches = host_batches(batch)
+    _, chunk, jitted_step, init, replicated, batch_sharding = real_chunk(name, distortion, batch)
+    steps_sharding = step_lib.chunk_sharding(batch_sharding)
+    images, labels = pool()
+    device = sources.DeviceSource(images, labels, batch_size=batch, seed=1, replicated=replicated,
+                                  steps_sharding=steps_sharding)  # fmt: skip
+    resident = loop.global_batch(data.EpochBatches(images, labels, batch, 2)(0), batch_sharding)
+    block = device.feed(1, SCAN)  # one fixed block of rows for the scanned real step
+    variants = ["real", "scanned"] + [f"{kind}_k{k or 'b'}" for kind in ("device", "host") for k in CHUNKS]
+    other = None
+    for v in variants:
+        params, opt_state, other = init()
+        state[v] = (params, opt_state)
 
     def run_real(k):
-        carry = real["carry"]
-        for s in range(1, k + 1):
-            carry, _ = one_step(carry, resident, s)
-        real["carry"] = jax.block_until_ready(carry)
+        params, opt_state = state["real"]
+        for s in range(k):
+            params, opt_state, _ = jitted_step(params, opt_state, other, resident["image"], resident["label"],
+                                               np.int32(s))  # fmt: skip
+        state["real"] = jax.block_until_ready((params, opt_state))
 
-    def run_loop(k):
-        carry, metrics = loop.run(one_step, real["loop"], batches, sharding=sharding, steps=k,
-                                  fetch_every=args.fetch_every)  # fmt: skip
-        real["loop"] = jax.block_until_ready(carry)
-        assert len(metrics) == k
+    def run_scanned(k):  # whole chunks: returns the steps taken
+        params, opt_state = state["scanned"]
+        for s in range(0, k, SCAN):
+            params, opt_state, _ = chunk(params, opt_state, other, device.dataset, block, np.int32(s))
+        state["scanned"] = jax.block_until_ready((params, opt_state))
+        return -(-k // SCAN) * SCAN
 
+    def run_loop(variant: str, source, max_steps: int):
+        def run_chunk(carry, xs, first):
+            params, opt_state, out = chunk(*carry, other, source.dataset, xs, np.int32(first - 1))
+            return (params, opt_state), out
+
+        def run(k):
+            carry, metrics = loop.run(run_chunk, state[variant], source.feed, steps=k, fetch_every=args.fetch_every,
+                                      max_steps=max_steps)  # fmt: skip
+            state[variant] = jax.block_until_ready(carry)
+            assert len(metrics) == k
+
+        return run
+
+    runs = {"bare": run_bare, "real": run_real, "scanned": run_scanned}
+    for kind in ("device", "host"):
+        for k in CHUNKS:
+            # A fresh source per round (steps 1..k): the device one is stateless, the host one goes forward only.
+            make = (
+                (lambda: device) if kind == "device" else (lambda: host_source(images, labels, batch, steps_sharding))
+            )
+            runs[f"{kind}_k{k or 'b'}"] = _fresh(make, run_loop, f"{kind}_k{k or 'b'}", k or args.fetch_every)
     t0 = time.perf_counter()
-    run_real(1)  # compiles the real step
+    run_scanned(SCAN)  # compiles the scanned step
     compile_s = time.perf_counter() - t0
-    return {"bare": run_bare, "real": run_real, "loop": run_loop}, compile_s
+    return runs, compile_s
+
+
+def host_source(images: np.ndarray, labels: np.ndarray, batch: int, steps_sharding) -> sources.HostSource:
+    """Host batches as the grain iterator yields them (:class:`train.data.EpochBatches`), without grain."""
+    return sources.HostSource(map(data.EpochBatches(images, labels, batch, 1), itertools.count()), start=0,
+                              steps_sharding=steps_sharding)  # fmt: skip
+
+
+def _fresh(make_source, run_loop, variant: str, max_steps: int):
+    return lambda k: run_loop(variant, make_source(), max_steps)(k)
 
 
 def measure(args, name: str, distortion: str, batch: int) -> dict:
     runs, compile_s = runners(args, name, distortion, batch)
-    for run in runs.values():
-        run(args.warmup)
     k = args.steps_per_round
-    if k is None:  # about args.round_s seconds of bare steps per round
+    if k is None:  # about args.round_s seconds of bare steps per round, whole fetch intervals
+        runs["bare"](2)  # compiles
         t0 = time.perf_counter()
         runs["bare"](2)
         k = max(2, math.ceil(args.round_s / ((time.perf_counter() - t0) / 2)))
+        k = -(-k // args.fetch_every) * args.fetch_every
+    for _ in range(args.warmup):  # every chunk length a round uses, compiled
+        for run in runs.values():
+            run(k)
     times = {v: [] for v in runs}
     for _ in range(args.repeats):
         for v, run in runs.items():
             t0 = time.perf_counter()
-            run(k)
-            times[v].append((time.perf_counter() - t0) / k)
+            taken = run(k) or k
+            times[v].append((time.perf_counter() - t0) / taken)
     med = {v: statistics.median(t) for v, t in times.items()}
     row = dict(model=name, distortion=distortion, side=distortions.OUTPUT_SHAPES[distortion][0], batch=batch,
                steps_per_round=k, compile=compile_s, **{f"{v}_ips": batch / t for v, t in med.items()})  # fmt: skip
-    row["loop_over_bare"] = row["loop_ips"] / row["bare_ips"]
-    row["loop_over_real"] = row["loop_ips"] / row["real_ips"]
+    best = max((v for v in runs if v.startswith(("device", "host"))), key=lambda v: row[f"{v}_ips"])
     print(f"{name} {row['side']}×{row['side']} batch {batch}: bare {row['bare_ips']:.0f} img/s, real step "
-          f"{row['real_ips']:.0f} img/s, loop {row['loop_ips']:.0f} img/s; loop/bare {row['loop_over_bare']:.2f}, "
-          f"loop/real {row['loop_over_real']:.2f} ({k} steps a round, compile {compile_s:.1f} s)", flush=True)  # fmt: skip
+          f"{row['real_ips']:.0f}, scanned {row['scanned_ips']:.0f}, best loop ({best}) {row[f'{best}_ips']:.0f}; "
+          f"best loop/bare {row[f'{best}_ips'] / row['bare_ips']:.2f} ({k} steps a round, compile "
+          f"{compile_s:.1f} s)", flush=True)  # fmt: skip
     return row
 
 
@@ -191,30 +232,39 @@ def render(rows: list[dict], args, load_before: float, load_after: float) -> str
              "accelerator: the training command's CPU flag not set" if args.accelerator else
              "as `python -m train` sets them, see `train/xla_cpu.py`")  # fmt: skip
     lines = [
-        "## Training loop vs its bare step (`train.loop` around the jitted step)",
+        "## Training loop vs its bare step (`train.loop` around the scanned step)",
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {machine()}  ",
         f"XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}` ({flags})  ",
         f"Load average (1 min) before/after: {load_before:.2f} / {load_after:.2f}; float32, synthetic uint8 digits, "
-        f"medians of {args.repeats} interleaved rounds after {args.warmup} warm-up steps, each round synchronised "
-        f"with the device; the loop fetches metrics every {args.fetch_every} steps and at the end of each round.",
+        f"medians of {args.repeats} interleaved rounds after {args.warmup} warm-up round(s), each round synchronised "
+        f"with the device; the loop fetches metrics every {args.fetch_every} steps.",
         "",
         "Bare step: `benchmarks/train_speed.py`'s (forward, backward, AdamW on a device-resident batch at the "
-        "model's input size, donated). Real step: the training loop's jitted step (`train.step`: RTS distortion "
-        "on the device, dropout keys, non-finite check, metrics) on a device-resident batch. Loop: that step "
-        "driven by `train.loop` over host batches (the next batch sent while the current step runs, metrics "
-        "fetched only every N steps), as `python -m train` runs it.",
+        "model's input size, donated). Real step: the training loop's step body (`train.step`: RTS distortion "
+        "on the device, dropout keys, non-finite check, metrics) jitted alone on a device-resident batch, one "
+        f"dispatch per step. Scanned: the loop's chunk of {SCAN} such steps (`lax.scan`) on the split held on "
+        "the device. Loop: `train.loop` with at most K steps per dispatch (b: up to the next boundary) and "
+        "the training split on the device (`device`) or batches sent from the host (`host`), as `python -m "
+        "train` runs it. Every figure is img/s; the ratio is against the bare step.",
         "",
-        "| model | input | batch | bare step img/s | real step img/s | loop img/s | **loop / bare** | loop / real step "
-        "| steps a round | compile s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | input | batch | bare | real step | scanned | "
+        + " | ".join(f"{kind} K={k or 'b'}" for kind in ("device", "host") for k in CHUNKS)
+        + " | **best loop / bare** | best loop / scanned | steps a round | compile s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | "
+        + " | ".join("---:" for _ in range(2 * len(CHUNKS)))
+        + " | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        loops = [f"{kind}_k{k or 'b'}" for kind in ("device", "host") for k in CHUNKS]
+        best = max(r[f"{v}_ips"] for v in loops)
         lines.append(
             f"| {r['model']} | {r['distortion']} {r['side']}×{r['side']}×1 | {r['batch']} | {r['bare_ips']:.0f} | "
-            f"{r['real_ips']:.0f} | {r['loop_ips']:.0f} | **{r['loop_over_bare']:.2f}** | {r['loop_over_real']:.2f} "
-            f"| {r['steps_per_round']} | {r['compile']:.1f} |"
+            f"{r['real_ips']:.0f} | {r['scanned_ips']:.0f} | "
+            + " | ".join(f"{r[f'{v}_ips']:.0f}" for v in loops)
+            + f" | **{best / r['bare_ips']:.2f}** | {best / r['scanned_ips']:.2f} | {r['steps_per_round']} | "
+            f"{r['compile']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -224,7 +274,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: the CNN on undistorted 28×28 digits, batch 16, 1 round of 2 steps",
+        help="smoke run: the CNN on undistorted 28×28 digits, batch 16, 1 round of 4 steps",
     )
     parser.add_argument("--model", default=None, help="default st_cnn_affine (cnn with --quick)")
     parser.add_argument(
@@ -246,9 +296,7 @@ def parse_args(argv=None):
         help="default: enough for --round_s seconds of bare steps (2 with --quick)",
     )
     parser.add_argument("--round_s", type=float, default=1.0)
-    parser.add_argument(
-        "--warmup", type=int, default=None, help="warm-up steps per variant (default 2; 1 with --quick)"
-    )
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 1)")
     parser.add_argument(
         "--fetch_every", type=int, default=None, help="the loop's metric fetches (default 50, log_every)"
     )
@@ -265,8 +313,8 @@ def parse_args(argv=None):
     args.distortion = args.distortion or ("none" if quick else "RTS")
     args.batches = args.batches or ([16] if quick else [256, 64])
     args.repeats = args.repeats or (1 if quick else 7)
-    args.warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
-    args.steps_per_round = args.steps_per_round or (2 if quick else None)
+    args.warmup = args.warmup if args.warmup is not None else 1
+    args.steps_per_round = args.steps_per_round or (4 if quick else None)
     args.fetch_every = args.fetch_every or (2 if quick else 50)
     return args
 

@@ -468,10 +468,11 @@ def test_nan_loss_skip_mode_skips_steps_and_finishes(data_dir, tmp_path):
     assert all(np.isfinite(p).all() for p in flat_params(tmp_path))
 
 
-def poison_steps(monkeypatch, bad_steps, *, interrupt_at=None, dispatched=None):
+def poison_steps(monkeypatch, bad_steps, *, interrupt_at=None, dispatched=None, made=None):
     """Makes the loop's step non-finite at ``bad_steps`` (1-based; params and optimiser state kept, as the
     real step keeps them), and raise KeyboardInterrupt when the chunk holding step ``interrupt_at`` is about
-    to be dispatched; each dispatched chunk's ``(first step, length)`` is appended to ``dispatched``."""
+    to be dispatched; each dispatched chunk's ``(first step, length)`` is appended to ``dispatched``, each
+    jitted chunk function made to ``made``."""
     real_step, real_chunk = step_lib.make_train_step, step_lib.make_train_chunk
     bad = sorted(s - 1 for s in bad_steps) or [-1]
 
@@ -498,7 +499,8 @@ def poison_steps(monkeypatch, bad_steps, *, interrupt_at=None, dispatched=None):
                 dispatched.append((int(first) + 1, length))
             return chunk(params, opt_state, other, dataset, xs, first)
 
-        counted.jitted = chunk
+        if made is not None:
+            made.append(chunk)
         return counted
 
     monkeypatch.setattr(step_lib, "make_train_step", make_step)
@@ -515,7 +517,7 @@ def test_nan_stop_lands_at_the_next_boundary_and_no_checkpoint_follows_it(every,
     dispatched = []
     poison_steps(monkeypatch, {bad}, dispatched=dispatched)
     config = tiny_config("tiny", data_dir, "steps=12", f"log_every={log_every}",
-                         f"checkpoint_every={checkpoint_every}", "eval_every=100")  # fmt: skip
+                         f"checkpoint_every={checkpoint_every}", "eval_every=100", "steps_per_dispatch=32")  # fmt: skip
     with pytest.raises(errors.NonFiniteLossError) as info:
         train_lib.train_and_evaluate(config, tmp_path)
     message = str(info.value)
@@ -556,7 +558,7 @@ def test_nan_skip_counts_skipped_steps_and_stops_after_too_many_in_a_row(data_di
 def test_interrupted_run_resumes_bit_exactly_from_its_checkpoint(source, data_dir, tmp_path, monkeypatch):
     """The batches after a resume are those of an uninterrupted run although the loop reads ahead (in-process)."""
     config = tiny_config("tiny", data_dir, "steps=20", "log_every=20", "checkpoint_every=7", "eval_every=100",
-                         "async_checkpoints=False", f"data_source={source!r}")  # fmt: skip
+                         "async_checkpoints=False", f"data_source={source!r}", "steps_per_dispatch=32")  # fmt: skip
     train_lib.train_and_evaluate(config, tmp_path / "reference")
     with monkeypatch.context() as m:
         poison_steps(m, set(), interrupt_at=16)  # steps 1-14 dispatched, the checkpoints of steps 7 and 14 saved
@@ -568,29 +570,32 @@ def test_interrupted_run_resumes_bit_exactly_from_its_checkpoint(source, data_di
     assert_same_params(flat_params(tmp_path / "interrupted"), flat_params(tmp_path / "reference"), rtol=0, atol=0)
 
 
-def test_every_chunking_and_both_sources_end_with_identical_parameters_and_losses(data_dir, tmp_path, monkeypatch):
-    """One step per dispatch, chunks of up to 4 or 32 (ragged spans cut into powers of two), the split on the
-    device or batches from the host: the same parameters and logged losses, bit for bit. A run dispatches
-    one chunk per planned piece and compiles one chunk length per distinct piece."""
+@pytest.mark.parametrize("unrolled", [False, True], ids=["scanned", "unrolled"])
+def test_every_chunking_and_both_sources_end_with_identical_parameters_and_losses(unrolled, data_dir, tmp_path,
+                                                                                   monkeypatch):  # fmt: skip
+    """One step per dispatch, chunks of up to 3 or 32 (ragged spans cut into powers of two), the split on the
+    device or batches from the host, the steps of a chunk scanned (accelerators) or unrolled (CPUs): the same
+    parameters and logged losses, bit for bit. A run dispatches one chunk per planned piece and compiles one
+    chunk length per distinct piece."""
+    monkeypatch.setattr(step_lib, "unrolled_chunks", lambda platform: unrolled)
     every = ("steps=21", "log_every=5", "eval_every=21", "checkpoint_every=10")
     runs = {}
-    for name, overrides in [("k32_device", ("data_source='device'",)), ("k1", ("steps_per_dispatch=1",)),
-                            ("k4_host", ("steps_per_dispatch=4", "data_source='host'")),
+    for name, overrides in [("k32_device", ("steps_per_dispatch=32", "data_source='device'")),
+                            ("k1", ("steps_per_dispatch=1",)),
+                            ("k32_host", ("steps_per_dispatch=32", "data_source='host'")),
                             ("k3_device", ("steps_per_dispatch=3", "data_source='device'"))]:  # fmt: skip
-        dispatched = []
+        dispatched, made = [], []
         with monkeypatch.context() as m:
-            poison_steps(m, set(), dispatched=dispatched)
-            made = []
-            real = step_lib.make_train_chunk
-            m.setattr(step_lib, "make_train_chunk", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+            poison_steps(m, set(), dispatched=dispatched, made=made)
             config = tiny_config("mnist_rts_st_cnn_affine", data_dir, *every, *overrides)
             _, params = train_lib.train_and_evaluate(config, tmp_path / name, return_params=True)
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         runs[name] = params, [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
         assert [d[0] for d in dispatched] == list(np.cumsum([1] + [n for _, n in dispatched][:-1]))  # consecutive
         assert sum(n for _, n in dispatched) == 21
-        assert made[0].jitted._cache_size() == len({n for _, n in dispatched})  # one compile per chunk length
+        assert made[0]._cache_size() == len({n for _, n in dispatched})  # one compile per chunk length
         runs[name] += (dispatched,)
+    assert runs["k32_host"][2] == runs["k32_device"][2]
     # Boundaries 1, 5, 10, 15, 20, 21: spans of 1, 4, 5, 5, 5, 1 steps.
     assert runs["k32_device"][2] == [(1, 1), (2, 4), (6, 4), (10, 1), (11, 4), (15, 1), (16, 4), (20, 1), (21, 1)]
     assert runs["k1"][2] == [(s, 1) for s in range(1, 22)]

@@ -75,8 +75,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.data_source not in sources.CHOICES:
         raise ConfigError(f"data_source must be one of {sources.CHOICES}, got {config.data_source!r}")
     for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "log_every", "checkpoint_every",
-                 "keep_checkpoints", "num_show", "steps_per_dispatch"):  # fmt: skip
+                 "keep_checkpoints", "num_show"):  # fmt: skip
         _positive_int(config, name)
+    value = config.steps_per_dispatch
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"steps_per_dispatch must be a non-negative int (0: per platform), got {value!r}")
     if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
         raise ConfigError(f"learning_rate must be a positive finite number, got {config.learning_rate!r}")
     steps = tuple(config.profile_steps)

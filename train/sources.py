@@ -19,6 +19,7 @@ the split fits :data:`DEVICE_LIMIT`). Imports JAX and NumPy only (grain when a :
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -49,15 +50,13 @@ class DeviceSource:
 
 
 class HostSource:
-    """Batches read on the host (grain) from step ``start`` on, ``K`` at a time, sent split over the devices."""
+    """Host batches (those of steps ``start + 1, ...``, in order), ``K`` at a time, sent split over the devices."""
 
     kind = "host"
     dataset = None
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int, start: int,
-                 steps_sharding: jax.sharding.Sharding):  # fmt: skip
-        self.iterator = data.train_iterator(images, labels, batch_size=batch_size, seed=seed, start=start)
-        self.steps_sharding, self.next_step = steps_sharding, start + 1
+    def __init__(self, batches: Iterator[dict], *, start: int, steps_sharding: jax.sharding.Sharding):
+        self.iterator, self.steps_sharding, self.next_step = batches, steps_sharding, start + 1
 
     def feed(self, first: int, length: int) -> dict[str, jax.Array]:
         if first != self.next_step:  # a grain iterator only goes forward
@@ -103,4 +102,5 @@ def make(kind: str, images: np.ndarray, labels: np.ndarray, *, batch_size: int, 
     if kind == "device":
         return DeviceSource(images, labels, batch_size=batch_size, seed=seed, replicated=replicated,
                             steps_sharding=steps_sharding)  # fmt: skip
-    return HostSource(images, labels, batch_size=batch_size, seed=seed, start=start, steps_sharding=steps_sharding)
+    batches = data.train_iterator(images, labels, batch_size=batch_size, seed=seed, start=start)
+    return HostSource(batches, start=start, steps_sharding=steps_sharding)

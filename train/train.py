@@ -156,9 +156,12 @@ def _train_and_evaluate(config, workdir: epath.Path, data_dir: epath.Path, t_sta
     if start:
         how = "verified" if verified else "unverified: no digest"
         progress.message(f"resumed from the checkpoint of step {start} in {workdir / 'checkpoints'} ({how})")
-    progress.message(f"training batches: {run_data.source_why}; up to {config.steps_per_dispatch} steps per dispatch")
+    per_dispatch = config.steps_per_dispatch or step_lib.default_steps_per_dispatch(
+        fns.replicated.mesh.devices.flat[0].platform
+    )
+    progress.message(f"training batches: {run_data.source_why}; up to {per_dispatch} steps per dispatch")
 
-    steps = _Steps(config, workdir, run_data, fns, ckpt, writer, progress, preempted, lock, source)
+    steps = _Steps(config, workdir, run_data, fns, ckpt, writer, progress, preempted, lock, source, per_dispatch)
     steps.window = list(meta.get("loss_window", []))  # the log after a resume averages the same steps
     try:
         state = steps.run(start, state)
@@ -208,8 +211,10 @@ class _Steps:
 
     def __init__(self, config, workdir: epath.Path, run_data: _Data, fns: compiled.Functions,
                  ckpt: checkpoints.Checkpoints, writer: metrics.MetricWriter, progress: metrics.Progress,
-                 preempted: preemption.Preemption, lock: workdir_lock.WorkdirLock | None, source):  # fmt: skip
+                 preempted: preemption.Preemption, lock: workdir_lock.WorkdirLock | None, source,
+                 per_dispatch: int):  # fmt: skip
         self.config, self.workdir, self.data, self.fns, self.source = config, workdir, run_data, fns, source
+        self.per_dispatch = per_dispatch  # the most steps a chunk takes (train.loop)
         self.ckpt, self.writer, self.progress, self.preempted = ckpt, writer, progress, preempted
         self.lock = lock  # process 0's; None elsewhere
         self.stop_at: int | None = None  # the step every process agreed to stop at for a preemption
@@ -242,7 +247,7 @@ class _Steps:
                     or any(step % n == 0 for n in every))  # fmt: skip
 
         steps = loop.drive(run_chunk, (params, opt_state), self.source.feed, start=start, stop=config.steps,
-                           boundary=boundary, max_steps=config.steps_per_dispatch)  # fmt: skip
+                           boundary=boundary, max_steps=self.per_dispatch)  # fmt: skip
         for step, (params, opt_state), fetched in steps:
             self.trace.reached(step)
             self.check_finite(step, fetched)
@@ -403,8 +408,10 @@ def _ensure_dataset(config: ml_collections.ConfigDict, data_dir: epath.Path) -> 
         held = packed.header(data_dir)
         missing = [s for s in (config.train_split, config.val_split, config.test_split) if s not in held["splits"]]
         if held["dataset"] != config.dataset or missing:
-            raise DataError(f"the pack {data_dir} holds {held['dataset']} splits {held['splits']}; this run reads "
-                            f"{config.dataset} {config.train_split!r}, {config.val_split!r} and {config.test_split!r}")
+            raise DataError(
+                f"the pack {data_dir} holds {held['dataset']} splits {held['splits']}; this run reads "
+                f"{config.dataset} {config.train_split!r}, {config.val_split!r} and {config.test_split!r}"
+            )
         return
     if prepare.is_prepared(config.dataset, data_dir):
         return

@@ -28,8 +28,9 @@ Fields (all overridable from the command line with ``--set key=value``):
                              (``optax.smooth_labels``; evaluation losses stay unsmoothed)
 ``profile_steps``            ``()``: off; ``(first, last)``: a ``jax.profiler`` trace of those
                              steps in ``<workdir>/profile`` (:mod:`train.profiling`)
-``steps_per_dispatch``       the most steps one dispatch takes (one ``lax.scan``); fewer up to
-                             the next log, evaluation or checkpoint (:mod:`train.loop`)
+``steps_per_dispatch``       the most steps one dispatch takes (one ``lax.scan``), fewer up to
+                             the next log, evaluation or checkpoint (:mod:`train.loop`); 0: 32
+                             on an accelerator, 1 on a CPU (:func:`train.step.unrolled_chunks`)
 ``data_source``              ``"auto"``, ``"device"`` (the training split held on the devices)
                              or ``"host"`` (batches sent every dispatch) (:mod:`train.sources`)
 ===========================  ================================================================
@@ -73,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_decay = 0.0  # 0: off
     c.label_smoothing = 0.0  # 0: off
     c.nonfinite = "stop"
-    c.steps_per_dispatch = 32  # at most: a chunk ends at every boundary (train/loop.py)
+    c.steps_per_dispatch = 0  # 0: per platform (train/step.py); a chunk ends at every boundary (train/loop.py)
     # Evaluation, logging, checkpoints.
     c.eval_every = 500
     c.eval_batch_size = 512  # divisible by common device counts

@@ -80,8 +80,15 @@ def accelerator_expected(environ=os.environ) -> bool:
     return any(name.startswith(("jax-cuda", "jax-rocm", "libtpu")) for name in names)
 
 
-CHUNKS = (1, 8, 32, None)  # the loop's steps per dispatch; None: up to the next boundary (the metric fetch)
-SCAN = 32  # the scanned real step's chunk
+# The loop's steps per dispatch (None: up to the next boundary, the metric fetch), and the scanned real step's
+# chunk. A CPU unrolls a chunk (train.step.unrolled_chunks): it compiles K steps and runs no faster, so there
+# only K = 1 and 8 are measured.
+CHUNKS = {"accelerator": (1, 8, 32, None), "cpu": (1, 8)}
+SCAN = {"accelerator": 32, "cpu": 8}
+
+
+def platform_kind() -> str:
+    return "cpu" if step_lib.unrolled_chunks(jax.default_backend()) else "accelerator"
 
 
 def pool(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +116,8 @@ def real_chunk(name: str, distortion: str, batch: int, *, seed: int = 0):
     step = step_lib.make_train_step(graphdef, rng_state, tx, seed=seed,
                                     preprocess=lambda k, x, y: distortions.distort(distortion, k, x, y),
                                     schedule=schedule)  # fmt: skip
-    chunk = step_lib.make_train_chunk(step, replicated=replicated, batch=batch_sharding)
+    unroll = step_lib.unrolled_chunks(jax.default_backend())
+    chunk = step_lib.make_train_chunk(step, replicated=replicated, batch=batch_sharding, unroll=unroll)
     jitted_step = jax.jit(step, in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding,
                                               replicated), out_shardings=replicated, donate_argnums=(0, 1))  # fmt: skip
     return step, chunk, jitted_step, jax.jit(init, out_shardings=replicated), replicated, batch_sharding
@@ -133,8 +141,9 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
     device = sources.DeviceSource(images, labels, batch_size=batch, seed=1, replicated=replicated,
                                   steps_sharding=steps_sharding)  # fmt: skip
     resident = loop.global_batch(data.EpochBatches(images, labels, batch, 2)(0), batch_sharding)
-    block = device.feed(1, SCAN)  # one fixed block of rows for the scanned real step
-    variants = ["real", "scanned"] + [f"{kind}_k{k or 'b'}" for kind in ("device", "host") for k in CHUNKS]
+    chunks, scan = CHUNKS[platform_kind()], SCAN[platform_kind()]
+    block = device.feed(1, scan)  # one fixed block of rows for the scanned real step
+    variants = ["real", "scanned"] + [f"{kind}_k{k or 'b'}" for kind in ("device", "host") for k in chunks]
     other = None
     for v in variants:
         params, opt_state, other = init()
@@ -149,10 +158,10 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
 
     def run_scanned(k):  # whole chunks: returns the steps taken
         params, opt_state = state["scanned"]
-        for s in range(0, k, SCAN):
+        for s in range(0, k, scan):
             params, opt_state, _ = chunk(params, opt_state, other, device.dataset, block, np.int32(s))
         state["scanned"] = jax.block_until_ready((params, opt_state))
-        return -(-k // SCAN) * SCAN
+        return -(-k // scan) * scan
 
     def run_loop(variant: str, source, max_steps: int):
         def run_chunk(carry, xs, first):
@@ -169,14 +178,14 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
 
     runs = {"bare": run_bare, "real": run_real, "scanned": run_scanned}
     for kind in ("device", "host"):
-        for k in CHUNKS:
+        for k in chunks:
             # A fresh source per round (steps 1..k): the device one is stateless, the host one goes forward only.
             make = (
                 (lambda: device) if kind == "device" else (lambda: host_source(images, labels, batch, steps_sharding))
             )
             runs[f"{kind}_k{k or 'b'}"] = _fresh(make, run_loop, f"{kind}_k{k or 'b'}", k or args.fetch_every)
     t0 = time.perf_counter()
-    run_scanned(SCAN)  # compiles the scanned step
+    run_scanned(scan)  # compiles the scanned step
     compile_s = time.perf_counter() - t0
     return runs, compile_s
 
@@ -231,6 +240,7 @@ def render(rows: list[dict], args, load_before: float, load_after: float) -> str
     flags = ("XLA's defaults" if args.xla_default else
              "accelerator: the training command's CPU flag not set" if args.accelerator else
              "as `python -m train` sets them, see `train/xla_cpu.py`")  # fmt: skip
+    kind = platform_kind()
     lines = [
         "## Training loop vs its bare step (`train.loop` around the scanned step)",
         "",
@@ -244,20 +254,21 @@ def render(rows: list[dict], args, load_before: float, load_after: float) -> str
         "Bare step: `benchmarks/train_speed.py`'s (forward, backward, AdamW on a device-resident batch at the "
         "model's input size, donated). Real step: the training loop's step body (`train.step`: RTS distortion "
         "on the device, dropout keys, non-finite check, metrics) jitted alone on a device-resident batch, one "
-        f"dispatch per step. Scanned: the loop's chunk of {SCAN} such steps (`lax.scan`) on the split held on "
+        f"dispatch per step. Scanned: the loop's chunk of {SCAN[kind]} such steps (`lax.scan`; unrolled on a CPU) on "
+        "the split held on "
         "the device. Loop: `train.loop` with at most K steps per dispatch (b: up to the next boundary) and "
         "the training split on the device (`device`) or batches sent from the host (`host`), as `python -m "
         "train` runs it. Every figure is img/s; the ratio is against the bare step.",
         "",
         "| model | input | batch | bare | real step | scanned | "
-        + " | ".join(f"{kind} K={k or 'b'}" for kind in ("device", "host") for k in CHUNKS)
+        + " | ".join(f"{source} K={k or 'b'}" for source in ("device", "host") for k in CHUNKS[kind])
         + " | **best loop / bare** | best loop / scanned | steps a round | compile s |",
         "| --- | --- | ---: | ---: | ---: | ---: | "
-        + " | ".join("---:" for _ in range(2 * len(CHUNKS)))
+        + " | ".join("---:" for _ in range(2 * len(CHUNKS[kind])))
         + " | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        loops = [f"{kind}_k{k or 'b'}" for kind in ("device", "host") for k in CHUNKS]
+        loops = [f"{source}_k{k or 'b'}" for source in ("device", "host") for k in CHUNKS[kind]]
         best = max(r[f"{v}_ips"] for v in loops)
         lines.append(
             f"| {r['model']} | {r['distortion']} {r['side']}×{r['side']}×1 | {r['batch']} | {r['bare_ips']:.0f} | "

@@ -45,8 +45,17 @@ KILLER = Path(__file__).resolve().parent / "gcs_kill_worker.py"
 RUN = ["steps=4", "batch_size=8", "eval_batch_size=8", "eval_every=2", "checkpoint_every=2", "log_every=1",
        "warmup_steps=1", "num_show=2", "keep_checkpoints=1"]  # fmt: skip
 # Long enough to be signalled half-way: no evaluation or checkpoint before the end but the preemption's.
-LONG = ["steps=300", "batch_size=8", "eval_batch_size=8", "eval_every=1000", "checkpoint_every=1000",
-        "log_every=10", "warmup_steps=1", "num_show=2"]  # fmt: skip
+LONG = [
+    "steps=300",
+    "batch_size=8",
+    "eval_batch_size=8",
+    "eval_every=1000",
+    "checkpoint_every=1000",
+    "log_every=10",
+    "warmup_steps=1",
+    "num_show=2",
+    "steps_per_dispatch=8",
+]  # fmt: skip  (chunks of 8 and 2)
 
 
 @pytest.fixture(scope="module")

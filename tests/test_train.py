@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from train import (
     distortions,
     errors,
     evaluation,
+    optim,
     prepare,
     xla_cpu,
 )
@@ -591,6 +593,9 @@ def test_every_chunking_and_both_sources_end_with_identical_parameters_and_losse
             _, params = train_lib.train_and_evaluate(config, tmp_path / name, return_params=True)
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         runs[name] = params, [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
+        schedule = optim.schedule(config)  # step s takes the rate (and keys) of its 0-based index s - 1
+        for r in (r for r in records if r["split"] == "train"):
+            np.testing.assert_allclose(r["learning_rate"], float(schedule(r["step"] - 1)), rtol=1e-6)
         assert [d[0] for d in dispatched] == list(np.cumsum([1] + [n for _, n in dispatched][:-1]))  # consecutive
         assert sum(n for _, n in dispatched) == 21
         assert made[0]._cache_size() == len({n for _, n in dispatched})  # one compile per chunk length
@@ -886,3 +891,20 @@ def test_real_mnist_reaches_well_under_5_percent_test_error(tmp_path, real_mnist
     assert summary["test_examples"] == 10_000
     assert summary["test_error"] < 0.03, summary
     print(f"real MNIST: {summary}, {time.monotonic() - started:.0f} s")
+
+
+def test_the_loop_on_device_script_runs_its_three_parts_on_a_pack(data_dir, tmp_path):
+    """benchmarks/loop_on_device.sh --quick (what a lent GPU runs, tiny budgets): the loop's speed table, the
+    README's main command on the pack, and the RTS pair through reproduce_on_device.py, each part recorded."""
+    _device_driver().pack(data_dir, tmp_path / "pack.npz", ["rts_fcn"])
+    env = {**os.environ, "PACK": str(tmp_path / "pack.npz"), "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "loop_on_device.sh"), "--quick"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    for part in ("loop_speed", "readme", "table1"):
+        assert re.search(rf"^\| {part} \| `.+` \| 0 \| \d+\.\d \|$", summary, re.M), summary
+    assert re.search(r"README main command: test error \d+\.\d\d%, 4 steps, wall time \d+ s", summary), summary
+    assert "| device K=1 | device K=8 | host K=1 | host K=8 |" in (tmp_path / "out" / "loop_speed.md").read_text()
+    records = json.loads((tmp_path / "out" / "table1" / "records.json").read_text())
+    assert sorted(r["cell"] for r in records) == ["rts_cnn+ls_01+lr_6e3", "rts_fcn+ls_01+lr_6e3"]

@@ -541,7 +541,7 @@ def test_nan_stop_lands_at_the_next_boundary_and_no_checkpoint_follows_it(every,
 def test_nan_skip_counts_skipped_steps_and_stops_after_too_many_in_a_row(data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_lib, "MAX_SKIPPED_IN_A_ROW", 2)
     config = tiny_config("tiny", data_dir, "steps=8", "log_every=4", "checkpoint_every=100", "eval_every=100",
-                         "nonfinite=skip")  # fmt: skip
+                         "nonfinite=skip", "steps_per_dispatch=4")  # fmt: skip  (chunks 1, 2, 1, 4)
     poison_steps(monkeypatch, {2, 3, 6})  # never more than 2 in a row
     summary = train_lib.train_and_evaluate(config, tmp_path / "finishes")
     assert summary["skipped_steps"] == 3

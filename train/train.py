@@ -2,25 +2,26 @@
 
 Data parallel, written once: a 1-D mesh ``("data",)`` over every device of every process
 (``jax.make_mesh``); parameters and optimiser state replicated, each global batch split
-over ``data``. One jitted train step with explicit in/out shardings (:mod:`train.compiled`,
+over ``data``. One jitted chunk of train steps with explicit in/out shardings (:mod:`train.compiled`,
 :mod:`train.step`) does everything a step needs on device — distortion of the raw digits
 (:meth:`train.datasets.Dataset.preprocess`, fresh keys every step; or, with
 ``train_distortion="fixed"``, a training set distorted once at start), forward, backward,
-optimiser update, the non-finite check — with no host round-trip inside. Each process feeds
-only its shard of the training set (:mod:`train.data`); the global batch is assembled with
-``jax.make_array_from_process_local_data``. Evaluation runs on every process over its part
-of the split (:mod:`train.evaluation`). Process 0 alone writes metrics, figures and the
-summary; checkpoints are written collectively by Orbax and every process restores.
+optimiser update, the non-finite check — for up to ``steps_per_dispatch`` steps (a ``lax.scan``;
+unrolled on a CPU), parameters and optimiser state donated, with no host round-trip inside. The
+training split is held on the devices when it fits (each chunk then gets only row numbers), else
+each process sends its shard's batches (:mod:`train.sources`). Evaluation runs on every process
+over its part of the split (:mod:`train.evaluation`). Process 0 alone writes metrics, figures and
+the summary; checkpoints are written collectively by Orbax and every process restores.
 
-The host waits for the devices only at boundaries (:func:`train.loop.drive`): steps are
-dispatched asynchronously, the next batch is read and sent while the current step runs,
+The host waits for the devices only at boundaries (:func:`train.loop.drive`): chunks are
+dispatched asynchronously, the next chunk's inputs are sent while the current chunk runs,
 and the per-step metrics (loss, non-finite flag) stay on the devices until a boundary —
 the first step, every ``log_every``, ``eval_every`` and ``checkpoint_every`` step, and
-the last — fetches them all.
+the last — fetches them all. A chunk always ends at a boundary.
 
 Randomness is a pure function of ``(config.seed, step)``: step ``s`` distorts and drops
-out with ``fold_in(key(seed), s)``, and the data iterator's position is checkpointed, so
-a resumed run sees exactly the batches and keys of an uninterrupted one.
+out with ``fold_in(key(seed), s)``, and its batch is a function of ``s`` too, so a resumed
+run sees exactly the batches and keys of an uninterrupted one, however its steps were chunked.
 
 Errors and exit codes (see :data:`EXIT_CODES`): a bad configuration raises
 :class:`ConfigError` (:mod:`train.config_checks`) before any data is read or anything

@@ -81,14 +81,14 @@ def accelerator_expected(environ=os.environ) -> bool:
 
 
 # The loop's steps per dispatch (None: up to the next boundary, the metric fetch), and the scanned real step's
-# chunk. A CPU unrolls a chunk (train.step.unrolled_chunks): it compiles K steps and runs no faster, so there
-# only K = 1 and 8 are measured.
+# chunk. A CPU dispatches a chunk's steps one at a time (train.step.stepwise_chunks), so there only K = 1 and 8
+# are measured.
 CHUNKS = {"accelerator": (1, 8, 32, None), "cpu": (1, 8)}
 SCAN = {"accelerator": 32, "cpu": 8}
 
 
 def platform_kind() -> str:
-    return "cpu" if step_lib.unrolled_chunks(jax.default_backend()) else "accelerator"
+    return "cpu" if step_lib.stepwise_chunks(jax.default_backend()) else "accelerator"
 
 
 def pool(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -116,8 +116,8 @@ def real_chunk(name: str, distortion: str, batch: int, *, seed: int = 0):
     step = step_lib.make_train_step(graphdef, rng_state, tx, seed=seed,
                                     preprocess=lambda k, x, y: distortions.distort(distortion, k, x, y),
                                     schedule=schedule)  # fmt: skip
-    unroll = step_lib.unrolled_chunks(jax.default_backend())
-    chunk = step_lib.make_train_chunk(step, replicated=replicated, batch=batch_sharding, unroll=unroll)
+    stepwise = step_lib.stepwise_chunks(jax.default_backend())
+    chunk = step_lib.make_train_chunk(step, replicated=replicated, batch=batch_sharding, stepwise=stepwise)
     jitted_step = jax.jit(step, in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding,
                                               replicated), out_shardings=replicated, donate_argnums=(0, 1))  # fmt: skip
     return step, chunk, jitted_step, jax.jit(init, out_shardings=replicated), replicated, batch_sharding
@@ -254,7 +254,7 @@ def render(rows: list[dict], args, load_before: float, load_after: float) -> str
         "Bare step: `benchmarks/train_speed.py`'s (forward, backward, AdamW on a device-resident batch at the "
         "model's input size, donated). Real step: the training loop's step body (`train.step`: RTS distortion "
         "on the device, dropout keys, non-finite check, metrics) jitted alone on a device-resident batch, one "
-        f"dispatch per step. Scanned: the loop's chunk of {SCAN[kind]} such steps (`lax.scan`; unrolled on a CPU) on "
+        f"dispatch per step. Scanned: the loop's chunk of {SCAN[kind]} such steps (`lax.scan`; one step a dispatch on a CPU) on "
         "the split held on "
         "the device. Loop: `train.loop` with at most K steps per dispatch (b: up to the next boundary) and "
         "the training split on the device (`device`) or batches sent from the host (`host`), as `python -m "

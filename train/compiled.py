@@ -67,8 +67,8 @@ def make_train_chunk(config: ml_collections.ConfigDict, graphdef, rng_state, tx:
     step = step_lib.make_train_step(graphdef, rng_state, tx, seed=config.seed,
                                     preprocess=functools.partial(preprocess, config), schedule=optim.schedule(config),
                                     label_smoothing=config.label_smoothing)  # fmt: skip
-    unroll = step_lib.unrolled_chunks(replicated.mesh.devices.flat[0].platform)
-    return step_lib.make_train_chunk(step, replicated=replicated, batch=batch, unroll=unroll)
+    stepwise = step_lib.stepwise_chunks(replicated.mesh.devices.flat[0].platform)
+    return step_lib.make_train_chunk(step, replicated=replicated, batch=batch, stepwise=stepwise)
 
 
 class Functions(NamedTuple):

@@ -8,6 +8,7 @@ benchmark can build the real step on a machine that has nothing else.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -87,22 +88,22 @@ def chunk_sharding(batch: jax.sharding.NamedSharding) -> jax.sharding.NamedShard
     return jax.sharding.NamedSharding(batch.mesh, jax.sharding.PartitionSpec(None, *batch.spec))
 
 
-def unrolled_chunks(platform: str) -> bool:
-    """Whether a chunk's steps are unrolled rather than scanned on ``platform``: on a CPU, where XLA runs the
-    convolutions of a loop body an order of magnitude slower than the same outside a loop (measured here:
-    165 vs 10 ms a step of the CNN at batch 16; jax-ml/jax#12868), so a CPU takes one step per dispatch."""
+def stepwise_chunks(platform: str) -> bool:
+    """Whether a chunk's steps are dispatched one at a time rather than scanned on ``platform``: on a CPU, where
+    XLA runs the convolutions of a loop body an order of magnitude slower than the same outside a loop
+    (measured here: 165 vs 10 ms a step of the CNN at batch 16; jax-ml/jax#12868), and where one dispatch
+    per step already reaches 0.88 of the bare step."""
     return platform == "cpu"
 
 
 def default_steps_per_dispatch(platform: str) -> int:
-    """``steps_per_dispatch=0``'s value: 32 on an accelerator; 1 on a CPU, where unrolled chunks only compile
-    longer (:func:`unrolled_chunks`) and one dispatch per step already reaches 0.88 of the bare step."""
-    return 1 if unrolled_chunks(platform) else 32
+    """``steps_per_dispatch=0``'s value: 32 on an accelerator, 1 on a CPU (:func:`stepwise_chunks`)."""
+    return 1 if stepwise_chunks(platform) else 32
 
 
-def make_train_chunk(step_fn: Callable, *, replicated, batch, unroll: bool = False) -> Callable:
-    """``chunk(params, opt_state, other, dataset, xs, first) -> (params, opt_state, metrics)``, jitted: ``K``
-    steps of ``step_fn`` (:func:`make_train_step`) in one ``lax.scan``, one dispatch, no host in between.
+def make_train_chunk(step_fn: Callable, *, replicated, batch, stepwise: bool = False) -> Callable:
+    """``chunk(params, opt_state, other, dataset, xs, first) -> (params, opt_state, metrics)``: ``K`` steps of
+    ``step_fn`` (:func:`make_train_step`) in one jitted ``lax.scan``, one dispatch, no host in between.
 
     ``first`` is the 0-based index of the chunk's first step (int32; step ``first + k`` takes its keys and
     learning rate from its own index). ``xs`` holds each step's input along a leading axis of ``K`` steps,
@@ -113,40 +114,52 @@ def make_train_chunk(step_fn: Callable, *, replicated, batch, unroll: bool = Fal
       split held on the devices (replicated), gathered there.
 
     ``metrics`` are each step's (``(K,)`` leaves). ``params`` and ``opt_state`` are donated: the
-    caller keeps only what the chunk returns. ``K`` is static, so each chunk length compiles once.
-    With ``unroll`` the ``K`` steps are written out one after another instead of scanned (no loop in the
-    program, ``K`` times the program to compile: :func:`unrolled_chunks`); the results are the same.
+    caller keeps only what the chunk returns. ``K`` is static, so each chunk length compiles once
+    (the scan's body is the same program for every ``K``, so every chunking gives the same results).
+    With ``stepwise`` the chunk dispatches its ``K`` steps one at a time through the chunk of one step
+    (:func:`stepwise_chunks`): one program for every ``K``. ``chunk.jitted`` is the jitted function.
     """
-    row_sharding = batch
 
-    def chunk(params, opt_state, other, dataset, xs, first):
-        def one(carry, step_input):
-            x, k = step_input
-            if "index" in x:
-                rows = x["index"]
-                x = {"image": dataset["image"][rows], "label": dataset["label"][rows]}
-                x = jax.lax.with_sharding_constraint(x, row_sharding)
-            params, opt_state = carry
-            params, opt_state, out = step_fn(params, opt_state, other, x["image"], x["label"], first + k)
-            return (params, opt_state), out
+    def one(carry, step_input, *, other, dataset):
+        x, index = step_input
+        if "index" in x:
+            rows = x["index"]
+            x = {"image": dataset["image"][rows], "label": dataset["label"][rows]}
+            x = jax.lax.with_sharding_constraint(x, batch)
+        params, opt_state, out = step_fn(*carry, other, x["image"], x["label"], index)
+        return (params, opt_state), out
 
-        length = jax.tree.leaves(xs)[0].shape[0]
-        steps = jnp.arange(length, dtype=jnp.int32)
-        if not unroll:
-            (params, opt_state), out = jax.lax.scan(one, (params, opt_state), (xs, steps))
-            return params, opt_state, out
-        carry, outs = (params, opt_state), []
-        for k in range(length):
-            carry, out = one(carry, (jax.tree.map(lambda x, k=k: x[k], xs), steps[k]))
-            outs.append(out)
-        return *carry, jax.tree.map(lambda *values: jnp.stack(values), *outs)
+    def scanned(params, opt_state, other, dataset, xs, first):
+        steps = first + jnp.arange(jax.tree.leaves(xs)[0].shape[0], dtype=jnp.int32)
+        body = functools.partial(one, other=other, dataset=dataset)
+        (params, opt_state), out = jax.lax.scan(body, (params, opt_state), (xs, steps))
+        return params, opt_state, out
 
-    return jax.jit(
-        chunk,
+    def single(params, opt_state, other, dataset, xs, first):  # K = 1 without a loop in the program
+        x = jax.tree.map(lambda v: v[0], xs)
+        carry, out = one((params, opt_state), (x, first), other=other, dataset=dataset)
+        return *carry, jax.tree.map(lambda v: v[None], out)
+
+    jitted = jax.jit(
+        single if stepwise else scanned,
         in_shardings=(replicated, replicated, replicated, replicated, chunk_sharding(batch), replicated),
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0, 1),
     )
+    if not stepwise:
+        jitted.jitted = jitted
+        return jitted
+
+    def one_at_a_time(params, opt_state, other, dataset, xs, first):
+        outs = []
+        for k in range(jax.tree.leaves(xs)[0].shape[0]):
+            step_xs = jax.tree.map(lambda x, k=k: x[k : k + 1], xs)
+            params, opt_state, out = jitted(params, opt_state, other, dataset, step_xs, first + k)
+            outs.append(out)
+        return params, opt_state, jax.tree.map(lambda *values: jnp.concatenate(values), *outs)
+
+    one_at_a_time.jitted = jitted
+    return one_at_a_time
 
 
 def make_eval_step(graphdef, rng_state, *, replicated, batch) -> Callable:

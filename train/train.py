@@ -7,7 +7,7 @@ over ``data``. One jitted chunk of train steps with explicit in/out shardings (:
 (:meth:`train.datasets.Dataset.preprocess`, fresh keys every step; or, with
 ``train_distortion="fixed"``, a training set distorted once at start), forward, backward,
 optimiser update, the non-finite check — for up to ``steps_per_dispatch`` steps (a ``lax.scan``;
-unrolled on a CPU), parameters and optimiser state donated, with no host round-trip inside. The
+one step a dispatch on a CPU), parameters and optimiser state donated, with no host round-trip inside. The
 training split is held on the devices when it fits (each chunk then gets only row numbers), else
 each process sends its shard's batches (:mod:`train.sources`). Evaluation runs on every process
 over its part of the split (:mod:`train.evaluation`). Process 0 alone writes metrics, figures and

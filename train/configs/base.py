@@ -30,7 +30,7 @@ Fields (all overridable from the command line with ``--set key=value``):
                              steps in ``<workdir>/profile`` (:mod:`train.profiling`)
 ``steps_per_dispatch``       the most steps one dispatch takes (one ``lax.scan``), fewer up to
                              the next log, evaluation or checkpoint (:mod:`train.loop`); 0: 32
-                             on an accelerator, 1 on a CPU (:func:`train.step.unrolled_chunks`)
+                             on an accelerator, 1 on a CPU (:func:`train.step.stepwise_chunks`)
 ``data_source``              ``"auto"``, ``"device"`` (the training split held on the devices)
                              or ``"host"`` (batches sent every dispatch) (:mod:`train.sources`)
 ===========================  ================================================================

@@ -46,7 +46,7 @@ if [[ $quick -eq 1 ]]; then
   pair="rts_fcn+ls_01+lr_6e3:3:8,rts_cnn+ls_01+lr_6e3:2:8"
   seconds=300
 else
-  speed=(--repeats 3)
+  speed=(--repeats 3 --round_s 0.5)
   readme_sets=()
   pair="rts_st_cnn_affine+ls_01+lr_6e3:15000:128,rts_cnn+ls_01+lr_6e3:15000:128"
   seconds=150

@@ -26,6 +26,7 @@ from stn_jax.transforms import (
     transform_points,
 )
 
+#: The version of this package.
 __version__ = "0.1.0"
 
 __all__ = [

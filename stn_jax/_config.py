@@ -2,8 +2,9 @@
 
 :class:`TransformerConfig`'s fields, each with its default and a one-line doc, are *the* option
 list: the NNX and Linen ``SpatialTransformer`` modules take exactly these keyword arguments
-(``stn_jax.nnx``: ``**options`` checked here, with the signature shown by ``inspect``;
-``stn_jax.linen``: fields generated from the list) and document them with :func:`with_option_docs`.
+(written out in ``stn_jax.nnx``'s ``__init__`` and as ``stn_jax.linen``'s fields, so that type
+checkers see them; the tests check that both match this list) and document them with
+:func:`with_option_docs`.
 A new option is one field here (and what it does in the warp or the modules). ``hidden`` and
 ``return_theta`` belong to the modules rather than the warp: they are in the list all the same,
 but out of the config's equality and hash (the jitted warp's cache key).
@@ -17,7 +18,6 @@ default) and how raw regression output becomes θ. The warp itself is :mod:`stn_
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import textwrap
 from typing import Any
@@ -106,10 +106,6 @@ def _template(constraints, theta_shape: tuple, transform: str) -> tuple[np.ndarr
     if not free.any():
         raise ValueError("constraints must leave at least one entry free (None), got every entry fixed")
     return free, fixed
-
-
-def _as_nested_tuple(value):
-    return tuple(_as_nested_tuple(v) for v in value) if isinstance(value, list) else value
 
 
 def _as_nested_tuple(value):
@@ -309,16 +305,10 @@ class TransformerConfig:
 OPTIONS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
 
 
-def config_from(owner: str, options: dict) -> TransformerConfig:
-    """A config from keyword arguments, an unknown one named as Python names an unexpected argument."""
-    for name in options:
-        if name not in OPTIONS:
-            raise TypeError(f"{owner} got an unexpected keyword argument {name!r}; its options are {list(OPTIONS)}")
-    return TransformerConfig(**options)
-
-
-def with_option_docs(doc: str) -> str:
+def with_option_docs(doc: str | None) -> str:
     """``doc`` with its line ``<options>`` replaced by one entry per option, at that line's indentation."""
+    if doc is None:
+        raise ValueError("with_option_docs needs a docstring (none under python -OO)")
     lines = doc.split("\n")
     (index,) = [i for i, line in enumerate(lines) if line.strip() == "<options>"]
     indent = lines[index][: len(lines[index]) - len(lines[index].lstrip())]
@@ -334,14 +324,6 @@ def with_option_docs(doc: str) -> str:
         for f in dataclasses.fields(TransformerConfig)
     ]
     return "\n".join([*lines[:index], *entries, *lines[index + 1 :]])
-
-
-def option_parameters() -> list[inspect.Parameter]:
-    """The options as keyword-only parameters with their defaults (for a signature that ``inspect`` shows)."""
-    return [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-        for f in dataclasses.fields(TransformerConfig)
-    ]
 
 
 TransformerConfig.__doc__ = with_option_docs(TransformerConfig.__doc__)

@@ -1,3 +1,7 @@
+# Typed loosely on purpose: jax.core, jax.interpreters.ad and jax.extend are JAX internals that its type
+# information does not describe (nor keeps stable between releases), and the kernels pass ints and None
+# where those internals accept them. pyright checks the rest of stn_jax strictly (basic mode).
+# pyright: reportAttributeAccessIssue=false, reportOptionalSubscript=false, reportArgumentType=false
 """The CPU sampler kernels: linear (1-D, bilinear, trilinear) sampling tuned for XLA CPU.
 
 The only module of ``stn_jax`` that uses JAX's internal and extension APIs

@@ -16,6 +16,7 @@ Coordinates are lists in grid order ``(x, y, z)``; image axes are ``(z, y, x, C)
 from __future__ import annotations
 
 import itertools
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +76,7 @@ def cubic_weights(t: jax.Array) -> list[jax.Array]:
     ]
 
 
-def pixel_coordinates(grid: jax.Array, sizes, *, padding: str, align_corners: bool):
+def pixel_coordinates(grid: jax.Array, sizes, *, padding: str | None, align_corners: bool):
     """Per-axis pixel coordinates of a grid's finite points (non-finite ones moved to 0), and
     the finite mask. ``padding=None`` leaves them unpadded (bicubic pads each tap instead)."""
     finite = jnp.all(jnp.isfinite(grid), axis=-1)
@@ -111,7 +112,7 @@ def linear(image: jax.Array, coords, finite: jax.Array, dtype) -> jax.Array:
         for frac, k in zip(fracs, corner):
             weight = weight * (frac if k else 1 - frac)
         out = out + weight[..., None] * _read(image, index, finite & _inside(index, sizes)).astype(dtype)
-    return out
+    return cast(jax.Array, out)  # a sum of arrays (out starts as the int 0)
 
 
 def nearest(image: jax.Array, coords, finite: jax.Array) -> jax.Array:
@@ -135,7 +136,7 @@ def bicubic(image: jax.Array, coords, finite: jax.Array, padding: str, align_cor
             value = _read(image, [ix, iy], finite & _inside([ix, iy], sizes)).astype(dtype)
             row = row + value * wx[kx][..., None]
         out = out + row * wy[ky][..., None]
-    return out
+    return cast(jax.Array, out)
 
 
 def sample(image: jax.Array, grid: jax.Array, *, method: str, padding: str, align_corners: bool, dtype) -> jax.Array:

@@ -29,6 +29,8 @@ __all__ = [
     "tps_control_points",
 ]
 
+#: Names of the transforms :func:`grid` takes as ``transform=``: ``"affine"``, ``"attention"`` and
+#: ``"translation"`` in 1-D, 2-D and 3-D; ``"similarity"``, ``"projective"`` and ``"tps"`` in 2-D.
 TRANSFORMS = ("affine", "attention", "translation", "similarity", "projective", "tps")
 
 # Transforms that exist only in 2-D (the one list: the modules' checks use it too).

@@ -1,7 +1,7 @@
 """Spatial transformer as a Flax Linen module.
 
-The Linen twin of :mod:`stn_jax.nnx`: same options (its fields are generated from the one
-option list, ``TransformerConfig`` in ``stn_jax._config``, and checked by it when the module is
+The Linen twin of :mod:`stn_jax.nnx`: same options (its fields are the one option list,
+``TransformerConfig`` in ``stn_jax._config``, written out, and checked by it when the module is
 constructed), same
 parameter names (``localisation/dense_i``, ``localisation_head``), same numbers.
 Shapes are inferred at ``init`` time, so no ``input_shape`` is needed.
@@ -21,9 +21,8 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import types
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -72,24 +71,14 @@ class MLPLocalisation(nn.Module, kw_only=True):
         return x
 
 
-def _option_fields(namespace: dict) -> None:
-    namespace["__module__"] = __name__
-    namespace["__annotations__"] = {f.name: f.type for f in dataclasses.fields(_config.TransformerConfig)}
-    namespace.update(_config.OPTIONS)
-
-
-# The transformer's options as Linen fields (with their defaults), generated from the one list.
-_Options = types.new_class("_Options", (nn.Module,), {"kw_only": True}, _option_fields)
-
-
-class SpatialTransformer(_Options, kw_only=True):
+class SpatialTransformer(nn.Module, kw_only=True):
     """A spatial transformer layer (Jaderberg et al., 2015) for batched inputs.
 
     ``inputs`` ``(B, *spatial, C)`` with 1, 2 or 3 spatial axes → localisation net →
     regression layer (``localisation_head``) → θ → :func:`stn_jax.grid` →
     :func:`stn_jax.sample`, vmapped over the batch.
 
-    Attributes (keyword-only):
+    Attributes:
       localisation: any Linen module mapping the inputs to features ``(B, ...)``;
         default :class:`MLPLocalisation` with ``hidden`` widths. Inside a parent's
         ``@nn.compact`` method create it with ``parent=None`` (e.g.
@@ -110,6 +99,21 @@ class SpatialTransformer(_Options, kw_only=True):
     """
 
     localisation: nn.Module | None = None
+    # The options of TransformerConfig (stn_jax/_config.py), written out for type checkers and IDEs;
+    # tests/test_linen.py checks that they are exactly that list, with its defaults and types.
+    out_shape: tuple[int, ...] | None = None
+    transform: str = "affine"
+    hidden: tuple[int, ...] = (32, 32)
+    num_control_points: int = 16
+    constraints: Any = None
+    theta_init: str = "identity"
+    num_transformers: int = 1
+    combine: str = "concat"
+    method: str = "bilinear"
+    padding: str = "zeros"
+    align_corners: bool = False
+    antialias: bool = False
+    return_theta: bool = False
 
     def __post_init__(self):
         _ = self.config  # validates every option now, at construction

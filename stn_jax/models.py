@@ -314,10 +314,12 @@ class SVHNNet(nnx.Module):
     Eight 5×5 conv layers (``_SVHN_CHANNELS × width``, ReLU, max-pool 2 with strides
     alternating 2 and 1), two FC layers (``3072 × width``) with dropout, and either one
     head of ``num_classes`` or, with ``max_digits``, a length head and ``max_digits``
-    digit heads. ``multi_st_layers > 0`` puts a :class:`SpatialTransformer` (affine,
+    digit heads. ``multi_st_layers > 0`` puts a :class:`~stn_jax.nnx.SpatialTransformer` (affine,
     localisation FC 32-32) before each of the first ``multi_st_layers`` conv layers
     (the paper's ST-CNN Multi).
     """
+
+    st_0: SpatialTransformer  # the first transformer, set (as st_1, ...) when multi_st_layers > 0
 
     def __init__(
         self,

@@ -22,9 +22,9 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -137,11 +137,26 @@ class SpatialTransformer(nnx.Module):
         localisation: Callable[[jax.Array], jax.Array] | None = None,
         localisation_features: int | None = None,
         rngs: nnx.Rngs,
-        **options,
+        # The options of TransformerConfig (stn_jax/_config.py), written out for type checkers and IDEs;
+        # tests/test_linen.py checks that they are exactly that list, with its defaults and types.
+        out_shape: tuple[int, ...] | None = None,
+        transform: str = "affine",
+        hidden: tuple[int, ...] = (32, 32),
+        num_control_points: int = 16,
+        constraints: Any = None,
+        theta_init: str = "identity",
+        num_transformers: int = 1,
+        combine: str = "concat",
+        method: str = "bilinear",
+        padding: str = "zeros",
+        align_corners: bool = False,
+        antialias: bool = False,
+        return_theta: bool = False,
     ):
+        arguments = locals()
+        options = {name: arguments[name] for name in _config.OPTIONS}
         input_shape = _checks.check_shape_tuple("input_shape", input_shape, ranks=(2, 3, 4))
         spatial = input_shape[:-1]
-        out_shape = options.get("out_shape")
         if out_shape is None:
             out_shape = spatial
         out_shape = _checks.check_shape_tuple("out_shape", out_shape)
@@ -149,7 +164,7 @@ class SpatialTransformer(nnx.Module):
             raise ValueError(
                 f"out_shape must have as many axes as the input's spatial shape {spatial}, got {out_shape!r}"
             )
-        self.config = _config.config_from("SpatialTransformer", {**options, "out_shape": out_shape})
+        self.config = _config.TransformerConfig(**{**options, "out_shape": out_shape})
         self.input_shape = input_shape
         self.return_theta = self.config.return_theta
         if localisation is None:
@@ -191,9 +206,3 @@ class SpatialTransformer(nnx.Module):
 
 
 SpatialTransformer.__doc__ = _config.with_option_docs(SpatialTransformer.__doc__)
-# What inspect (and an IDE) shows: the options as keyword arguments with their defaults.
-_init = inspect.signature(SpatialTransformer.__init__)
-SpatialTransformer.__init__.__signature__ = _init.replace(
-    parameters=[*list(_init.parameters.values())[:-1], *_config.option_parameters()]
-)
-del _init

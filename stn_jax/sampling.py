@@ -41,8 +41,14 @@ except Exception as err:
         stacklevel=2,
     )
 
+__all__ = ["IMPLEMENTATIONS", "METHODS", "PADDINGS", "default_implementation", "sample"]
+
+#: Interpolations of :func:`sample` (``method=``); ``"bicubic"`` is 2-D only.
 METHODS = ("bilinear", "nearest", "bicubic")
+#: What :func:`sample` reads outside the image (``padding=``), as in PyTorch's ``grid_sample``.
 PADDINGS = ("zeros", "border", "reflection")
+#: Implementations of :func:`sample` (``implementation=``): ``"reference"`` (plain ``jnp``, the
+#: specification), ``"cpu"`` (kernels tuned for XLA CPU), ``"dense"`` (per-axis weight matrices).
 IMPLEMENTATIONS = ("reference", "cpu", "dense")
 
 _MODULES = {"reference": reference, "cpu": cpu_kernels, "dense": dense}
@@ -136,7 +142,7 @@ def sample(
         filter, its cost and its gradient: ``stn_jax/_sampling_antialias.py``; the
         antialiased reads use the reference implementation on every platform.
       implementation: ``None`` (the platform's default, chosen when lowering: see
-        :func:`default_implementation`) or one of :data:`IMPLEMENTATIONS`:
+        :func:`~stn_jax.sampling.default_implementation`) or one of :data:`IMPLEMENTATIONS`:
         ``"reference"`` (plain ``jnp``, every option), ``"cpu"`` (kernels tuned for XLA
         CPU; linear sampling only, the other methods are the reference's) or
         ``"dense"`` (bilinear as matrix products, no gather or scatter; small images

@@ -115,7 +115,7 @@ def affine_from_params(
     rotation: ArrayLike = 0.0,
     scale: ArrayLike = 1.0,
     shear: ArrayLike = 0.0,
-    translation: ArrayLike = (0.0, 0.0),
+    translation: ArrayLike | tuple[float, float] = (0.0, 0.0),
 ) -> jax.Array:
     """Builds a 2-D affine θ from geometric parameters (see :class:`AffineParams`).
 

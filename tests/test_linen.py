@@ -198,27 +198,42 @@ def _options():
     return {f.name: (f.default, f.metadata["doc"]) for f in dataclasses.fields(_config.TransformerConfig)}
 
 
+def _option_types():
+    import dataclasses
+
+    from stn_jax import _config
+
+    return {f.name: f.type for f in dataclasses.fields(_config.TransformerConfig)}
+
+
 def _nnx_options():
+    """(default, annotation) of each option of the NNX module's ``__init__``, in order."""
     import inspect
 
     parameters = inspect.signature(stn_nnx.SpatialTransformer.__init__).parameters.values()
     own = {"self", "input_shape", "localisation", "localisation_features", "rngs"}
-    return {p.name: p.default for p in parameters if p.name not in own}
+    for p in parameters:
+        assert p.kind == p.KEYWORD_ONLY or p.name in {"self", "input_shape"}, p
+    return {p.name: (p.default, p.annotation) for p in parameters if p.name not in own}
 
 
 def _linen_options():
+    """(default, annotation) of each option field of the Linen module, in order."""
     import dataclasses
 
     own = {"localisation", "parent", "name"}
-    return {f.name: f.default for f in dataclasses.fields(stn_linen.SpatialTransformer) if f.name not in own}
+    fields = dataclasses.fields(stn_linen.SpatialTransformer)
+    return {f.name: (f.default, f.type) for f in fields if f.name not in own}
 
 
 def test_nnx_and_linen_take_exactly_the_options_of_the_one_list_with_its_defaults():
-    defaults = {name: default for name, (default, _) in _options().items()}
-    assert "antialias" in defaults and "return_theta" in defaults
-    assert _nnx_options() == defaults
-    assert _linen_options() == defaults
-    assert set(NON_DEFAULT) == set(defaults), "give the new option a non-default value in NON_DEFAULT"
+    # Written out in both modules (so type checkers see them): the same names, order, defaults and types.
+    types = _option_types()
+    expected = {name: (default, types[name]) for name, (default, _) in _options().items()}
+    assert "antialias" in expected and "return_theta" in expected
+    assert list(_nnx_options().items()) == list(expected.items())
+    assert list(_linen_options().items()) == list(expected.items())
+    assert set(NON_DEFAULT) == set(expected), "give the new option a non-default value in NON_DEFAULT"
 
 
 def test_every_option_is_documented_once_in_the_config_and_in_both_modules():

@@ -20,11 +20,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import textwrap
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from stn_jax import _checks, _tps, grids, sampling
 
@@ -183,7 +185,7 @@ class TransformerConfig:
         warp=False,
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _checks.check_option("transform", self.transform, grids.TRANSFORMS)
         if self.constraints is not None:
             object.__setattr__(self, "constraints", _as_nested_tuple(np.array(self.constraints, dtype=object).tolist()))
@@ -246,13 +248,13 @@ class TransformerConfig:
         return self.num_transformers * self.free_params(ndim)
 
     # -- initialisers -------------------------------------------------------------------
-    def kernel_init(self):
+    def kernel_init(self) -> Callable[..., jax.Array]:
         """Initialiser of the regression kernel: zeros, or LeCun normal for ``theta_init="random"``."""
         if self.theta_init == "identity":
             return jax.nn.initializers.zeros
         return jax.nn.initializers.lecun_normal()
 
-    def bias_init(self, ndim: int | None = None):
+    def bias_init(self, ndim: int | None = None) -> Callable[..., jax.Array]:
         """Initialiser of the regression bias: the identity transform's free entries, tiled."""
         free, _ = self._template(self._ndim(ndim))
         ndim = self._ndim(ndim)
@@ -262,7 +264,7 @@ class TransformerConfig:
             )
         values = np.tile(identity[free], self.num_transformers)
 
-        def init(key, shape, dtype=jnp.float32):
+        def init(key: jax.Array, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
             del key
             if tuple(shape) != values.shape:
                 raise ValueError(f"regression bias must have shape {values.shape}, got {tuple(shape)}")

@@ -10,11 +10,12 @@ paper's backward mapping).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from stn_jax import _checks, _tps
 
@@ -61,7 +62,9 @@ def _base_axis(size: int, align_corners: bool, dtype_name: str) -> np.ndarray:
     return axis.astype(dt)
 
 
-def identity_grid(out_shape, *, align_corners: bool = False, dtype=jnp.float32) -> jax.Array:
+def identity_grid(
+    out_shape: Sequence[int], *, align_corners: bool = False, dtype: DTypeLike = jnp.float32
+) -> jax.Array:
     """The grid that samples every output pixel at its own position.
 
     Args:
@@ -112,7 +115,7 @@ def _apply_matrix(matrix: jax.Array, base: jax.Array) -> jax.Array:
     return jnp.stack(out, axis=-1)
 
 
-def affine_grid(theta: ArrayLike, out_shape, *, align_corners: bool = False) -> jax.Array:
+def affine_grid(theta: ArrayLike, out_shape: Sequence[int], *, align_corners: bool = False) -> jax.Array:
     """Affine grid, equal to ``torch.nn.functional.affine_grid`` for one example.
 
     Args:
@@ -233,7 +236,7 @@ def _tps_grid(theta: jax.Array, out_shape: tuple, align_corners: bool) -> jax.Ar
 
 def grid(
     theta: ArrayLike,
-    out_shape,
+    out_shape: Sequence[int],
     *,
     transform: str = "affine",
     align_corners: bool = False,
@@ -298,7 +301,9 @@ def grid(
     return affine_grid(matrix, out_shape, align_corners=align_corners)
 
 
-def identity_params(transform: str = "affine", *, ndim: int = 2, num_control_points: int = 16, dtype=jnp.float32):
+def identity_params(
+    transform: str = "affine", *, ndim: int = 2, num_control_points: int = 16, dtype: DTypeLike = jnp.float32
+) -> jax.Array:
     """Parameters whose grid is exactly the identity grid.
 
     Args:
@@ -335,7 +340,7 @@ def identity_params(transform: str = "affine", *, ndim: int = 2, num_control_poi
     return jnp.zeros((num_control_points, 2), dtype)
 
 
-def tps_control_points(num_control_points: int, *, dtype=jnp.float32) -> jax.Array:
+def tps_control_points(num_control_points: int, *, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """The TPS control points in the output: θ = 0 of ``transform="tps"`` leaves them in place.
 
     A regular ``√K × √K`` lattice over ``[-1, 1]²``; a TPS θ ``(K, 2)`` moves control point

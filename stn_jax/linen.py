@@ -32,8 +32,8 @@ from stn_jax._config import affine_constraints
 
 try:
     import flax.linen as nn
-except ModuleNotFoundError as error:  # the core install, without the flax extra
-    raise _checks.missing_extra(__name__, error) from error
+except ModuleNotFoundError as _error:  # the core install, without the flax extra
+    raise _checks.missing_extra(__name__, _error) from _error
 
 from stn_jax.optim import localisation_labels, with_localisation_lr
 
@@ -59,7 +59,7 @@ class MLPLocalisation(nn.Module, kw_only=True):
 
     hidden: Sequence[int] = (32, 32)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _config.check_hidden(self.hidden)
         super().__post_init__()
 
@@ -115,7 +115,7 @@ class SpatialTransformer(nn.Module, kw_only=True):
     antialias: bool = False
     return_theta: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _ = self.config  # validates every option now, at construction
         super().__post_init__()
 
@@ -124,7 +124,7 @@ class SpatialTransformer(nn.Module, kw_only=True):
         return _config.TransformerConfig(**{name: getattr(self, name) for name in _config.OPTIONS})
 
     @nn.compact
-    def __call__(self, inputs: jax.Array):
+    def __call__(self, inputs: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Warps ``inputs`` ``(B, *spatial, C)``; returns the output, and θ if ``return_theta``."""
         config = self.config
         inputs = jnp.asarray(inputs)

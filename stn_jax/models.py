@@ -119,8 +119,8 @@ from stn_jax import _checks
 try:
     import optax
     from flax import nnx
-except ModuleNotFoundError as error:  # the core install, without the flax extra
-    raise _checks.missing_extra(__name__, error) from error
+except ModuleNotFoundError as _error:  # the core install, without the flax extra
+    raise _checks.missing_extra(__name__, _error) from _error
 
 from stn_jax.nnx import MLPLocalisation, SpatialTransformer
 from stn_jax.optim import is_localisation_path
@@ -199,15 +199,15 @@ class ConvFeatures(nnx.Module):
         n = len(input_shape) - 1
         self.downsample = downsample
         self.global_pool = global_pool
-        self.num_layers = len(convs)
-        self.dropout_layers = tuple(dropout_layers)
+        self.num_layers: int = len(convs)
+        self.dropout_layers: tuple[int, ...] = tuple(dropout_layers)
         channels = input_shape[-1]
         for i, (features, kernel) in enumerate(convs):
             conv = nnx.Conv(channels, features, (kernel,) * n, padding=padding, rngs=rngs)
             setattr(self, f"conv_{i}", conv)
             channels = features
         # Channel dropout (the same mask over the spatial axes), as PyTorch's Dropout2d.
-        self.dropout = nnx.Dropout(dropout, broadcast_dims=tuple(range(1, n + 1)), rngs=rngs)
+        self.dropout: nnx.Dropout = nnx.Dropout(dropout, broadcast_dims=tuple(range(1, n + 1)), rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if self.downsample > 1:
@@ -252,8 +252,8 @@ class Classifier(nnx.Module):
         global_pool: bool = False,
         rngs: nnx.Rngs,
     ):
-        self.input_shape = tuple(input_shape)
-        self.features = ConvFeatures(
+        self.input_shape: tuple[int, ...] = tuple(input_shape)
+        self.features: ConvFeatures = ConvFeatures(
             input_shape,
             convs,
             padding=padding,
@@ -263,12 +263,12 @@ class Classifier(nnx.Module):
             rngs=rngs,
         )
         flat = _flat_size(self.features, self.input_shape)
-        self.head = MLPLocalisation(flat, hidden=hidden, out=num_classes, dropout=dropout, rngs=rngs)
+        self.head: MLPLocalisation = MLPLocalisation(flat, hidden=hidden, out=num_classes, dropout=dropout, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool = False):
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         return self.head(self.features(x, train=train), train=train)
 
-    def transform(self, x: jax.Array):
+    def transform(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         raise TypeError(f"{type(self).__name__} has no spatial transformer (model.has_transformer is False)")
 
 
@@ -285,11 +285,11 @@ class STClassifier(nnx.Module):
     has_transformer = True
 
     def __init__(self, transformers: Sequence[SpatialTransformer], classifier: nnx.Module, *, output_pool: int = 1):
-        self.transformers = nnx.List(list(transformers))
+        self.transformers: nnx.List[SpatialTransformer] = nnx.List(list(transformers))
         self.classifier = classifier
         self.output_pool = output_pool
 
-    def transform(self, x: jax.Array):
+    def transform(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         warped, thetas = [], []
         for st in self.transformers:
             out, theta = st(x)
@@ -298,7 +298,7 @@ class STClassifier(nnx.Module):
         theta = thetas[0] if len(thetas) == 1 else jnp.stack(thetas, axis=1)
         return jnp.concatenate(warped, axis=-1), theta
 
-    def __call__(self, x: jax.Array, *, train: bool = False):
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         warped, _ = self.transform(x)
         if self.output_pool > 1:
             warped = _pool(warped, self.output_pool, kind="avg")
@@ -340,9 +340,9 @@ class SVHNNet(nnx.Module):
             raise ValueError(f"max_digits must be None or a positive int, got {max_digits!r}")
         if not 0 <= multi_st_layers <= len(_SVHN_CHANNELS):
             raise ValueError(f"multi_st_layers must be in 0..{len(_SVHN_CHANNELS)}, got {multi_st_layers!r}")
-        self.has_transformer = multi_st_layers > 0
+        self.has_transformer: bool = multi_st_layers > 0
         self.max_digits = max_digits
-        self.num_convs = len(_SVHN_CHANNELS)
+        self.num_convs: int = len(_SVHN_CHANNELS)
         self.multi_st_layers = multi_st_layers
         shape = input_shape
         for i, c in enumerate(_SVHN_CHANNELS):
@@ -354,20 +354,21 @@ class SVHNNet(nnx.Module):
             stride = 2 if i % 2 == 0 else 1
             shape = (shape[0] // stride, shape[1] // stride, features)
         fc = max(16, round(3072 * width))
-        self.mlp = MLPLocalisation(math.prod(shape), hidden=(fc, fc), dropout=dropout, rngs=rngs)
+        self.mlp: MLPLocalisation = MLPLocalisation(math.prod(shape), hidden=(fc, fc), dropout=dropout, rngs=rngs)
         if max_digits is None:
-            self.head = nnx.Linear(fc, num_classes, rngs=rngs)
+            self.head: nnx.Linear = nnx.Linear(fc, num_classes, rngs=rngs)
         else:
-            self.length_head = nnx.Linear(fc, max_digits + 2, rngs=rngs)
-            self.digit_heads = nnx.Linear(fc, max_digits * num_classes, rngs=rngs)
+            self.length_head: nnx.Linear = nnx.Linear(fc, max_digits + 2, rngs=rngs)
+            self.digit_heads: nnx.Linear = nnx.Linear(fc, max_digits * num_classes, rngs=rngs)
         self.num_classes = num_classes
 
-    def transform(self, x: jax.Array):
+    def transform(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         if not self.has_transformer:
             raise TypeError("this SVHNNet has no spatial transformer (multi_st_layers=0)")
-        return self.st_0(x)
+        warped, theta = self.st_0(x)
+        return warped, theta
 
-    def __call__(self, x: jax.Array, *, train: bool = False):
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | dict[str, jax.Array]:
         for i in range(self.num_convs):
             if i < self.multi_st_layers:
                 x, _ = getattr(self, f"st_{i}")(x)
@@ -380,7 +381,7 @@ class SVHNNet(nnx.Module):
         return {"length": self.length_head(x), "digits": digits}
 
 
-def sequence_loss(outputs: dict, labels: jax.Array) -> jax.Array:
+def sequence_loss(outputs: dict[str, jax.Array], labels: jax.Array) -> jax.Array:
     """Mean cross-entropy of the length head plus the digit heads up to each true length.
 
     Args:
@@ -407,7 +408,7 @@ def sequence_loss(outputs: dict, labels: jax.Array) -> jax.Array:
     return jnp.mean(loss + jnp.sum(per_digit * mask, axis=1))
 
 
-def sequence_accuracy(outputs: dict, labels: jax.Array) -> jax.Array:
+def sequence_accuracy(outputs: dict[str, jax.Array], labels: jax.Array) -> jax.Array:
     """Fraction of sequences whose length and every digit up to it are right."""
     length, digits = labels[:, 0], labels[:, 1:]
     n = outputs["digits"].shape[1]

@@ -34,8 +34,8 @@ from stn_jax._config import affine_constraints
 
 try:
     from flax import nnx
-except ModuleNotFoundError as error:  # the core install, without the flax extra
-    raise _checks.missing_extra(__name__, error) from error
+except ModuleNotFoundError as _error:  # the core install, without the flax extra
+    raise _checks.missing_extra(__name__, _error) from _error
 
 from stn_jax.optim import localisation_labels, with_localisation_lr
 
@@ -81,12 +81,12 @@ class MLPLocalisation(nnx.Module):
         rngs: nnx.Rngs,
     ):
         hidden = _config.check_hidden(hidden)
-        self.num_layers = len(hidden)
+        self.num_layers: int = len(hidden)
         widths = (in_features, *hidden)
         for i in range(self.num_layers):
             setattr(self, f"dense_{i}", nnx.Linear(widths[i], widths[i + 1], rngs=rngs))
-        self.out = nnx.Linear(widths[-1], out, rngs=rngs) if out is not None else None
-        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout is not None else None
+        self.out: nnx.Linear | None = nnx.Linear(widths[-1], out, rngs=rngs) if out is not None else None
+        self.dropout: nnx.Dropout | None = nnx.Dropout(dropout, rngs=rngs) if dropout is not None else None
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
@@ -164,9 +164,9 @@ class SpatialTransformer(nnx.Module):
             raise ValueError(
                 f"out_shape must have as many axes as the input's spatial shape {spatial}, got {out_shape!r}"
             )
-        self.config = _config.TransformerConfig(**{**options, "out_shape": out_shape})
-        self.input_shape = input_shape
-        self.return_theta = self.config.return_theta
+        self.config: _config.TransformerConfig = _config.TransformerConfig(**{**options, "out_shape": out_shape})
+        self.input_shape: tuple[int, ...] = input_shape
+        self.return_theta: bool = self.config.return_theta
         if localisation is None:
             if localisation_features is not None:
                 raise ValueError("localisation_features is only for a custom localisation network")
@@ -177,8 +177,8 @@ class SpatialTransformer(nnx.Module):
             localisation_features = math.prod(features.shape[1:])
         elif isinstance(localisation_features, bool) or not isinstance(localisation_features, int):
             raise TypeError(f"localisation_features must be an int, got {localisation_features!r}")
-        self.localisation = localisation
-        self.localisation_head = nnx.Linear(
+        self.localisation: Callable[[jax.Array], jax.Array] = localisation
+        self.localisation_head: nnx.Linear = nnx.Linear(
             localisation_features,
             self.config.num_outputs,
             kernel_init=self.config.kernel_init(),
@@ -195,7 +195,7 @@ class SpatialTransformer(nnx.Module):
         """θ for ``inputs`` ``(B, *spatial, C)``: ``(B, N, *theta_shape)`` (all transformers)."""
         return self.config.theta(self._regression(inputs), inputs.ndim - 2)
 
-    def __call__(self, inputs: jax.Array):
+    def __call__(self, inputs: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Warps ``inputs`` ``(B, *spatial, C)``; returns the output, and θ if ``return_theta``."""
         inputs = jnp.asarray(inputs)
         out_shape = self.config.check_inputs(inputs)

@@ -42,8 +42,8 @@ from stn_jax import _checks
 
 try:
     import optax
-except ModuleNotFoundError as error:  # the core install, without the flax extra
-    raise _checks.missing_extra(__name__, error) from error
+except ModuleNotFoundError as _error:  # the core install, without the flax extra
+    raise _checks.missing_extra(__name__, _error) from _error
 
 __all__ = ["is_localisation_path", "localisation_labels", "with_localisation_lr"]
 
@@ -84,7 +84,7 @@ def localisation_labels(params: Any) -> Any:
     )
 
 
-def with_localisation_lr(tx: optax.GradientTransformation, *, multiplier: float = 0.1):
+def with_localisation_lr(tx: optax.GradientTransformation, *, multiplier: float = 0.1) -> optax.GradientTransformation:
     """``tx`` for every parameter, with the localisation net's updates scaled by ``multiplier``.
 
     For optimizers whose update is proportional to the learning rate (SGD, momentum,

@@ -32,10 +32,10 @@ from stn_jax import _sampling_reference as reference
 
 try:  # The CPU kernels use JAX internals that change between releases.
     from stn_jax import _sampling_cpu as cpu_kernels
-except Exception as err:
+except Exception as _err:
     cpu_kernels = None
     warnings.warn(
-        f"stn_jax: the CPU sampler kernels do not work with jax {jax.__version__} ({type(err).__name__}: {err}); "
+        f"stn_jax: the CPU sampler kernels do not work with jax {jax.__version__} ({type(_err).__name__}: {_err}); "
         "sample() uses the reference implementation on CPU",
         RuntimeWarning,
         stacklevel=2,

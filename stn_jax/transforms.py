@@ -9,6 +9,7 @@ point of the input (a keypoint, a box corner) into the output, apply the inverse
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -183,7 +184,7 @@ def affine_to_params(theta: ArrayLike) -> AffineParams:
     return AffineParams(rotation, jnp.stack([scale_x, scale_y]), shear_sy / scale_y, theta[:, 2])
 
 
-def normalized_to_pixel(points: ArrayLike, spatial_shape, *, align_corners: bool = False) -> jax.Array:
+def normalized_to_pixel(points: ArrayLike, spatial_shape: Sequence[int], *, align_corners: bool = False) -> jax.Array:
     """Normalised ``[-1, 1]`` coordinates to pixel coordinates (pixel centres at integers).
 
     Args:
@@ -205,7 +206,7 @@ def normalized_to_pixel(points: ArrayLike, spatial_shape, *, align_corners: bool
     return ((points + 1) * sizes - 1) / 2
 
 
-def pixel_to_normalized(points: ArrayLike, spatial_shape, *, align_corners: bool = False) -> jax.Array:
+def pixel_to_normalized(points: ArrayLike, spatial_shape: Sequence[int], *, align_corners: bool = False) -> jax.Array:
     """Pixel coordinates to normalised ``[-1, 1]`` coordinates; inverse of :func:`normalized_to_pixel`.
 
     Args:
@@ -242,7 +243,9 @@ def _check_points(points, spatial_shape, align_corners):
     return points, sizes
 
 
-def transform_points(theta: ArrayLike, points: ArrayLike, *, transform: str = "affine", projective_eps: float = 1e-6):
+def transform_points(
+    theta: ArrayLike, points: ArrayLike, *, transform: str = "affine", projective_eps: float = 1e-6
+) -> jax.Array:
     """Applies a transform to normalised points, exactly as :func:`stn_jax.grid` does to its grid.
 
     Args:

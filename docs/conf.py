@@ -156,6 +156,9 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+GALLERY_COLUMNS = 3  # pictures per row of the gallery
+
+
 def _write_gallery() -> None:
     """One picture per transform, method and padding from :func:`stn_jax.demo.gallery`, in labelled tables."""
     from stn_jax import demo
@@ -166,13 +169,16 @@ def _write_gallery() -> None:
     lines = ["![The input: a checkerboard with a colour gradient](gallery/input.png)", ""]
     for vary, option in (("transform", "transform"), ("method", "method"), ("padding", "padding")):
         tiles = demo.gallery(image, vary=vary)
-        lines += [f"## Every {option}", "", "| " + " | ".join(f"`{option}={label!r}`" for label, _ in tiles) + " |"]
-        lines += ["| " + " | ".join("---" for _ in tiles) + " |"]
-        cells = []
-        for label, tile in tiles:
-            _write_if_changed(out / "gallery" / f"{vary}_{label}.png", _png(tile))
-            cells.append(f"![{option}={label}](_generated/gallery/{vary}_{label}.png)")
-        lines += ["| " + " | ".join(cells) + " |", ""]
+        lines += [f"## Every {option}", ""]
+        for row in range(0, len(tiles), GALLERY_COLUMNS):  # tables as wide as the page: no sideways scrolling
+            shown = tiles[row : row + GALLERY_COLUMNS]
+            lines += ["| " + " | ".join(f"`{option}={label!r}`" for label, _ in shown) + " |"]
+            lines += ["| " + " | ".join("---" for _ in shown) + " |"]
+            cells = []
+            for label, tile in shown:
+                _write_if_changed(out / "gallery" / f"{vary}_{label}.png", _png(tile))
+                cells.append(f"![{option}={label}](_generated/gallery/{vary}_{label}.png)")
+            lines += ["| " + " | ".join(cells) + " |", ""]
     lines[0] = lines[0].replace("(gallery/", "(_generated/gallery/")
     _write_if_changed(out / "gallery.md", "\n".join(lines).encode())
 

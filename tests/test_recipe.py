@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from train import optim
@@ -63,3 +64,33 @@ def test_label_smoothing_trains_on_the_smoothed_cross_entropy():
                                         schedule=optax.constant_schedule(0.0), label_smoothing=alpha)  # fmt: skip
         _, _, out = jax.jit(step)(params, tx.init(params), other, jnp.asarray(x), jnp.asarray(y), jnp.int32(0))
         np.testing.assert_allclose(float(out["loss"]), expected, rtol=1e-5)
+
+
+def test_the_average_is_found_by_name_wherever_the_chain_holds_it(tmp_path):
+    """Evaluation and a checkpoint's reader find params_ema's state by what it is, not by its place in the chain:
+    last (as runs build it), followed by another transformation, or nested; both give the NumPy average."""
+    from train import checkpoints
+
+    decay, lr = 0.5, 0.1
+    params = {"w": jnp.arange(3.0)}
+    history = [np.arange(3.0) - lr * k for k in range(1, 4)]  # three SGD steps on a gradient of ones
+    weights = decay ** np.arange(3)[::-1]
+    expected = (weights[:, None] * np.array(history)).sum(0) / weights.sum()
+    config = ml_collections.ConfigDict({"ema_decay": decay})
+    chains = [optax.chain(optax.sgd(lr), optim.params_ema(decay)),
+              optax.chain(optax.sgd(lr), optim.params_ema(decay), optax.identity()),
+              optax.chain(optax.chain(optax.sgd(lr), optim.params_ema(decay)), optax.scale(1.0))]  # fmt: skip
+    for i, tx in enumerate(chains):
+        state, p = tx.init(params), params
+        for _ in range(3):
+            updates, state = tx.update({"w": jnp.ones(3)}, state, p)
+            p = optax.apply_updates(p, updates)
+        np.testing.assert_allclose(optim.eval_params(config, p, state)["w"], expected, rtol=1e-6)
+        ckpt = checkpoints.Checkpoints(tmp_path / str(i), keep=1, async_save=False)
+        ckpt.save(3, state={"params": p, "opt_state": state}, meta={"step": 3})
+        ckpt.close()
+        read = checkpoints.read_params(tmp_path / str(i), ema_decay=decay)
+        np.testing.assert_allclose(checkpoints.pure_dict(read)["w"], expected, rtol=1e-6)
+    twice = optax.chain(optim.params_ema(decay), optim.params_ema(decay)).init(params)
+    with pytest.raises(ValueError, match="exactly one params_ema state, found 2"):
+        optim.eval_params(config, params, twice)

@@ -275,13 +275,26 @@ def read_params(directory: os.PathLike | str, *, step: int | None = None, ema_de
     state = restored["state"]
     if not ema_decay:
         return state["params"]
-    chain = state["opt_state"]  # with optim.params_ema: a list (the chain), the average last, as a dict
-    average = chain[-1] if isinstance(chain, list) and chain else None
-    if not isinstance(average, dict) or set(average) != {"count", "ema"}:
+    # Restored without its types: the average is the one dict of the optimiser state with the fields of
+    # optim.ParamsEMAState, wherever the chain holds it.
+    averages = list(_dicts_with_keys(state["opt_state"], set(optim.ParamsEMAState._fields)))
+    if len(averages) != 1:
         raise CheckpointError(f"ema_decay={ema_decay} but the checkpoint of step {step} in {directory} has no "
                               "average of the weights: was the run trained with ema_decay=0?")  # fmt: skip
-    ema = optim.ParamsEMAState(np.asarray(average["count"]), average["ema"])
+    ema = optim.ParamsEMAState(np.asarray(averages[0]["count"]), averages[0]["ema"])
     return jax.tree.map(np.asarray, optim.debiased(ema, ema_decay)) if ema.count > 0 else state["params"]
+
+
+def _dicts_with_keys(tree: Any, keys: set[str]):
+    """The dicts in a restored tree (dicts and lists) whose keys are exactly ``keys``, outermost first."""
+    if isinstance(tree, dict):
+        if set(tree) == keys:
+            yield tree
+            return
+        tree = list(tree.values())
+    if isinstance(tree, (list, tuple)):
+        for item in tree:
+            yield from _dicts_with_keys(item, keys)
 
 
 def pure_dict(tree: Any) -> Any:

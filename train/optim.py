@@ -111,9 +111,18 @@ def debiased(state: ParamsEMAState, decay: float) -> Any:
     return jax.tree.map(lambda e: (e / jnp.maximum(correction, 1e-12)).astype(e.dtype), state.ema)
 
 
+def ema_state(opt_state: Any) -> ParamsEMAState:
+    """The :func:`params_ema` state inside an optimiser state, found by its type wherever the chain holds it."""
+    is_ema = lambda x: isinstance(x, ParamsEMAState)
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_ema) if is_ema(x)]
+    if len(found) != 1:
+        raise ValueError(f"opt_state must hold exactly one params_ema state, found {len(found)}")
+    return found[0]
+
+
 def eval_params(config: ml_collections.ConfigDict, params: Any, opt_state: Any) -> Any:
     """The parameters to evaluate: the debiased average with ``ema_decay > 0`` (once a step was taken), else ``params``."""
     if not config.ema_decay:
         return params
-    state = opt_state[-1]  # params_ema is last in the chain
+    state = ema_state(opt_state)
     return jax.lax.cond(state.count > 0, lambda: debiased(state, config.ema_decay), lambda: params)

@@ -23,7 +23,7 @@ Randomness is a pure function of ``(config.seed, step)``: step ``s`` distorts an
 out with ``fold_in(key(seed), s)``, and its batch is a function of ``s`` too, so a resumed
 run sees exactly the batches and keys of an uninterrupted one, however its steps were chunked.
 
-Errors and exit codes (see :data:`EXIT_CODES`): a bad configuration raises
+Errors and exit codes (see :data:`train.errors.EXIT_CODES`): a bad configuration raises
 :class:`ConfigError` (:mod:`train.config_checks`) before any data is read or anything
 compiled; a non-finite loss raises :class:`NonFiniteLossError` at the boundary that fetches
 it (naming the step it happened at) after the pending checkpoint is complete; the flags are
@@ -77,24 +77,7 @@ from train import (
 from train import step as step_lib
 from train.compiled import build
 from train.config_checks import resolve_data_dir, validate
-from train.errors import (  # noqa: F401  (re-exported: the exit codes belong to this loop)
-    EXIT_BUSY,
-    EXIT_CHECKPOINT,
-    EXIT_CODES,
-    EXIT_CONFIG,
-    EXIT_DATA,
-    EXIT_ERROR,
-    EXIT_INTERRUPTED,
-    EXIT_NONFINITE,
-    EXIT_OK,
-    EXIT_PREEMPTED,
-    CheckpointError,
-    ConfigError,
-    DataError,
-    NonFiniteLossError,
-    PreemptedError,
-    WorkdirBusyError,
-)  # fmt: skip
+from train.errors import ConfigError, DataError, NonFiniteLossError, PreemptedError, WorkdirBusyError
 
 log = logging.getLogger("train")
 

@@ -131,24 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         from train.train import train_and_evaluate  # imports JAX-using modules: after init_jax
 
         train_and_evaluate(config, args.workdir)
-    except (errors.ConfigError, configs.UnknownConfigError) as err:
-        print(f"error: bad configuration: {err}", file=sys.stderr)
+    except configs.UnknownConfigError as err:
+        print(f"{errors.ConfigError.prefix}{err}", file=sys.stderr)
         return errors.EXIT_CONFIG
-    except errors.NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return errors.EXIT_NONFINITE
-    except errors.DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return errors.EXIT_DATA
-    except errors.CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return errors.EXIT_CHECKPOINT
-    except errors.WorkdirBusyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return errors.EXIT_BUSY
-    except errors.PreemptedError as err:
-        print(str(err), file=sys.stderr)
-        return errors.EXIT_PREEMPTED
+    except errors.RUN_ERRORS as err:
+        print(f"{err.prefix}{err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the newest checkpoint that verifies", file=sys.stderr)
         return errors.EXIT_INTERRUPTED

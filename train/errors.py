@@ -25,25 +25,43 @@ EXIT_CODES = {
 }
 
 
+# Each error below carries the exit code ``python -m train`` ends with and the start of the line it prints.
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run (exit code 2)."""
+
+    exit_code, prefix = EXIT_CONFIG, "error: bad configuration: "
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradients became NaN/inf (exit code 3)."""
 
+    exit_code, prefix = EXIT_NONFINITE, "error: "
+
 
 class DataError(RuntimeError):
     """The dataset is missing and could not be prepared (exit code 4)."""
+
+    exit_code, prefix = EXIT_DATA, "error: "
 
 
 class CheckpointError(RuntimeError):
     """Checkpoints exist but none verifies, or the one asked for is damaged (exit code 5)."""
 
+    exit_code, prefix = EXIT_CHECKPOINT, "error: "
+
 
 class WorkdirBusyError(RuntimeError):
     """Another run holds the workdir (exit code 6)."""
 
+    exit_code, prefix = EXIT_BUSY, "error: "
+
 
 class PreemptedError(RuntimeError):
     """A preemption notice (SIGTERM) stopped the run after a checkpoint of the step it names (exit code 7)."""
+
+    exit_code, prefix = EXIT_PREEMPTED, ""  # not an error: the message says how to resume
+
+
+RUN_ERRORS = (ConfigError, NonFiniteLossError, DataError, CheckpointError, WorkdirBusyError, PreemptedError)

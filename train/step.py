@@ -75,7 +75,7 @@ def make_train_step(graphdef, rng_state, tx: optax.GradientTransformation, *, se
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
             "grad_norm": optax.tree.norm(grads),
-            "learning_rate": schedule(step),
+            "learning_rate": jnp.asarray(schedule(step), jnp.float32),  # a constant schedule gives a float
             "finite": ok,
         }
         return keep(new_params, params), keep(new_opt_state, opt_state), out

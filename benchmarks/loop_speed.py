@@ -98,7 +98,7 @@ def pool(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def real_chunk(name: str, distortion: str, batch: int, *, seed: int = 0):
-    """The loop's step body and jitted chunk, the initial state, and the shardings."""
+    """The loop's jitted chunk and its step jitted alone, the initial state's jitted init, and the shardings."""
     shape = distortions.OUTPUT_SHAPES[distortion]
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -120,7 +120,7 @@ def real_chunk(name: str, distortion: str, batch: int, *, seed: int = 0):
     chunk = step_lib.make_train_chunk(step, replicated=replicated, batch=batch_sharding, stepwise=stepwise)
     jitted_step = jax.jit(step, in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding,
                                               replicated), out_shardings=replicated, donate_argnums=(0, 1))  # fmt: skip
-    return step, chunk, jitted_step, jax.jit(init, out_shardings=replicated), replicated, batch_sharding
+    return chunk, jitted_step, jax.jit(init, out_shardings=replicated), replicated, batch_sharding
 
 
 def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
@@ -135,7 +135,7 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
             params, opt_state, _ = bare_step(params, opt_state, x, y)
         state["bare"] = jax.block_until_ready((params, opt_state))
 
-    _, chunk, jitted_step, init, replicated, batch_sharding = real_chunk(name, distortion, batch)
+    chunk, jitted_step, init, replicated, batch_sharding = real_chunk(name, distortion, batch)
     steps_sharding = step_lib.chunk_sharding(batch_sharding)
     images, labels = pool()
     device = sources.DeviceSource(images, labels, batch_size=batch, seed=1, replicated=replicated,
@@ -163,12 +163,15 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
         state["scanned"] = jax.block_until_ready((params, opt_state))
         return -(-k // scan) * scan
 
-    def run_loop(variant: str, source, max_steps: int):
-        def run_chunk(carry, xs, first):
-            params, opt_state, out = chunk(*carry, other, source.dataset, xs, np.int32(first - 1))
-            return (params, opt_state), out
-
+    def run_loop(variant: str, kind: str, max_steps: int):
         def run(k):
+            # A fresh source per round (steps 1..k): the device one is stateless, the host one goes forward only.
+            source = device if kind == "device" else host_source(images, labels, batch, steps_sharding)
+
+            def run_chunk(carry, xs, first):
+                params, opt_state, out = chunk(*carry, other, source.dataset, xs, np.int32(first - 1))
+                return (params, opt_state), out
+
             carry, metrics = loop.run(run_chunk, state[variant], source.feed, steps=k, fetch_every=args.fetch_every,
                                       max_steps=max_steps)  # fmt: skip
             state[variant] = jax.block_until_ready(carry)
@@ -179,11 +182,7 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
     runs = {"bare": run_bare, "real": run_real, "scanned": run_scanned}
     for kind in ("device", "host"):
         for k in chunks:
-            # A fresh source per round (steps 1..k): the device one is stateless, the host one goes forward only.
-            make = (
-                (lambda: device) if kind == "device" else (lambda: host_source(images, labels, batch, steps_sharding))
-            )
-            runs[f"{kind}_k{k or 'b'}"] = _fresh(make, run_loop, f"{kind}_k{k or 'b'}", k or args.fetch_every)
+            runs[f"{kind}_k{k or 'b'}"] = run_loop(f"{kind}_k{k or 'b'}", kind, k or args.fetch_every)
     t0 = time.perf_counter()
     run_scanned(scan)  # compiles the scanned step
     compile_s = time.perf_counter() - t0
@@ -194,10 +193,6 @@ def host_source(images: np.ndarray, labels: np.ndarray, batch: int, steps_shardi
     """Host batches as the grain iterator yields them (:class:`train.data.EpochBatches`), without grain."""
     return sources.HostSource(map(data.EpochBatches(images, labels, batch, 1), itertools.count()), start=0,
                               steps_sharding=steps_sharding)  # fmt: skip
-
-
-def _fresh(make_source, run_loop, variant: str, max_steps: int):
-    return lambda k: run_loop(variant, make_source(), max_steps)(k)
 
 
 def measure(args, name: str, distortion: str, batch: int) -> dict:

@@ -457,7 +457,7 @@ def test_help_says_set_values_are_python_literals_and_how_to_see_the_keys(capsys
     assert "values are Python literals" in text and "--print_config shows the keys" in text
     assert cli.main(["--config", "tiny", "--print_config", "--set", "steps=7"]) == 0
     out = capsys.readouterr().out
-    assert "steps: 7" in out and "batch_size: 8" in out
+    assert "steps               7 " in out and "batch_size          8 " in out
 
 
 def test_no_fallback_failure_says_the_offline_copy_would_be_used_without_it(tmp_path, monkeypatch, capsys):

@@ -5,7 +5,8 @@ Examples::
     python -m train --config mnist_rts_st_cnn_affine --workdir runs/rts --data_dir data
     python -m train --config tiny --workdir /tmp/t --data_dir data --set steps=20 batch_size=16
     python -m train --list                              # every experiment, one line each
-    python -m train --config tiny --print_config        # its keys and values (what --set can change)
+    python -m train --config tiny --print_config        # its keys, values and docs (what --set can change)
+    python -m train --config tiny --workdir /tmp/t --config.steps=20   # the Flax examples' spelling of --set
 
 Rerunning the same command resumes from the newest checkpoint in ``--workdir`` that
 verifies (damaged ones are reported and moved aside); one run at a time holds a workdir.
@@ -56,7 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="experiment name (see --list)")
     parser.add_argument("--workdir", help="checkpoints, metrics and figures go here; reruns resume")
     parser.add_argument("--data_dir", help="TFDS data dir (default: config's data_dir, else $TFDS_DATA_DIR)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides; values are Python literals (steps=2000 lr_drops=(0.3,0.6) "
                              "model_kwargs.channels=(8,8)), anything else is a string; --print_config "
                              "shows the keys")  # fmt: skip
@@ -107,8 +108,20 @@ def quiet_third_party() -> None:
     absl_logging.get_absl_logger().addFilter(_not_third_party_chatter)  # once: addFilter skips a filter it has
 
 
+def config_flags_as_set(argv: list[str]) -> list[str]:
+    """The Flax examples' ``--config.key=value`` (or ``--config.key value``) as ``--set key=value``."""
+    out, rest = [], iter(argv)
+    for arg in rest:
+        if arg.startswith("--config."):
+            key, sep, value = arg.removeprefix("--config.").partition("=")
+            out += ["--set", f"{key}={value if sep else next(rest, '')}"]
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    args = make_parser().parse_args(config_flags_as_set(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_third_party()
     os.environ.setdefault("EPATH_USE_TF", "false")  # gs:// through gcsfs, as tested (train.storage)
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data_dir:
             config.data_dir = args.data_dir
         if args.print_config:
-            print(config)
+            print(configs.base.describe(config))
             return errors.EXIT_OK
         init_jax(args)
         from train.train import train_and_evaluate  # imports JAX-using modules: after init_jax

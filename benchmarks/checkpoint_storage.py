@@ -67,12 +67,12 @@ class Requests:
 
 def model_state():
     import jax
-    from flax import nnx
 
-    from train import compiled, configs
+    from train import compiled, configs, optimizer
 
     config = configs.get_config(CONFIG)
-    fns = compiled.functions(config, nnx.eval_shape(lambda: compiled.build(config)))
+    fns = compiled.functions(lambda: compiled.build(config), configs.unpack(config, optimizer.Recipe),
+                             seed=config.seed, preprocess=None, label_smoothing=0.0)  # fmt: skip
     state = fns.init()
     return state, jax.eval_shape(fns.init)
 
@@ -110,10 +110,10 @@ def count_boundary(workdir: str, requests: Requests) -> dict:
     ckpt = checkpoints.Checkpoints(f"{workdir}/checkpoints", keep=2, async_save=False)
     ckpt.save(1, state=state, meta={"step": 1})
     ckpt.manager.wait_until_finished()
-    ckpt._unsealed.append(1)
+    ckpt._undigested.append(1)
     step_dir = f"{workdir}/checkpoints/1"
     digests.path(step_dir, 0).unlink()
-    digest_write = requests.during(ckpt.seal)
+    digest_write = requests.during(ckpt.write_digests)
     digest_check = requests.during(lambda: digests.check(step_dir, 0))
     ckpt.close()
     writer = metrics.MetricWriter(workdir)

@@ -65,13 +65,13 @@ def accuracy(model, images, labels) -> float:
 
 def evaluate_run(record: dict, *, data_dir: Path, runs_dir: Path) -> dict:
     """Accuracy at each angle of the run that ``record`` describes (its workdir holds the checkpoints)."""
-    from train import configs, data, train
+    from train import configs, input_pipeline, train
 
     stem = run_stem(record["cell"], record["steps"], record["batch_size"])
     config = configs.get_config(record["config"])
     model = train.restore_model(config, runs_dir / stem)
-    images, labels = data.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1,
-                                     drop_remainder=False, cache_dir=data.cache_dir(data_dir))  # fmt: skip
+    images, labels = input_pipeline.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1,
+                                     drop_remainder=False, cache_dir=input_pipeline.cache_dir(data_dir))  # fmt: skip
     result = {"cell": record["cell"], "label": record["label"], "run": stem, "steps": record["steps"],
               "batch_size": record["batch_size"], "test_examples": len(labels),
               "in_distribution_error_pct": record["test_error_pct"], "accuracy_pct": {}}  # fmt: skip

@@ -60,13 +60,13 @@ import report
 import train_speed
 from stn_jax.models import build_model
 from stn_jax.optim import with_localisation_lr
-from train import data, distortions, loop, sources, xla_cpu
+from train import distortions, input_pipeline, loop, sources, xla_cpu
 from train import step as step_lib
 
 BEGIN = "<!-- BEGIN benchmarks/loop_speed.py (generated, do not edit by hand) -->"
 END = "<!-- END benchmarks/loop_speed.py -->"
 OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-# mnist_rts_st_cnn_affine's optimiser (train/configs, train/optim.py): AdamW 3e-3, 50 warm-up steps, cosine.
+# mnist_rts_st_cnn_affine's optimiser (train/configs, train/optimizer.py): AdamW 3e-3, 50 warm-up steps, cosine.
 LEARNING_RATE, WARMUP, STEPS, WEIGHT_DECAY, LOCALISATION_LR = 3e-3, 50, 1000, 1e-4, 0.1
 POOL = 4096  # synthetic training digits held in memory
 
@@ -140,7 +140,7 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
     images, labels = pool()
     device = sources.DeviceSource(images, labels, batch_size=batch, seed=1, replicated=replicated,
                                   steps_sharding=steps_sharding)  # fmt: skip
-    resident = loop.global_batch(data.EpochBatches(images, labels, batch, 2)(0), batch_sharding)
+    resident = loop.global_batch(input_pipeline.EpochBatches(images, labels, batch, 2)(0), batch_sharding)
     chunks, scan = CHUNKS[platform_kind()], SCAN[platform_kind()]
     block = device.feed(1, scan)  # one fixed block of rows for the scanned real step
     variants = ["real", "scanned"] + [f"{kind}_k{k or 'b'}" for kind in ("device", "host") for k in chunks]
@@ -190,8 +190,8 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
 
 
 def host_source(images: np.ndarray, labels: np.ndarray, batch: int, steps_sharding) -> sources.HostSource:
-    """Host batches as the grain iterator yields them (:class:`train.data.EpochBatches`), without grain."""
-    return sources.HostSource(map(data.EpochBatches(images, labels, batch, 1), itertools.count()), start=0,
+    """Host batches as the grain iterator yields them (:class:`train.input_pipeline.EpochBatches`), without grain."""
+    return sources.HostSource(map(input_pipeline.EpochBatches(images, labels, batch, 1), itertools.count()), start=0,
                               steps_sharding=steps_sharding)  # fmt: skip
 
 

@@ -48,16 +48,16 @@ DEVICE_ORDER = tuple(sorted(TABLE1_CELLS, key=lambda cell: "cnn" not in cell))
 
 def pack(data_dir: Path, out: Path, cells: list[str]) -> dict:
     """The raw training, validation and test splits of ``cells`` (which must share them) in one file."""
-    from train import data  # reads TFDS: here, not on the device
+    from train import input_pipeline  # reads TFDS: here, not on the device
 
     splits = {(c.dataset, c.train_split, c.val_split, c.test_split)
               for c in (configs.get_config(config_name(x)) for x in cells)}  # fmt: skip
     if len(splits) != 1:
         raise ValueError(f"the cells read different splits {sorted(splits)}: pack them separately")
     dataset, *names = splits.pop()
-    cache_dir = data.cache_dir(data_dir)
+    cache_dir = input_pipeline.cache_dir(data_dir)
     # Whole splits, as one process of a run reads them.
-    arrays = {name: data.load_split(dataset, name, data_dir=data_dir, shard_index=0, shard_count=1,
+    arrays = {name: input_pipeline.load_split(dataset, name, data_dir=data_dir, shard_index=0, shard_count=1,
                                     drop_remainder=False, cache_dir=cache_dir) for name in names}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     packed.write(out, dataset, arrays, {"git_commit": git_commit()})

@@ -1,7 +1,7 @@
 """Training-step speed: the ST-CNN (affine) and the CNN of ``stn_jax.models`` vs the same nets in PyTorch.
 
 One *training step* = forward, cross-entropy loss, backward, optimiser update (AdamW,
-localisation parameters at 0.1× the rate, as ``train.optim`` builds it), on a fixed
+localisation parameters at 0.1× the rate, as ``train.optimizer`` builds it), on a fixed
 batch of 256 random images with random labels. Ours is the training loop's step without
 its on-device distortion: the models ``train`` builds (``stn_jax.models.build_model``)
 merged from their parameters inside one jitted function with ``jax.value_and_grad`` and

@@ -25,7 +25,7 @@ def main() -> int:
     import jax
     from jax.experimental import multihost_utils
 
-    from train import checkpoints, data
+    from train import checkpoints, input_pipeline
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -36,7 +36,7 @@ def main() -> int:
 
     def iterator():  # this process's own shard: 8 images whose labels say which process and row
         labels = np.arange(8, dtype=np.int32) + 100 * jax.process_index()
-        return data.train_iterator(np.zeros((8, 28, 28, 1), np.uint8), labels, batch_size=2, seed=0)
+        return input_pipeline.train_iterator(np.zeros((8, 28, 28, 1), np.uint8), labels, batch_size=2, seed=0)
 
     it = iterator()
     ckpt = checkpoints.Checkpoints(directory, keep=5, iterators=True)

@@ -98,7 +98,7 @@ def as_multiset(images: np.ndarray, labels: np.ndarray) -> list[tuple[int, bytes
 
 
 def read_tfds(name: str, data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a prepared split with TFDS itself (not train.data), as an independent check."""
+    """Reads a prepared split with TFDS itself (not train.input_pipeline), as an independent check."""
     import tensorflow_datasets as tfds
 
     source = tfds.data_source(name, split=split, data_dir=str(data_dir), download=False)

@@ -62,7 +62,7 @@ def test_imports_do_not_start_a_jax_backend():
     import subprocess
     import sys
 
-    modules = "stn_jax, stn_jax.nnx, stn_jax.linen, stn_jax.models, train.distortions, train.data, train.train"
+    modules = "stn_jax, stn_jax.nnx, stn_jax.linen, stn_jax.models, train.distortions, train.input_pipeline, train.train"
     code = f"import {modules}; from jax._src import xla_bridge; print(sorted(xla_bridge._backends))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

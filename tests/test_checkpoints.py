@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from train import __main__ as cli
-from train import checkpoints, configs, data, digests, errors, evaluation, prepare
+from train import checkpoints, configs, digests, errors, evaluation, input_pipeline, prepare
 from train import train as train_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ ABSTRACT = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, shardin
 
 
 def iterator():
-    return data.train_iterator(np.zeros((16, 28, 28, 1), np.uint8), np.arange(16, dtype=np.int32), batch_size=2, seed=0)
+    return input_pipeline.train_iterator(np.zeros((16, 28, 28, 1), np.uint8), np.arange(16, dtype=np.int32), batch_size=2, seed=0)
 
 
 def batch_after(step: int) -> np.ndarray:
@@ -429,7 +429,7 @@ def test_two_processes_agree_on_the_fallback_when_one_processs_part_is_damaged(t
     assert [(r["step"], r["verified"]) for r in results] == [(1, True), (1, True)]
     assert all(r["w"] == [1.0] * 64 for r in results)
     for i, r in enumerate(results):  # each process's own iterator is back at step 1
-        it = data.train_iterator(np.zeros((8, 28, 28, 1), np.uint8), np.arange(8, dtype=np.int32) + 100 * i,
+        it = input_pipeline.train_iterator(np.zeros((8, 28, 28, 1), np.uint8), np.arange(8, dtype=np.int32) + 100 * i,
                                  batch_size=2, seed=0)  # fmt: skip
         assert r["next_labels"] == [next(it) for _ in range(2)][-1]["label"].tolist()
     assert "checkpoint step 2 is damaged (damage in process 1's part" in outputs[0][1]

@@ -1,4 +1,4 @@
-"""train.data on tiny genuine TFDS datasets prepared from synthetic raw files."""
+"""train.input_pipeline on tiny genuine TFDS datasets prepared from synthetic raw files."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ helpers.require("tensorflow_datasets")  # in CI a missing `train` extra fails, n
 import jax
 
 import data_fixtures as fx
-from train import data, datasets, mnist_files, prepare
+from train import datasets, input_pipeline, mnist_files, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,11 +38,11 @@ def prepared(tmp_path_factory):
 
 def test_load_split_shapes_dtypes_and_content(prepared):
     data_dir, mnist, svhn = prepared
-    images, labels = data.load_split("mnist", "train", data_dir=data_dir, shard_index=0, shard_count=1)
+    images, labels = input_pipeline.load_split("mnist", "train", data_dir=data_dir, shard_index=0, shard_count=1)
     assert images.shape == (50, 28, 28, 1) and images.dtype == np.uint8
     assert labels.shape == (50,) and labels.dtype == np.int32
     assert fx.as_multiset(images, labels) == fx.as_multiset(*mnist["train"])
-    images, labels = data.load_split("svhn", "test", data_dir=data_dir, shard_index=0, shard_count=1)
+    images, labels = input_pipeline.load_split("svhn", "test", data_dir=data_dir, shard_index=0, shard_count=1)
     assert images.shape == (10, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int32
     x, y = svhn["test"]
     assert fx.as_multiset(images, labels) == fx.as_multiset(np.moveaxis(x, -1, 0), y.ravel() % 10)
@@ -51,16 +51,16 @@ def test_load_split_shapes_dtypes_and_content(prepared):
 def test_load_split_defaults_to_this_process(prepared):
     data_dir, _, _ = prepared
     assert jax.process_count() == 1
-    images, _ = data.load_split("mnist", "test", data_dir=data_dir)
+    images, _ = input_pipeline.load_split("mnist", "test", data_dir=data_dir)
     assert len(images) == 21
 
 
 def test_per_host_shards_are_disjoint_and_cover_the_split(prepared):
     data_dir, *_ = prepared
-    everything = fx.as_multiset(*data.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1))
+    everything = fx.as_multiset(*input_pipeline.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1))
     for drop_remainder, sizes in ((True, [5, 5, 5, 5]), (False, [6, 5, 5, 5])):
         shards = [
-            data.load_split(
+            input_pipeline.load_split(
                 "mnist", "test", data_dir=data_dir, shard_index=i, shard_count=4, drop_remainder=drop_remainder
             )
             for i in range(4)
@@ -71,7 +71,7 @@ def test_per_host_shards_are_disjoint_and_cover_the_split(prepared):
         assert set(keys) <= set(everything)
     assert sorted(keys) == everything  # without drop_remainder: every example exactly once
     with pytest.raises(ValueError, match="shard_index"):
-        data.load_split("mnist", "test", data_dir=data_dir, shard_index=4, shard_count=4)
+        input_pipeline.load_split("mnist", "test", data_dir=data_dir, shard_index=4, shard_count=4)
 
 
 def test_dataset_facts_are_those_of_tfds_and_of_the_prepared_datasets(prepared):
@@ -88,7 +88,7 @@ def test_dataset_facts_are_those_of_tfds_and_of_the_prepared_datasets(prepared):
         assert info.features["label"].num_classes == dataset.num_classes
         assert set(info.splits) <= set(dataset.splits) and {"train", "test"} <= set(info.splits)
         assert prepare.dataset_path(dataset.name, data_dir) == data_dir / dataset.tfds_name / dataset.tfds_version
-        assert data.TFDS_NAMES[dataset.name] == data.TFDS_NAMES[dataset.tfds_name] == dataset.tfds_name
+        assert input_pipeline.TFDS_NAMES[dataset.name] == input_pipeline.TFDS_NAMES[dataset.tfds_name] == dataset.tfds_name
     assert datasets.MNIST.splits == mnist_files.SPLITS and set(datasets.SVHN.splits) == set(prepare.SVHN_FILES)
     assert datasets.SVHN.input_spec("none") == ((32, 32, 3), 10)
     assert datasets.MNIST.input_spec("addition") == ((42, 42, 2), 19)
@@ -96,18 +96,18 @@ def test_dataset_facts_are_those_of_tfds_and_of_the_prepared_datasets(prepared):
 
 def test_missing_dataset_says_how_to_prepare(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"python -m train\.prepare svhn"):
-        data.load_split("svhn", "train", data_dir=tmp_path)
+        input_pipeline.load_split("svhn", "train", data_dir=tmp_path)
     with pytest.raises(ValueError, match="name must be one of"):
-        data.load_split("cifar10", "train", data_dir=tmp_path)
+        input_pipeline.load_split("cifar10", "train", data_dir=tmp_path)
 
 
 def test_decoded_cache_round_trip(prepared, tmp_path):
     data_dir, _, _ = prepared
-    first = data.load_split("mnist", "train", data_dir=data_dir, shard_index=1, shard_count=2, cache_dir=tmp_path)
+    first = input_pipeline.load_split("mnist", "train", data_dir=data_dir, shard_index=1, shard_count=2, cache_dir=tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 2 and all(name.endswith(".npy") for name in files)
-    second = data.load_split("mnist", "train", data_dir=data_dir, shard_index=1, shard_count=2, cache_dir=tmp_path)
-    other_shard = data.load_split("mnist", "train", data_dir=data_dir, shard_index=0, shard_count=2, cache_dir=tmp_path)
+    second = input_pipeline.load_split("mnist", "train", data_dir=data_dir, shard_index=1, shard_count=2, cache_dir=tmp_path)
+    other_shard = input_pipeline.load_split("mnist", "train", data_dir=data_dir, shard_index=0, shard_count=2, cache_dir=tmp_path)
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
     assert not np.array_equal(first[0], other_shard[0]) and len(list(tmp_path.iterdir())) == 4
 
@@ -123,29 +123,29 @@ def _take(iterator, count: int) -> list[dict]:
 
 def test_train_iterator_batches_epochs_and_determinism():
     images, labels = _arrays(23)
-    batches = _take(data.train_iterator(images, labels, batch_size=5, seed=7), 9)
+    batches = _take(input_pipeline.train_iterator(images, labels, batch_size=5, seed=7), 9)
     assert all(b["image"].shape == (5, 2, 2, 1) and b["label"].dtype == np.int32 for b in batches)
     assert all(np.array_equal(b["image"][:, 0, 0, 0], b["label"]) for b in batches)  # rows stay paired
     for epoch in (batches[0:4], batches[4:8]):  # 23 // 5 = 4 batches an epoch, no repeats inside one
         seen = np.concatenate([b["label"] for b in epoch])
         assert len(set(seen.tolist())) == 20
     assert not np.array_equal(batches[0]["label"], batches[4]["label"])  # reshuffled each epoch
-    again = _take(data.train_iterator(images, labels, batch_size=5, seed=7), 9)
+    again = _take(input_pipeline.train_iterator(images, labels, batch_size=5, seed=7), 9)
     assert all(np.array_equal(a["label"], b["label"]) for a, b in zip(batches, again))
-    other = _take(data.train_iterator(images, labels, batch_size=5, seed=8), 9)
+    other = _take(input_pipeline.train_iterator(images, labels, batch_size=5, seed=8), 9)
     assert any(not np.array_equal(a["label"], b["label"]) for a, b in zip(batches, other))
-    finite = list(data.train_iterator(images, labels, batch_size=5, seed=7, num_epochs=2))
+    finite = list(input_pipeline.train_iterator(images, labels, batch_size=5, seed=7, num_epochs=2))
     assert len(finite) == 8
 
 
 @pytest.mark.parametrize("consumed", [3, 4, 6])  # mid-epoch, at an epoch boundary, in epoch 2
 def test_restored_iterator_yields_the_same_next_batches(consumed):
     images, labels = _arrays(23)
-    iterator = data.train_iterator(images, labels, batch_size=5, seed=3)
+    iterator = input_pipeline.train_iterator(images, labels, batch_size=5, seed=3)
     _take(iterator, consumed)
     state = json.loads(json.dumps(iterator.get_state()))  # survives a JSON checkpoint
     expected = _take(iterator, 5)
-    restored = data.train_iterator(images, labels, batch_size=5, seed=3)
+    restored = input_pipeline.train_iterator(images, labels, batch_size=5, seed=3)
     restored.set_state(state)
     assert all(np.array_equal(a["label"], b["label"]) for a, b in zip(expected, _take(restored, 5)))
 
@@ -155,13 +155,13 @@ def test_iterator_state_survives_an_orbax_checkpoint(tmp_path):
     import orbax.checkpoint as ocp
 
     images, labels = _arrays(23)
-    iterator = data.train_iterator(images, labels, batch_size=5, seed=4)
+    iterator = input_pipeline.train_iterator(images, labels, batch_size=5, seed=4)
     _take(iterator, 6)
     with ocp.CheckpointManager(tmp_path) as manager:
         manager.save(6, args=ocp.args.Composite(ds=grain.checkpoint.CheckpointSave(iterator)))
         manager.wait_until_finished()
         expected = _take(iterator, 3)
-        restored = data.train_iterator(images, labels, batch_size=5, seed=4)
+        restored = input_pipeline.train_iterator(images, labels, batch_size=5, seed=4)
         manager.restore(6, args=ocp.args.Composite(ds=grain.checkpoint.CheckpointRestore(restored)))
     assert all(np.array_equal(a["label"], b["label"]) for a, b in zip(expected, _take(restored, 3)))
 
@@ -169,20 +169,20 @@ def test_iterator_state_survives_an_orbax_checkpoint(tmp_path):
 def test_iterator_and_eval_reject_bad_arguments():
     images, labels = _arrays(4)
     with pytest.raises(ValueError, match="batch_size"):
-        data.train_iterator(images, labels, batch_size=5, seed=0)
+        input_pipeline.train_iterator(images, labels, batch_size=5, seed=0)
     with pytest.raises(ValueError, match="batch_size"):
-        data.train_iterator(images, labels, batch_size=0, seed=0)
+        input_pipeline.train_iterator(images, labels, batch_size=0, seed=0)
     with pytest.raises(ValueError, match="seed"):
-        data.train_iterator(images, labels, batch_size=2, seed=-1)
+        input_pipeline.train_iterator(images, labels, batch_size=2, seed=-1)
     with pytest.raises(ValueError, match="labels"):
-        data.train_iterator(images, labels[:3], batch_size=2, seed=0)
+        input_pipeline.train_iterator(images, labels[:3], batch_size=2, seed=0)
     with pytest.raises(ValueError, match="num_batches"):
-        list(data.eval_batches(images, labels, batch_size=3, num_batches=1))
+        list(input_pipeline.eval_batches(images, labels, batch_size=3, num_batches=1))
 
 
 def test_eval_batches_cover_every_example_once_with_a_mask():
     images, labels = _arrays(7)
-    batches = list(data.eval_batches(images, labels, batch_size=3, num_batches=4))
+    batches = list(input_pipeline.eval_batches(images, labels, batch_size=3, num_batches=4))
     assert [b["mask"].sum() for b in batches] == [3, 3, 1, 0]
     real = np.concatenate([b["label"][b["mask"]] for b in batches])
     assert np.array_equal(real, labels)
@@ -191,13 +191,13 @@ def test_eval_batches_cover_every_example_once_with_a_mask():
 
 
 def test_global_batch_single_process():
-    sharding = data.data_sharding()
+    sharding = input_pipeline.data_sharding()
     local = {"image": np.ones((4 * jax.device_count(), 2, 2, 1), np.uint8), "label": np.arange(4 * jax.device_count())}
-    batch = data.global_batch(local, sharding)
+    batch = input_pipeline.global_batch(local, sharding)
     assert isinstance(batch["label"], jax.Array) and batch["label"].sharding == sharding
     assert np.array_equal(np.asarray(batch["label"]), local["label"])
     with pytest.raises(ValueError, match="axis 'batch'"):
-        data.data_sharding(jax.make_mesh((jax.device_count(),), ("data",)), axis="batch")
+        input_pipeline.data_sharding(jax.make_mesh((jax.device_count(),), ("data",)), axis="batch")
 
 
 _WORKER = textwrap.dedent(
@@ -209,10 +209,10 @@ _WORKER = textwrap.dedent(
     process_id, port, data_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
     import numpy as np
-    from train import data
-    images, labels = data.load_split("mnist", "train", data_dir=data_dir)  # this process's shard
-    local = next(data.train_iterator(images, labels, batch_size=4, seed=11))
-    batch = data.global_batch(local, data.data_sharding())
+    from train import input_pipeline
+    images, labels = input_pipeline.load_split("mnist", "train", data_dir=data_dir)  # this process's shard
+    local = next(input_pipeline.train_iterator(images, labels, batch_size=4, seed=11))
+    batch = input_pipeline.global_batch(local, input_pipeline.data_sharding())
     # Reductions over the global array need both processes' rows.
     sums = jax.jit(lambda b: (b["label"].sum(), b["image"].astype("int32").sum()))(batch)
     print(json.dumps({"shape": list(batch["image"].shape), "devices": len(batch["label"].sharding.device_set),
@@ -252,8 +252,8 @@ def test_two_processes_read_their_own_shards_into_one_global_batch(prepared, tmp
     # The reference: each shard's first local batch, computed here in one process.
     expected = np.zeros(2, np.int64)
     for i, result in enumerate(outputs):
-        images, labels = data.load_split("mnist", "train", data_dir=data_dir, shard_index=i, shard_count=2)
-        local = next(data.train_iterator(images, labels, batch_size=4, seed=11))
+        images, labels = input_pipeline.load_split("mnist", "train", data_dir=data_dir, shard_index=i, shard_count=2)
+        local = next(input_pipeline.train_iterator(images, labels, batch_size=4, seed=11))
         assert result["local"] == sorted(local["label"].tolist())
         expected += [local["label"].sum(), local["image"].astype(np.int64).sum()]
     for result in outputs:

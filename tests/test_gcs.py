@@ -224,11 +224,11 @@ def test_on_gs_a_save_is_digested_only_once_orbax_has_finalised_it_and_restored_
             storage.path(f"{directory}/2/{rel}").write_bytes(content)
     with monkeypatch.context() as m:
         m.setattr(ckpt.manager, "all_steps", lambda: [1, 2])  # Orbax counts a save it has started
-        ckpt._unsealed.append(2)
-        ckpt.seal()
+        ckpt._undigested.append(2)
+        ckpt.write_digests()
         assert not digests.path(f"{directory}/2", 0).exists()  # its directory exists, but it is not finished
         storage.path(f"{directory}/2/commit_success.txt").write_text("done")
-        ckpt.seal()
+        ckpt.write_digests()
         assert digests.path(f"{directory}/2", 0).exists()
     ckpt.close()
     # A save killed before its end is never restored (Orbax removes it when the next run opens the directory).

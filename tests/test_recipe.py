@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
-from train import optim
+from train import optimizer
 from train import step as step_lib
 
 
 def test_params_ema_is_the_debiased_average_of_the_parameters_a_numpy_loop_computes():
     decay, lr, target = 0.8, 0.3, np.array([1.0, -2.0, 0.5])
-    tx = optax.chain(optax.sgd(lr), optim.params_ema(decay))
+    tx = optax.chain(optax.sgd(lr), optimizer.params_ema(decay))
     params = {"w": jnp.zeros(3)}
     state = tx.init(params)
     w, history = np.zeros(3), []
@@ -30,13 +29,11 @@ def test_params_ema_is_the_debiased_average_of_the_parameters_a_numpy_loop_compu
         history.append(w)
     weights = decay ** np.arange(len(history))[::-1]  # newest weighs most
     expected = (weights[:, None] * np.array(history)).sum(0) / weights.sum()
-    config = ml_collections.ConfigDict({"ema_decay": decay})
-    np.testing.assert_allclose(optim.eval_params(config, params, state)["w"], expected, rtol=1e-5)
+    np.testing.assert_allclose(optimizer.eval_params(decay, params, state)["w"], expected, rtol=1e-5)
     np.testing.assert_allclose(params["w"], history[-1], rtol=1e-5)
-    off = ml_collections.ConfigDict({"ema_decay": 0.0})
-    assert optim.eval_params(off, params, state) is params
+    assert optimizer.eval_params(0.0, params, state) is params
     fresh = tx.init(params)  # before any step the average is undefined: the parameters themselves
-    np.testing.assert_array_equal(optim.eval_params(config, params, fresh)["w"], params["w"])
+    np.testing.assert_array_equal(optimizer.eval_params(decay, params, fresh)["w"], params["w"])
 
 
 class _Linear(nnx.Module):
@@ -76,21 +73,20 @@ def test_the_average_is_found_by_name_wherever_the_chain_holds_it(tmp_path):
     history = [np.arange(3.0) - lr * k for k in range(1, 4)]  # three SGD steps on a gradient of ones
     weights = decay ** np.arange(3)[::-1]
     expected = (weights[:, None] * np.array(history)).sum(0) / weights.sum()
-    config = ml_collections.ConfigDict({"ema_decay": decay})
-    chains = [optax.chain(optax.sgd(lr), optim.params_ema(decay)),
-              optax.chain(optax.sgd(lr), optim.params_ema(decay), optax.identity()),
-              optax.chain(optax.chain(optax.sgd(lr), optim.params_ema(decay)), optax.scale(1.0))]  # fmt: skip
+    chains = [optax.chain(optax.sgd(lr), optimizer.params_ema(decay)),
+              optax.chain(optax.sgd(lr), optimizer.params_ema(decay), optax.identity()),
+              optax.chain(optax.chain(optax.sgd(lr), optimizer.params_ema(decay)), optax.scale(1.0))]  # fmt: skip
     for i, tx in enumerate(chains):
         state, p = tx.init(params), params
         for _ in range(3):
             updates, state = tx.update({"w": jnp.ones(3)}, state, p)
             p = optax.apply_updates(p, updates)
-        np.testing.assert_allclose(optim.eval_params(config, p, state)["w"], expected, rtol=1e-6)
+        np.testing.assert_allclose(optimizer.eval_params(decay, p, state)["w"], expected, rtol=1e-6)
         ckpt = checkpoints.Checkpoints(tmp_path / str(i), keep=1, async_save=False)
         ckpt.save(3, state={"params": p, "opt_state": state}, meta={"step": 3})
         ckpt.close()
         read = checkpoints.read_params(tmp_path / str(i), ema_decay=decay)
         np.testing.assert_allclose(checkpoints.pure_dict(read)["w"], expected, rtol=1e-6)
-    twice = optax.chain(optim.params_ema(decay), optim.params_ema(decay)).init(params)
+    twice = optax.chain(optimizer.params_ema(decay), optimizer.params_ema(decay)).init(params)
     with pytest.raises(ValueError, match="exactly one params_ema state, found 2"):
-        optim.eval_params(config, params, twice)
+        optimizer.eval_params(decay, params, twice)

@@ -6,9 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from train import config_checks, configs, data, packed, sources
+from train import config_checks, configs, input_pipeline, packed, run_data, sources
 from train import step as step_lib
-from train import train as train_lib
 from train.errors import ConfigError, DataError
 
 MESH = jax.make_mesh((1,), ("data",))
@@ -26,7 +25,7 @@ def test_the_device_source_and_the_host_source_give_each_step_the_grain_iterator
     """Steps start+1 .. start+20 (over four epochs of 5 batches), fed in chunks of 1, 4, 2, 8, 5: the rows the
     device gathers and the batches the host sends are those the grain iterator yields for those steps."""
     images, labels = split()
-    expected = data.train_iterator(images, labels, batch_size=4, seed=3)  # from step 1
+    expected = input_pipeline.train_iterator(images, labels, batch_size=4, seed=3)  # from step 1
     for _ in range(start):
         next(expected)
     device = sources.DeviceSource(images, labels, batch_size=4, seed=3, replicated=REPLICATED, steps_sharding=STEPS)
@@ -78,15 +77,15 @@ def test_a_pack_reads_back_its_splits_rows_and_shards_and_names_what_it_lacks(tm
     pack = tmp_path / "mnist.npz"
     packed.write(pack, "mnist", {"train[:92%]": train, "test": test}, {"git_commit": "abc"})
     assert packed.header(pack) == {"dataset": "mnist", "splits": ["train[:92%]", "test"], "git_commit": "abc"}
-    images, labels = data.load_split("mnist", "test", data_dir=pack, drop_remainder=False)
+    images, labels = input_pipeline.load_split("mnist", "test", data_dir=pack, drop_remainder=False)
     np.testing.assert_array_equal(images, test[0])
     np.testing.assert_array_equal(labels, test[1])
-    assert data.split_size("mnist", "train[:92%]", data_dir=pack) == 23
-    _, rows = data.load_split("mnist", "train[:92%]", data_dir=pack, rows=(5, 9))
-    _, shard = data.load_split("mnist", "train[:92%]", data_dir=pack, shard_index=1, shard_count=2)
+    assert input_pipeline.split_size("mnist", "train[:92%]", data_dir=pack) == 23
+    _, rows = input_pipeline.load_split("mnist", "train[:92%]", data_dir=pack, rows=(5, 9))
+    _, shard = input_pipeline.load_split("mnist", "train[:92%]", data_dir=pack, shard_index=1, shard_count=2)
     assert list(rows) == [5, 6, 7, 8] and list(shard) == list(range(11, 22))
     with pytest.raises(ValueError, match=r"holds mnist splits \['train\[:92%\]', 'test'\], not mnist 'train\[92%:\]'"):
-        data.load_split("mnist", "train[92%:]", data_dir=pack)
+        input_pipeline.load_split("mnist", "train[92%:]", data_dir=pack)
     with pytest.raises(ValueError, match=r"must end in \.npz"):
         packed.write(tmp_path / "mnist.zip", "mnist", {})
 
@@ -94,7 +93,7 @@ def test_a_pack_reads_back_its_splits_rows_and_shards_and_names_what_it_lacks(tm
     config.data_dir = str(pack)
     assert config_checks.resolve_data_dir(config) == pack  # a file, not a directory
     with pytest.raises(DataError, match=r"this run reads mnist 'train\[:92%\]', 'train\[92%:\]' and 'test'"):
-        train_lib._ensure_dataset(config, pack)  # no validation split in it
+        run_data.ensure_dataset(configs.unpack(config, run_data.DataSpec), pack)  # no validation split in it
     config.data_dir = str(tmp_path / "missing.npz")
     with pytest.raises(ConfigError, match=r"missing\.npz \(a pack of splits\) does not exist"):
         config_checks.resolve_data_dir(config)

@@ -34,13 +34,14 @@ from train import (
     compiled,
     config_checks,
     configs,
-    data,
     datasets,
     distortions,
     errors,
     evaluation,
-    optim,
+    input_pipeline,
+    optimizer,
     prepare,
+    run_data,
     xla_cpu,
 )
 from train import step as step_lib
@@ -130,10 +131,11 @@ def test_every_config_validates_and_builds_its_model_for_its_data(name, data_dir
     config = configs.get_config(name)
     config.data_dir = str(data_dir)
     config_checks.validate(config)
-    shape, classes = datasets.input_spec(config)
+    shape, classes = datasets.DATASETS[config.dataset].input_spec(config.distortion)
     raw = jax.ShapeDtypeStruct((4, *((32, 32, 3) if config.dataset == "svhn" else (28, 28, 1))), jnp.uint8)
     labels = jax.ShapeDtypeStruct((4,), jnp.int32)
-    images, out_labels = jax.eval_shape(lambda x, y: compiled.preprocess(config, jax.random.key(0), x, y), raw, labels)
+    preprocess = compiled.training_input(config.dataset, config.distortion, fixed=config.train_distortion == "fixed")
+    images, out_labels = jax.eval_shape(lambda x, y: preprocess(jax.random.key(0), x, y), raw, labels)
     assert images.shape == (4, *shape) and images.dtype == jnp.float32 and out_labels.shape == (4,)
     model = nnx.eval_shape(lambda: compiled.build(config))
     logits = nnx.eval_shape(lambda m, x: m(x, train=False), model, images)
@@ -179,7 +181,7 @@ def train_restore_and_recompute_the_test_error(config, data_dir: Path, tmp_path:
     assert samples == (["step_000002.png", "step_000004.png"] if model.has_transformer else [])
 
     # The reported test error and loss, recomputed from that model on the test split, distorted with the test seed.
-    images, labels = data.load_split(config.dataset, config.test_split, data_dir=data_dir, shard_index=0, shard_count=1,
+    images, labels = input_pipeline.load_split(config.dataset, config.test_split, data_dir=data_dir, shard_index=0, shard_count=1,
                                      drop_remainder=False)  # fmt: skip
     if config.dataset == "svhn":
         images = images / np.float32(255)
@@ -197,8 +199,8 @@ def train_restore_and_recompute_the_test_error(config, data_dir: Path, tmp_path:
 
 def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir, tmp_path, monkeypatch):
     config = tiny_config("mnist_tc_cnn", data_dir, "train_distortion=fixed")
-    images, labels = train_lib._train_arrays(config, data_dir)
-    raw, raw_labels = data.load_split("mnist", config.train_split, data_dir=data_dir, shard_index=0, shard_count=1)
+    images, labels = run_data.train_arrays(configs.unpack(config, run_data.DataSpec), data_dir)
+    raw, raw_labels = input_pipeline.load_split("mnist", config.train_split, data_dir=data_dir, shard_index=0, shard_count=1)
     expected, expected_labels = distortions.test_set("TC", raw, raw_labels, seed=config.test_seed + 2)
     assert images.dtype == np.uint8 and images.shape == (92, 60, 60, 1)
     np.testing.assert_array_equal(labels, expected_labels)
@@ -207,8 +209,9 @@ def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir,
     assert np.abs(expected - test_distortion).max() > 0.5  # its own seed, not the test set's
 
     # The step uses the stored images as they are, whatever its key.
-    x1, y1 = compiled.preprocess(config, jax.random.key(1), images[:4], labels[:4])
-    x2, _ = compiled.preprocess(config, jax.random.key(2), images[:4], labels[:4])
+    preprocess = compiled.training_input(config.dataset, config.distortion, fixed=True)
+    x1, y1 = preprocess(jax.random.key(1), images[:4], labels[:4])
+    x2, _ = preprocess(jax.random.key(2), images[:4], labels[:4])
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_allclose(x1, images[:4] / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(y1, labels[:4])
@@ -219,7 +222,7 @@ def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir,
         halves = []
         for index in range(2):
             m.setattr(jax, "process_index", lambda index=index: index)
-            halves.append(train_lib._train_arrays(config, data_dir))
+            halves.append(run_data.train_arrays(configs.unpack(config, run_data.DataSpec), data_dir))
     np.testing.assert_array_equal(np.concatenate([h[0] for h in halves]), images)
     np.testing.assert_array_equal(np.concatenate([h[1] for h in halves]), labels)
 
@@ -230,14 +233,14 @@ def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir,
 def test_each_process_reads_only_the_rows_it_evaluates_distorted_as_in_the_whole_split(data_dir, monkeypatch):
     config = tiny_config("mnist_rts28_cnn", data_dir)
     monkeypatch.setattr(distortions, "TEST_CHUNK", 16)  # chunks smaller than the split: reads cross chunk edges
-    raw, raw_labels = data.load_split("mnist", config.train_split, data_dir=data_dir, shard_index=0, shard_count=1)
+    raw, raw_labels = input_pipeline.load_split("mnist", config.train_split, data_dir=data_dir, shard_index=0, shard_count=1)
     whole, whole_labels = distortions.test_set(config.distortion, raw, raw_labels, seed=5)
     assert len(whole_labels) == 92
-    reads, load_split = [], data.load_split
-    monkeypatch.setattr(data, "load_split", lambda *a, **k: reads.append(k["rows"]) or load_split(*a, **k))
+    reads, load_split = [], input_pipeline.load_split
+    monkeypatch.setattr(input_pipeline, "load_split", lambda *a, **k: reads.append(k["rows"]) or load_split(*a, **k))
     for start, stop in [(0, 3), (13, 37), (40, 92), (90, 92), (50, 50)]:
         reads.clear()
-        images, labels = train_lib._eval_arrays(config, data_dir, config.train_split, 5, (start, stop), 92)
+        images, labels = run_data.eval_arrays(configs.unpack(config, run_data.DataSpec), data_dir, config.train_split, 5, (start, stop), 92)
         np.testing.assert_array_equal(images, whole[start:stop])
         np.testing.assert_array_equal(labels, whole_labels[start:stop])
         # Read: from the first chunk the rows touch to the end of the last, nothing else.
@@ -272,17 +275,17 @@ def test_unknown_config_names_the_known_ones():
 
 
 def test_paper_schedule_and_localisation_rate():
-    from train import optim
+    from train import optimizer
 
     config = configs.get_config("mnist_rts_st_cnn_affine_paper")
-    lr = optim.schedule(config)
+    lr = optimizer.schedule(configs.unpack(config, optimizer.Recipe))
     half, three_quarters = config.steps // 2, 3 * config.steps // 4
     np.testing.assert_allclose(
         [lr(0), lr(half - 1), lr(half), lr(three_quarters)], [0.01, 0.01, 0.001, 0.0001], rtol=1e-6
     )
     model = train_lib.build(configs.get_config("tiny"))
     params = nnx.state(model, nnx.Param)
-    tx = optim.optimizer(configs.get_config("mnist_rts_st_cnn_affine_paper"))
+    tx = optimizer.chain(configs.unpack(config, optimizer.Recipe))
     grads = jax.tree.map(np.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(updates)}
@@ -601,7 +604,7 @@ def test_every_chunking_and_both_sources_end_with_identical_parameters_and_losse
             _, params = train_lib.train_and_evaluate(config, tmp_path / name, return_params=True)
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         runs[name] = params, [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
-        schedule = optim.schedule(config)  # step s takes the rate (and keys) of its 0-based index s - 1
+        schedule = optimizer.schedule(configs.unpack(config, optimizer.Recipe))  # step s takes the rate (and keys) of its 0-based index s - 1
         for r in (r for r in records if r["split"] == "train"):
             np.testing.assert_allclose(r["learning_rate"], float(schedule(r["step"] - 1)), rtol=1e-5)
         assert [d[0] for d in dispatched] == list(np.cumsum([1] + [n for _, n in dispatched][:-1]))  # consecutive

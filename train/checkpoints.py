@@ -48,7 +48,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from train import digests, optim, storage
+from train import digests, hosts, optimizer, storage
 from train.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("train.checkpoints")
@@ -83,7 +83,7 @@ class Checkpoints:
 
             handlers["data"] = grain.checkpoint.CheckpointHandler()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-        self._unsealed: list[int] = []  # saved by this process, digest not yet written
+        self._undigested: list[int] = []  # saved by this process, digest not yet written
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -98,7 +98,7 @@ class Checkpoints:
 
     def save(self, step: int, *, state: Any, meta: dict, iterator: Any = None, val_error: float | None = None) -> None:
         """Saves ``state`` and ``meta`` (and a grain ``iterator``'s position, with ``iterators=True``) as ``step``."""
-        self.seal()
+        self.write_digests()
         # Metrics on every checkpoint ({} without an evaluation): Orbax warns on each save without.
         metrics = {} if val_error is None else {VAL_METRIC: float(val_error)}
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
@@ -107,34 +107,34 @@ class Checkpoints:
 
             items["data"] = grain.checkpoint.CheckpointSave(iterator)
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
-        self._unsealed.append(step)
-        self.seal()  # a synchronous save is already complete
+        self._undigested.append(step)
+        self.write_digests()  # a synchronous save is already complete
 
-    def seal(self, *, wait: bool = False) -> None:
+    def write_digests(self, *, wait: bool = False) -> None:
         """Writes this process's digest of each checkpoint it saved that Orbax has finished.
 
         Orbax finalises a step (renames it into place, or writes its commit marker on ``gs://``)
-        only once every process has written its part, so each process can seal on its own.
+        only once every process has written its part, so each process can write its digests on its own.
         ``wait`` (collective): first wait for every pending save.
         """
         if wait:
             self.manager.wait_until_finished()
-            _sync("checkpoints finished")  # the primary process has finalised every step
-        if self._unsealed:
+            hosts.sync("checkpoints finished")  # the primary process has finalised every step
+        if self._undigested:
             storage.forget_listings(self.directory)
-        for step in list(self._unsealed):
+        for step in list(self._undigested):
             step_dir = self.directory / str(step)
             if step not in self.manager.all_steps():
-                self._unsealed.remove(step)  # already deleted by retention
+                self._undigested.remove(step)  # already deleted by retention
             elif ocp.step.is_path_finalized(step_dir):
                 digests.write(step_dir, jax.process_index(), jax.process_count())
-                self._unsealed.remove(step)
+                self._undigested.remove(step)
 
     def wait(self) -> None:
-        self.seal(wait=True)
+        self.write_digests(wait=True)
 
     def close(self) -> None:
-        self.seal(wait=True)
+        self.write_digests(wait=True)
         self.manager.close()
 
     def restore_newest(self, *, abstract_state: Any, iterator: Any = None) -> tuple[int, Any, dict, bool] | None:
@@ -151,9 +151,9 @@ class Checkpoints:
             status, reason = self._status(step)
             if status != digests.DAMAGED:
                 restored, error = self._try_restore(step, abstract_state, iterator)
-                if _everywhere(not error):
+                if hosts.everywhere(not error):
                     self._move_aside(damaged)
-                    if status == digests.NO_DIGEST and jax.process_index() == 0:
+                    if status == digests.NO_DIGEST and hosts.is_lead():
                         log.warning("checkpoint step %d in %s has no digest (written before digests existed, or "
                                     "its run stopped first): restored unverified", step, self.directory)  # fmt: skip
                     return step, restored["state"], restored["meta"], status == digests.VERIFIED
@@ -212,7 +212,7 @@ class Checkpoints:
         status, reason = digests.check(self.directory / str(step), jax.process_index())
         if jax.process_count() == 1:
             return status, reason
-        codes = _allgather(_CODES[status])
+        codes = hosts.allgather(_CODES[status])
         if len(set(codes)) == 1:
             return status, reason
         if status == digests.DAMAGED:
@@ -225,7 +225,7 @@ class Checkpoints:
     def _move_aside(self, damaged: list[tuple[int, str]]) -> None:
         if not damaged:
             return
-        if jax.process_index() == 0:
+        if hosts.is_lead():
             for step, reason in damaged:
                 target = self.directory / f"{step}.corrupt"
                 n = 1
@@ -234,7 +234,7 @@ class Checkpoints:
                     target = self.directory / f"{step}.corrupt{n}"
                 storage.move(self.directory / str(step), target)
                 log.warning("checkpoint step %d is damaged (%s): moved aside to %s", step, reason, target)
-        _sync("damaged checkpoints moved aside")
+        hosts.sync("damaged checkpoints moved aside")
         self.manager.reload()
 
 
@@ -264,7 +264,7 @@ def read_params(directory: os.PathLike | str, *, step: int | None = None, ema_de
     NumPy arrays, in the checkpoint's layout (``nnx.State`` dicts: see :func:`pure_dict`).
 
     With the run's ``ema_decay`` (> 0), the debiased moving average of the weights, the parameters the run
-    evaluated (:func:`train.optim.eval_params`); :class:`CheckpointError` if the checkpoint has none.
+    evaluated (:func:`train.optimizer.eval_params`); :class:`CheckpointError` if the checkpoint has none.
     """
     directory = storage.path(directory)
     with ocp.CheckpointManager(directory, item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as mngr:
@@ -276,13 +276,13 @@ def read_params(directory: os.PathLike | str, *, step: int | None = None, ema_de
     if not ema_decay:
         return state["params"]
     # Restored without its types: the average is the one dict of the optimiser state with the fields of
-    # optim.ParamsEMAState, wherever the chain holds it.
-    averages = list(_dicts_with_keys(state["opt_state"], set(optim.ParamsEMAState._fields)))
+    # optimizer.ParamsEMAState, wherever the chain holds it.
+    averages = list(_dicts_with_keys(state["opt_state"], set(optimizer.ParamsEMAState._fields)))
     if len(averages) != 1:
         raise CheckpointError(f"ema_decay={ema_decay} but the checkpoint of step {step} in {directory} has no "
                               "average of the weights: was the run trained with ema_decay=0?")  # fmt: skip
-    ema = optim.ParamsEMAState(np.asarray(averages[0]["count"]), averages[0]["ema"])
-    return jax.tree.map(np.asarray, optim.debiased(ema, ema_decay)) if ema.count > 0 else state["params"]
+    ema = optimizer.ParamsEMAState(np.asarray(averages[0]["count"]), averages[0]["ema"])
+    return jax.tree.map(np.asarray, optimizer.debiased(ema, ema_decay)) if ema.count > 0 else state["params"]
 
 
 def _dicts_with_keys(tree: Any, keys: set[str]):
@@ -327,21 +327,3 @@ def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     line = text[0] if text else type(error).__name__
     return line if len(line) <= 200 else line[:197] + "..."
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def _allgather(code: int) -> list[int]:
-    from jax.experimental import multihost_utils
-
-    return [int(c) for c in np.asarray(multihost_utils.process_allgather(np.int32(code))).ravel()]
-
-
-def _everywhere(ok: bool) -> bool:
-    """True when ``ok`` on every process (collective in a multi-process run)."""
-    return ok if jax.process_count() == 1 else min(_allgather(int(ok))) == 1

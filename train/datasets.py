@@ -1,7 +1,7 @@
 """The datasets a run trains on, MNIST and SVHN, and what the training package needs to know about each.
 
 One :class:`Dataset` per dataset holds its facts — TFDS name and version (what :mod:`train.prepare` writes and
-:mod:`train.data` reads), splits, raw images, classes, whether a run may prepare it itself — and answers the
+:mod:`train.input_pipeline` reads), splits, raw images, classes, whether a run may prepare it itself — and answers the
 questions the loop and the config checks ask, so that no other module branches on a dataset's name:
 
 * :meth:`Dataset.input_spec` — the model's input shape and number of classes. MNIST's depend on the

@@ -10,12 +10,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from train import data
+from train import input_pipeline
 
 
 def rows(size: int) -> tuple[int, int]:
     """``(start, stop)``: the rows of a ``size``-example split that this process evaluates."""
-    own = data.shard_indices(size, shard_index=jax.process_index(), shard_count=jax.process_count(),
+    own = input_pipeline.shard_indices(size, shard_index=jax.process_index(), shard_count=jax.process_count(),
                              drop_remainder=False)  # fmt: skip
     return (int(own[0]), int(own[-1]) + 1) if len(own) else (0, 0)
 
@@ -36,14 +36,16 @@ class EvalSet:
         self.size = size
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
-        return data.eval_batches(self.images, self.labels, batch_size=self.local_batch, num_batches=self.num_batches)
+        return input_pipeline.eval_batches(
+            self.images, self.labels, batch_size=self.local_batch, num_batches=self.num_batches
+        )
 
 
 def evaluate(eval_step: Callable, params: Any, other: Any, eval_set: EvalSet, sharding) -> dict[str, float]:
     """``{"error", "loss"}``: means over the whole split (collective: every process calls it)."""
     totals = {"loss": 0.0, "errors": 0.0, "count": 0.0}
     for local in eval_set.batches():
-        batch = data.global_batch(local, sharding)
+        batch = input_pipeline.global_batch(local, sharding)
         out = jax.device_get(eval_step(params, other, batch["image"], batch["label"], batch["mask"]))
         for k in totals:
             totals[k] += float(out[k])

@@ -2,7 +2,7 @@
 
 ``benchmarks/reproduce_on_device.py pack`` writes one from a prepared TFDS data_dir (:func:`write`); a run
 given the file as its data_dir (``--data_dir out/device/mnist.npz``) reads its splits from it through
-:func:`train.data.load_split` and :func:`train.data.split_size`: the same raw uint8 images and int32
+:func:`train.input_pipeline.load_split` and :func:`train.input_pipeline.split_size`: the same raw uint8 images and int32
 labels, in the same order, as TFDS gives. Imports NumPy only.
 """
 

@@ -10,7 +10,7 @@ Usage::
 Without ``--data_dir`` the TFDS default applies (``$TFDS_DATA_DIR``, else
 ``~/tensorflow_datasets``). Afterwards ``tfds.data_source("mnist", data_dir=DIR,
 download=False)`` (or ``"svhn_cropped"``) reads the dataset, and so does
-:mod:`train.data`.
+:mod:`train.input_pipeline`.
 
 Local files go through TFDS's own builders (``mnist/3.0.1``, ``svhn_cropped/3.1.0``):
 a subclass only points ``_split_generators`` at local files, so examples are generated,

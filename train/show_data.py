@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from train import data, distortions
+from train import distortions, input_pipeline
 
 
 def _as_rgb(images: np.ndarray) -> np.ndarray:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error(f"--count must be positive, got {args.count}")
-    images, labels = data.load_split(
+    images, labels = input_pipeline.load_split(
         "mnist", f"{args.split}[:{args.count}]", data_dir=args.data_dir, shard_index=0, shard_count=1
     )
     out = Path(args.out)

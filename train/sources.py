@@ -1,6 +1,6 @@
 """Where a run's training batches come from: the split held on the devices, or batches sent from the host.
 
-Both give step ``s`` (1-based) the rows :meth:`train.data.EpochBatches.rows` names for batch ``s - 1`` (one
+Both give step ``s`` (1-based) the rows :meth:`train.input_pipeline.EpochBatches.rows` names for batch ``s - 1`` (one
 permutation per epoch drawn from ``(seed, epoch)``), so a run's batches are the same whichever source it
 uses, and a resumed run needs only its step to continue where it stopped. ``feed(first, length)`` returns
 the inputs of ``length`` steps from step ``first`` on, as :func:`train.step.make_train_chunk` takes them,
@@ -9,7 +9,7 @@ sent to the devices (not awaited):
 * :class:`DeviceSource` puts the raw split (uint8) on every device once (replicated) and feeds only a
   ``(K, B)`` block of row numbers per chunk; the chunk gathers its batches on the devices. One process only
   (its rows are the whole split).
-* :class:`HostSource` reads ``K`` batches from a grain iterator (:func:`train.data.train_iterator`, started
+* :class:`HostSource` reads ``K`` batches from a grain iterator (:func:`train.input_pipeline.train_iterator`, started
   at the run's step) and sends them, stacked, split over the devices; each process reads its own shard:
   the source for several processes, and for a split too large for the devices' memory.
 
@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from train import data, loop
+from train import input_pipeline, loop
 from train.errors import ConfigError
 
 CHOICES = ("auto", "device", "host")
@@ -40,8 +40,8 @@ class DeviceSource:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
                  replicated: jax.sharding.Sharding, steps_sharding: jax.sharding.Sharding):  # fmt: skip
-        self.order = data.EpochBatches(images, labels, batch_size, seed)
-        self.dataset = data.replicate({"image": images, "label": np.asarray(labels, np.int32)}, replicated)
+        self.order = input_pipeline.EpochBatches(images, labels, batch_size, seed)
+        self.dataset = input_pipeline.replicate({"image": images, "label": np.asarray(labels, np.int32)}, replicated)
         self.steps_sharding = steps_sharding
 
     def feed(self, first: int, length: int) -> dict[str, jax.Array]:
@@ -102,5 +102,5 @@ def make(kind: str, images: np.ndarray, labels: np.ndarray, *, batch_size: int, 
     if kind == "device":
         return DeviceSource(images, labels, batch_size=batch_size, seed=seed, replicated=replicated,
                             steps_sharding=steps_sharding)  # fmt: skip
-    batches = data.train_iterator(images, labels, batch_size=batch_size, seed=seed, start=start)
+    batches = input_pipeline.train_iterator(images, labels, batch_size=batch_size, seed=seed, start=start)
     return HostSource(batches, start=start, steps_sharding=steps_sharding)

@@ -117,7 +117,7 @@ def make_train_chunk(step_fn: Callable, *, replicated, batch, stepwise: bool = F
     caller keeps only what the chunk returns. ``K`` is static, so each chunk length compiles once
     (the scan's body is the same program for every ``K``, so every chunking gives the same results).
     With ``stepwise`` the chunk dispatches its ``K`` steps one at a time through the chunk of one step
-    (:func:`stepwise_chunks`): one program for every ``K``. ``chunk.jitted`` is the jitted function.
+    (:func:`stepwise_chunks`): one program for every ``K``.
     """
 
     def one(carry, step_input, *, other, dataset):
@@ -146,20 +146,25 @@ def make_train_chunk(step_fn: Callable, *, replicated, batch, stepwise: bool = F
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0, 1),
     )
-    if not stepwise:
-        jitted.jitted = jitted
-        return jitted
+    return TrainChunk(jitted, stepwise=stepwise)
 
-    def one_at_a_time(params, opt_state, other, dataset, xs, first):
+
+class TrainChunk:
+    """A chunk of train steps (:func:`make_train_chunk`): ``jitted`` runs them in one dispatch, or with
+    ``stepwise`` runs one step, called once per step of the chunk."""
+
+    def __init__(self, jitted: Callable, *, stepwise: bool):
+        self.jitted, self.stepwise = jitted, stepwise
+
+    def __call__(self, params, opt_state, other, dataset, xs, first):
+        if not self.stepwise:
+            return self.jitted(params, opt_state, other, dataset, xs, first)
         outs = []
         for k in range(jax.tree.leaves(xs)[0].shape[0]):
             step_xs = jax.tree.map(lambda x, k=k: x[k : k + 1], xs)
-            params, opt_state, out = jitted(params, opt_state, other, dataset, step_xs, first + k)
+            params, opt_state, out = self.jitted(params, opt_state, other, dataset, step_xs, first + k)
             outs.append(out)
         return params, opt_state, jax.tree.map(lambda *values: jnp.concatenate(values), *outs)
-
-    one_at_a_time.jitted = jitted
-    return one_at_a_time
 
 
 def make_eval_step(graphdef, rng_state, *, replicated, batch) -> Callable:

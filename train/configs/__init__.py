@@ -12,9 +12,11 @@ the smallest useful run, for tests.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 import ml_collections
 
@@ -102,6 +104,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, o
             node[leaf] = value
         except (TypeError, ValueError, KeyError) as err:
             raise errors.ConfigError(f"--set {key}={value!r}: {err}") from err
+
+
+T = TypeVar("T")
+
+
+def unpack(config: ml_collections.ConfigDict, cls: type[T]) -> T:
+    """A ``cls`` (a dataclass) with each field read from the config key of its name, ``ConfigDict`` values as dicts:
+    how a run hands its config to the modules that need part of it, as plain arguments."""
+    value = lambda v: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
+    return cls(**{field.name: value(config[field.name]) for field in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
 def get_config(name: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:

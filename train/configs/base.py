@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 
 from stn_jax.models import MODEL_NAMES
-from train import datasets, distortions, optim, sources
+from train import datasets, distortions, optimizer, sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +109,13 @@ KEYS: tuple[Key, ...] = (
     Key("seed", 0, "parameters, dropout and training distortions: a pure function of (seed, step)", NON_NEGATIVE_INT),
     Key("batch_size", 128, "the global batch (all devices of all processes)", POSITIVE_INT),
     Key("steps", 2000, "optimisation steps", POSITIVE_INT),
-    Key("optimizer", "adamw", '"adamw" or "sgd" (the paper\'s; train.optim)', one_of(optim.OPTIMIZERS)),
+    Key("optimizer", "adamw", '"adamw" or "sgd" (the paper\'s; train.optimizer)', one_of(optimizer.OPTIMIZERS)),
     Key("learning_rate", 3e-3, "the peak learning rate", POSITIVE),
     Key(
         "schedule",
         "cosine",
         '"cosine" (warm-up, cosine decay), "steps" (÷10 at lr_drops) or "constant"',
-        one_of(optim.SCHEDULES),
+        one_of(optimizer.SCHEDULES),
     ),
     Key("warmup_steps", 100, 'steps of linear warm-up of "cosine"', NON_NEGATIVE_INT),
     Key("lr_drops", (0.5, 0.75), 'fractions of steps where "steps" divides the rate by 10', FRACTIONS),

@@ -65,7 +65,7 @@ from train.loop import global_batch  # noqa: F401  (part of this module's API; w
 if TYPE_CHECKING:
     import grain
 
-log = logging.getLogger("train.data")
+log = logging.getLogger("train.input_pipeline")
 
 TFDS_NAMES = {name: d.tfds_name for d in datasets.DATASETS.values() for name in (d.name, d.tfds_name)}
 _DECODE_CHUNK = 4096

@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules from a config.
+"""The run's optimiser and learning-rate schedule, from a :class:`Recipe`.
 
 Two recipes:
 
@@ -37,11 +37,11 @@ carry it); evaluation, pictures and :func:`train.train.restore_model` then use t
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from stn_jax.optim import with_localisation_lr
@@ -50,35 +50,52 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "steps", "constant")
 
 
-def schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The optimisation keys of a config (:data:`train.configs.base.KEYS` has their docs and checks)."""
+
+    optimizer: str
+    learning_rate: float
+    schedule: str
+    steps: int
+    warmup_steps: int
+    lr_drops: tuple[float, ...]
+    momentum: float
+    weight_decay: float
+    localisation_lr: float
+    grad_clip_norm: float
+    ema_decay: float
+
+
+def schedule(recipe: Recipe) -> optax.Schedule:
     """Learning rate as a function of the step."""
-    lr, steps = config.learning_rate, config.steps
-    if config.schedule == "constant":
+    lr, steps = recipe.learning_rate, recipe.steps
+    if recipe.schedule == "constant":
         return optax.constant_schedule(lr)
-    if config.schedule == "steps":
-        boundaries = {max(1, round(f * steps)): 0.1 for f in config.lr_drops}
+    if recipe.schedule == "steps":
+        boundaries = {max(1, round(f * steps)): 0.1 for f in recipe.lr_drops}
         return optax.piecewise_constant_schedule(lr, boundaries)
-    if config.schedule == "cosine":
-        warmup = min(config.warmup_steps, max(steps - 1, 0))
+    if recipe.schedule == "cosine":
+        warmup = min(recipe.warmup_steps, max(steps - 1, 0))
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=0.0)
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {config.schedule!r}")
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {recipe.schedule!r}")
 
 
-def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The config's optimiser, localisation nets at ``config.localisation_lr`` × the rate."""
-    lr = schedule(config)
-    if config.optimizer == "adamw":
-        tx = optax.adamw(lr, weight_decay=config.weight_decay)
-    elif config.optimizer == "sgd":
-        tx = optax.sgd(lr, momentum=config.momentum or None)
-        if config.weight_decay:
-            tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+def chain(recipe: Recipe) -> optax.GradientTransformation:
+    """The optimiser, localisation nets at ``recipe.localisation_lr`` × the rate, the weights' average last."""
+    lr = schedule(recipe)
+    if recipe.optimizer == "adamw":
+        tx = optax.adamw(lr, weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "sgd":
+        tx = optax.sgd(lr, momentum=recipe.momentum or None)
+        if recipe.weight_decay:
+            tx = optax.chain(optax.add_decayed_weights(recipe.weight_decay), tx)
     else:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
-    if config.grad_clip_norm:
-        tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-    tx = with_localisation_lr(tx, multiplier=config.localisation_lr)
-    return optax.chain(tx, params_ema(config.ema_decay)) if config.ema_decay else tx
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {recipe.optimizer!r}")
+    if recipe.grad_clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(recipe.grad_clip_norm), tx)
+    tx = with_localisation_lr(tx, multiplier=recipe.localisation_lr)
+    return optax.chain(tx, params_ema(recipe.ema_decay)) if recipe.ema_decay else tx
 
 
 class ParamsEMAState(NamedTuple):
@@ -120,9 +137,9 @@ def ema_state(opt_state: Any) -> ParamsEMAState:
     return found[0]
 
 
-def eval_params(config: ml_collections.ConfigDict, params: Any, opt_state: Any) -> Any:
+def eval_params(ema_decay: float, params: Any, opt_state: Any) -> Any:
     """The parameters to evaluate: the debiased average with ``ema_decay > 0`` (once a step was taken), else ``params``."""
-    if not config.ema_decay:
+    if not ema_decay:
         return params
     state = ema_state(opt_state)
-    return jax.lax.cond(state.count > 0, lambda: debiased(state, config.ema_decay), lambda: params)
+    return jax.lax.cond(state.count > 0, lambda: debiased(state, ema_decay), lambda: params)

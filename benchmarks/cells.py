@@ -33,12 +33,23 @@ PAPER = {
 
 # The issue's cells, in the order they are run by default (priority first).
 DEFAULT_ORDER = (
-    "rts_st_cnn_affine", "rts_cnn",
-    "r_cnn", "r_st_cnn_affine", "p_cnn", "p_st_cnn_affine", "e_cnn", "e_st_cnn_affine",
-    "tc_cnn", "tc_st_cnn_affine",
-    "rts_st_cnn_projective", "rts_st_cnn_tps", "e_st_cnn_projective", "e_st_cnn_tps",
-    "rts_fcn", "rts_st_fcn_affine",
-)  # fmt: skip
+    "rts_st_cnn_affine",
+    "rts_cnn",
+    "r_cnn",
+    "r_st_cnn_affine",
+    "p_cnn",
+    "p_st_cnn_affine",
+    "e_cnn",
+    "e_st_cnn_affine",
+    "tc_cnn",
+    "tc_st_cnn_affine",
+    "rts_st_cnn_projective",
+    "rts_st_cnn_tps",
+    "e_st_cnn_projective",
+    "e_st_cnn_tps",
+    "rts_fcn",
+    "rts_st_fcn_affine",
+)
 
 
 # Table 1 at one budget, every cell trained the same way: 15000 steps of 128, 1/20 of the paper's 150k × 256.
@@ -80,7 +91,7 @@ TABLE1_CELLS = (
     *(f"{d.lower()}_{m}" for m in LABELS if "cnn" not in m for d in ("RTS", "R", "P", "E")),
     *(f"{d.lower()}_{m}" for d in ("RTS", "R", "P", "E") for m in LABELS if "cnn" in m),
     *(f"{d.lower()}_{m}+seed_1" for d in ("RTS", "R", "P", "E") for m in ("st_cnn_affine", "cnn")),
-)  # fmt: skip
+)
 # The recipe search (issue 17): the RTS cell of both models at a fifth of the budget, one variant at a time.
 SEARCH_CELLS, SEARCH_BUDGET = ("rts_st_cnn_affine", "rts_cnn"), (3000, 128)
 SEARCH_VARIANTS = (
@@ -110,14 +121,21 @@ class AdditionCell:
 
 
 ADDITION_CELLS = {
-    "addition_2st_fcn": AdditionCell("mnist_addition_2st_fcn", "2×ST-FCN, identity init",
-                                     reported_two_channels=93.47, reported_init=90, paper_error=5.8),
-    "addition_2st_fcn_random_init": AdditionCell("mnist_addition_2st_fcn", "2×ST-FCN, random init",
-                                                 {"model_kwargs.theta_init": "random"}, reported_init=69),
-    "addition_cnn": AdditionCell("mnist_addition_cnn", "CNN", reported_two_channels=85.30, reported_init=85,
-                                 paper_error=14.7),
+    "addition_2st_fcn": AdditionCell(
+        "mnist_addition_2st_fcn",
+        "2×ST-FCN, identity init",
+        reported_two_channels=93.47,
+        reported_init=90,
+        paper_error=5.8,
+    ),
+    "addition_2st_fcn_random_init": AdditionCell(
+        "mnist_addition_2st_fcn", "2×ST-FCN, random init", {"model_kwargs.theta_init": "random"}, reported_init=69
+    ),
+    "addition_cnn": AdditionCell(
+        "mnist_addition_cnn", "CNN", reported_two_channels=85.30, reported_init=85, paper_error=14.7
+    ),
     "addition_fcn": AdditionCell("mnist_addition_fcn", "FCN"),
-}  # fmt: skip
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,32 +151,44 @@ class Variant:
 # "tc_cnn+fixed_train+seed_1"). Recorded and compared with the same-budget CNN like the standard
 # recipe, but the Table 1 entries stay the standard recipe's.
 VARIANTS = {
-    "loc_lr_1": Variant({"localisation_lr": 1.0}, "localisation nets at the full learning rate (standard: 0.1×)",
-                        transformer_only=True),
-    "full_res": Variant({"model_kwargs.output_pool": 1},
-                        "classifier on the transformer's full-resolution output (standard: average-pooled 2× above "
-                        "32 px)", transformer_only=True),
+    "loc_lr_1": Variant(
+        {"localisation_lr": 1.0}, "localisation nets at the full learning rate (standard: 0.1×)", transformer_only=True
+    ),
+    "full_res": Variant(
+        {"model_kwargs.output_pool": 1},
+        "classifier on the transformer's full-resolution output (standard: average-pooled 2× above 32 px)",
+        transformer_only=True,
+    ),
     "seed_1": Variant({"seed": 1}, "another initialisation and data order (seed 1; standard: 0)"),
     "seed_2": Variant({"seed": 2}, "a third initialisation and data order (seed 2; standard: 0)"),
-    "fixed_train": Variant({"train_distortion": "fixed"},
-                           "trained on one fixed distorted copy of the training split, the same every epoch "
-                           "(standard: distorted afresh every step)"),
-    "out_30": Variant({"model_kwargs.out_shape": (30, 30), "model_kwargs.output_pool": 1},
-                      "the transformer samples its 30×30 output directly (standard: samples 60×60, then "
-                      "average-pools 2×)", transformer_only=True),
-    "antialias": Variant({"model_kwargs.antialias": True},
-                         "the transformer samples with `antialias=True` (standard: plain bilinear)",
-                         transformer_only=True),
-    "ema": Variant({"ema_decay": 0.999},
-                   "evaluated with a moving average of the weights, decay 0.999 (standard: the weights)"),
+    "fixed_train": Variant(
+        {"train_distortion": "fixed"},
+        "trained on one fixed distorted copy of the training split, the same every epoch "
+        "(standard: distorted afresh every step)",
+    ),
+    "out_30": Variant(
+        {"model_kwargs.out_shape": (30, 30), "model_kwargs.output_pool": 1},
+        "the transformer samples its 30×30 output directly (standard: samples 60×60, then average-pools 2×)",
+        transformer_only=True,
+    ),
+    "antialias": Variant(
+        {"model_kwargs.antialias": True},
+        "the transformer samples with `antialias=True` (standard: plain bilinear)",
+        transformer_only=True,
+    ),
+    "ema": Variant(
+        {"ema_decay": 0.999}, "evaluated with a moving average of the weights, decay 0.999 (standard: the weights)"
+    ),
     "ls_01": Variant({"label_smoothing": 0.1}, "trained on labels smoothed by 0.1 (standard: none)"),
     "lr_1e3": Variant({"learning_rate": 1e-3}, "peak learning rate 1e-3 (standard: 3e-3)"),
     "lr_6e3": Variant({"learning_rate": 6e-3}, "peak learning rate 6e-3 (standard: 3e-3)"),
     "warmup_600": Variant({"warmup_steps": 600}, "600 warm-up steps (standard: 5% of the steps, at most 200)"),
-    "fc_128": Variant({"model_kwargs.hidden": [128]},
-                      "a hidden FC layer of 128 units before the CNN's output (standard: none); on addition "
-                      "467,603 parameters, as many as the FCN (470,675) and 2×ST-FCN (469,169)"),
-}  # fmt: skip
+    "fc_128": Variant(
+        {"model_kwargs.hidden": [128]},
+        "a hidden FC layer of 128 units before the CNN's output (standard: none); on addition "
+        "467,603 parameters, as many as the FCN (470,675) and 2×ST-FCN (469,169)",
+    ),
+}
 
 
 def with_recipe(cell: str, recipe: str | None = None) -> str:
@@ -210,8 +240,10 @@ def parse_cell(cell: str) -> tuple[str, str]:
     head, _, model = cell.partition("_")
     distortion = head.upper()
     if distortion not in (*DISTORTIONS, "RTS28") or model not in LABELS:
-        raise ValueError(f"unknown cell {cell!r}: expected <{'|'.join(d.lower() for d in DISTORTIONS)}>_<"
-                         f"{'|'.join(LABELS)}> or one of {', '.join(ADDITION_CELLS)}")  # fmt: skip
+        raise ValueError(
+            f"unknown cell {cell!r}: expected <{'|'.join(d.lower() for d in DISTORTIONS)}>_<"
+            f"{'|'.join(LABELS)}> or one of {', '.join(ADDITION_CELLS)}"
+        )
     return distortion, model
 
 

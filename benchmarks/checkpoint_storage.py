@@ -71,8 +71,13 @@ def model_state():
     from train import compiled, configs, optimizer
 
     config = configs.get_config(CONFIG)
-    fns = compiled.functions(lambda: compiled.build(config), configs.unpack(config, optimizer.Recipe),
-                             seed=config.seed, preprocess=None, label_smoothing=0.0)  # fmt: skip
+    fns = compiled.functions(
+        lambda: compiled.build(config),
+        configs.unpack(config, optimizer.Recipe),
+        seed=config.seed,
+        preprocess=None,
+        label_smoothing=0.0,
+    )
     state = fns.init()
     return state, jax.eval_shape(fns.init)
 
@@ -123,8 +128,12 @@ def count_boundary(workdir: str, requests: Requests) -> dict:
     writer.close()
     writer = None  # tensorboardX's writer uploads its file again when collected: let it, while the server runs
     gc.collect()
-    return {"digest_write": digest_write, "digest_check": digest_check, "record": record,
-            "files": len(digests._part(digests.storage.path(step_dir), 0))}  # fmt: skip
+    return {
+        "digest_write": digest_write,
+        "digest_check": digest_check,
+        "record": record,
+        "files": len(digests._part(digests.storage.path(step_dir), 0)),
+    }
 
 
 def render(rows: dict, counts: dict, args, load_before: float, load_after: float) -> str:

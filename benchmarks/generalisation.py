@@ -58,8 +58,10 @@ def _count_correct():
 
 def accuracy(model, images, labels) -> float:
     correct = _count_correct()
-    total = sum(int(correct(model, images[i : i + EVAL_BATCH], labels[i : i + EVAL_BATCH]))
-                for i in range(0, images.shape[0], EVAL_BATCH))  # fmt: skip
+    total = sum(
+        int(correct(model, images[i : i + EVAL_BATCH], labels[i : i + EVAL_BATCH]))
+        for i in range(0, images.shape[0], EVAL_BATCH)
+    )
     return total / images.shape[0]
 
 
@@ -70,11 +72,25 @@ def evaluate_run(record: dict, *, data_dir: Path, runs_dir: Path) -> dict:
     stem = run_stem(record["cell"], record["steps"], record["batch_size"])
     config = configs.get_config(record["config"])
     model = train.restore_model(config, runs_dir / stem)
-    images, labels = input_pipeline.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1,
-                                     drop_remainder=False, cache_dir=input_pipeline.cache_dir(data_dir))  # fmt: skip
-    result = {"cell": record["cell"], "label": record["label"], "run": stem, "steps": record["steps"],
-              "batch_size": record["batch_size"], "test_examples": len(labels),
-              "in_distribution_error_pct": record["test_error_pct"], "accuracy_pct": {}}  # fmt: skip
+    images, labels = input_pipeline.load_split(
+        "mnist",
+        "test",
+        data_dir=data_dir,
+        shard_index=0,
+        shard_count=1,
+        drop_remainder=False,
+        cache_dir=input_pipeline.cache_dir(data_dir),
+    )
+    result = {
+        "cell": record["cell"],
+        "label": record["label"],
+        "run": stem,
+        "steps": record["steps"],
+        "batch_size": record["batch_size"],
+        "test_examples": len(labels),
+        "in_distribution_error_pct": record["test_error_pct"],
+        "accuracy_pct": {},
+    }
     for degrees in GENERALISATION_ANGLES:
         x, y = rotated_test_set(images, labels, degrees)
         result["accuracy_pct"][str(degrees)] = round(100 * accuracy(model, x, y), 2)
@@ -92,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir)
     records = [r for r in load_records(results_dir) if r["cell"] in GENERALISATION_CELLS]
     if not records:
-        print("no trained rts28 run recorded; train them first:\n  PYTHONPATH=. python benchmarks/reproduce.py "
-              f"--cells {','.join(GENERALISATION_CELLS)}", file=sys.stderr)  # fmt: skip
+        print(
+            "no trained rts28 run recorded; train them first:\n  PYTHONPATH=. python benchmarks/reproduce.py "
+            f"--cells {','.join(GENERALISATION_CELLS)}",
+            file=sys.stderr,
+        )
         return 1
     for record in records:
         stem = run_stem(record["cell"], record["steps"], record["batch_size"])

@@ -113,13 +113,22 @@ def real_chunk(name: str, distortion: str, batch: int, *, seed: int = 0):
         _, params, _, other = nnx.split(built, nnx.Param, nnx.RngState, ...)
         return params, tx.init(params), other
 
-    step = step_lib.make_train_step(graphdef, rng_state, tx, seed=seed,
-                                    preprocess=lambda k, x, y: distortions.distort(distortion, k, x, y),
-                                    schedule=schedule)  # fmt: skip
+    step = step_lib.make_train_step(
+        graphdef,
+        rng_state,
+        tx,
+        seed=seed,
+        preprocess=lambda k, x, y: distortions.distort(distortion, k, x, y),
+        schedule=schedule,
+    )
     stepwise = step_lib.stepwise_chunks(jax.default_backend())
     chunk = step_lib.make_train_chunk(step, replicated=replicated, batch=batch_sharding, stepwise=stepwise)
-    jitted_step = jax.jit(step, in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding,
-                                              replicated), out_shardings=replicated, donate_argnums=(0, 1))  # fmt: skip
+    jitted_step = jax.jit(
+        step,
+        in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding, replicated),
+        out_shardings=replicated,
+        donate_argnums=(0, 1),
+    )
     return chunk, jitted_step, jax.jit(init, out_shardings=replicated), replicated, batch_sharding
 
 
@@ -138,8 +147,9 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
     chunk, jitted_step, init, replicated, batch_sharding = real_chunk(name, distortion, batch)
     steps_sharding = step_lib.chunk_sharding(batch_sharding)
     images, labels = pool()
-    device = sources.DeviceSource(images, labels, batch_size=batch, seed=1, replicated=replicated,
-                                  steps_sharding=steps_sharding)  # fmt: skip
+    device = sources.DeviceSource(
+        images, labels, batch_size=batch, seed=1, replicated=replicated, steps_sharding=steps_sharding
+    )
     resident = loop.global_batch(input_pipeline.EpochBatches(images, labels, batch, 2)(0), batch_sharding)
     chunks, scan = CHUNKS[platform_kind()], SCAN[platform_kind()]
     block = device.feed(1, scan)  # one fixed block of rows for the scanned real step
@@ -152,8 +162,9 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
     def run_real(k):
         params, opt_state = state["real"]
         for s in range(k):
-            params, opt_state, _ = jitted_step(params, opt_state, other, resident["image"], resident["label"],
-                                               np.int32(s))  # fmt: skip
+            params, opt_state, _ = jitted_step(
+                params, opt_state, other, resident["image"], resident["label"], np.int32(s)
+            )
         state["real"] = jax.block_until_ready((params, opt_state))
 
     def run_scanned(k):  # whole chunks: returns the steps taken
@@ -172,8 +183,9 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
                 params, opt_state, out = chunk(*carry, other, source.dataset, xs, np.int32(first - 1))
                 return (params, opt_state), out
 
-            carry, metrics = loop.run(run_chunk, state[variant], source.feed, steps=k, fetch_every=args.fetch_every,
-                                      max_steps=max_steps)  # fmt: skip
+            carry, metrics = loop.run(
+                run_chunk, state[variant], source.feed, steps=k, fetch_every=args.fetch_every, max_steps=max_steps
+            )
             state[variant] = jax.block_until_ready(carry)
             assert len(metrics) == k
 
@@ -191,8 +203,11 @@ def runners(args, name: str, distortion: str, batch: int) -> tuple[dict, float]:
 
 def host_source(images: np.ndarray, labels: np.ndarray, batch: int, steps_sharding) -> sources.HostSource:
     """Host batches as the grain iterator yields them (:class:`train.input_pipeline.EpochBatches`), without grain."""
-    return sources.HostSource(map(input_pipeline.EpochBatches(images, labels, batch, 1), itertools.count()), start=0,
-                              steps_sharding=steps_sharding)  # fmt: skip
+    return sources.HostSource(
+        map(input_pipeline.EpochBatches(images, labels, batch, 1), itertools.count()),
+        start=0,
+        steps_sharding=steps_sharding,
+    )
 
 
 def measure(args, name: str, distortion: str, batch: int) -> dict:
@@ -214,27 +229,43 @@ def measure(args, name: str, distortion: str, batch: int) -> dict:
             taken = run(k) or k
             times[v].append((time.perf_counter() - t0) / taken)
     med = {v: statistics.median(t) for v, t in times.items()}
-    row = dict(model=name, distortion=distortion, side=distortions.OUTPUT_SHAPES[distortion][0], batch=batch,
-               steps_per_round=k, compile=compile_s, **{f"{v}_ips": batch / t for v, t in med.items()})  # fmt: skip
+    row = dict(
+        model=name,
+        distortion=distortion,
+        side=distortions.OUTPUT_SHAPES[distortion][0],
+        batch=batch,
+        steps_per_round=k,
+        compile=compile_s,
+        **{f"{v}_ips": batch / t for v, t in med.items()},
+    )
     best = max((v for v in runs if v.startswith(("device", "host"))), key=lambda v: row[f"{v}_ips"])
-    print(f"{name} {row['side']}×{row['side']} batch {batch}: bare {row['bare_ips']:.0f} img/s, real step "
-          f"{row['real_ips']:.0f}, scanned {row['scanned_ips']:.0f}, best loop ({best}) {row[f'{best}_ips']:.0f}; "
-          f"best loop/bare {row[f'{best}_ips'] / row['bare_ips']:.2f} ({k} steps a round, compile "
-          f"{compile_s:.1f} s)", flush=True)  # fmt: skip
+    print(
+        f"{name} {row['side']}×{row['side']} batch {batch}: bare {row['bare_ips']:.0f} img/s, real step "
+        f"{row['real_ips']:.0f}, scanned {row['scanned_ips']:.0f}, best loop ({best}) {row[f'{best}_ips']:.0f}; "
+        f"best loop/bare {row[f'{best}_ips'] / row['bare_ips']:.2f} ({k} steps a round, compile "
+        f"{compile_s:.1f} s)",
+        flush=True,
+    )
     return row
 
 
 def machine() -> str:
     devices = jax.devices()
-    return (f"{report.cpu_name()}, {platform.system()} {platform.machine()}; jax backend `{jax.default_backend()}` "
-            f"({len(devices)}× {devices[0].device_kind}); Python {platform.python_version()}, jax {jax.__version__}")  # fmt: skip
+    return (
+        f"{report.cpu_name()}, {platform.system()} {platform.machine()}; jax backend `{jax.default_backend()}` "
+        f"({len(devices)}× {devices[0].device_kind}); Python {platform.python_version()}, jax {jax.__version__}"
+    )
 
 
 def render(rows: list[dict], args, load_before: float, load_after: float) -> str:
     cmd = "PYTHONPATH=. python benchmarks/loop_speed.py" + (f" {' '.join(args.argv)}" if args.argv else "")
-    flags = ("XLA's defaults" if args.xla_default else
-             "accelerator: the training command's CPU flag not set" if args.accelerator else
-             "as `python -m train` sets them, see `train/xla_cpu.py`")  # fmt: skip
+    flags = (
+        "XLA's defaults"
+        if args.xla_default
+        else "accelerator: the training command's CPU flag not set"
+        if args.accelerator
+        else "as `python -m train` sets them, see `train/xla_cpu.py`"
+    )
     kind = platform_kind()
     lines = [
         "## Training loop vs its bare step (`train.loop` around the scanned step)",

@@ -67,7 +67,7 @@ from cells import (
     paper_error,
     parse_cell,
     run_stem,
-    split_variant,  # fmt: skip
+    split_variant,
     variant_for,
     with_recipe,
 )
@@ -113,8 +113,19 @@ def train_sets(cell: str, steps: int, batch: int) -> list[str]:
 def train_command(
     cell: str, steps: int, batch: int, *, workdir: Path, data_dir: Path, python: str = "python"
 ) -> list[str]:
-    return [python, "-m", "train", "--config", config_name(cell), "--workdir", str(workdir),
-            "--data_dir", str(data_dir), "--set", *train_sets(cell, steps, batch)]  # fmt: skip
+    return [
+        python,
+        "-m",
+        "train",
+        "--config",
+        config_name(cell),
+        "--workdir",
+        str(workdir),
+        "--data_dir",
+        str(data_dir),
+        "--set",
+        *train_sets(cell, steps, batch),
+    ]
 
 
 def pending(cells: list[tuple[str, int, int]], results_dir: Path) -> list[tuple[str, int, int]]:
@@ -156,9 +167,21 @@ def _seconds_until(stop_at: str | None) -> float | None:
     return (target - now).total_seconds()
 
 
-def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Path, results_dir: Path,
-             python: str, stop_at: str | None = None, deadline: float | None = None, machine: str | None = None,
-             commit: str | None = None, test_examples: int = TEST_EXAMPLES) -> dict | None:  # fmt: skip
+def run_cell(
+    cell: str,
+    steps: int,
+    batch: int,
+    *,
+    data_dir: Path,
+    runs_dir: Path,
+    results_dir: Path,
+    python: str,
+    stop_at: str | None = None,
+    deadline: float | None = None,
+    machine: str | None = None,
+    commit: str | None = None,
+    test_examples: int = TEST_EXAMPLES,
+) -> dict | None:
     """Trains (or resumes) one cell and writes its record; None if it was stopped before the end.
 
     Stopped at ``stop_at`` (HH:MM UTC) or ``deadline`` (``time.time()``) like a preempted run: SIGTERM, a
@@ -224,17 +247,42 @@ def run_cell(cell: str, steps: int, batch: int, *, data_dir: Path, runs_dir: Pat
         shutil.copyfile(workdir / "curves.png", results_dir / f"{stem}_curves.png")
         pictures["curves"] = f"{stem}_curves.png"
     wall = sum(a["seconds"] or 0.0 for a in attempts)
-    record = make_record(cell, steps, batch, summary, command=shlex.join(shown), wall_time_s=wall,
-                         attempts=len(attempts), last_val_error=_last_val(workdir), pictures=pictures,
-                         machine=machine or report.cpu_name(), commit=commit or git_commit())  # fmt: skip
+    record = make_record(
+        cell,
+        steps,
+        batch,
+        summary,
+        command=shlex.join(shown),
+        wall_time_s=wall,
+        attempts=len(attempts),
+        last_val_error=_last_val(workdir),
+        pictures=pictures,
+        machine=machine or report.cpu_name(),
+        commit=commit or git_commit(),
+    )
     record_path(results_dir, cell, steps, batch).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"[reproduce] {cell}: test error {record['test_error_pct']:.2f}% (paper {record['paper_error_pct']}) "
-          f"in {wall:.0f} s", flush=True)  # fmt: skip
+    print(
+        f"[reproduce] {cell}: test error {record['test_error_pct']:.2f}% (paper {record['paper_error_pct']}) "
+        f"in {wall:.0f} s",
+        flush=True,
+    )
     return record
 
 
-def make_record(cell: str, steps: int, batch: int, summary: dict, *, command: str, wall_time_s: float, attempts: int,
-                last_val_error: float | None, pictures: dict, machine: str, commit: str) -> dict:  # fmt: skip
+def make_record(
+    cell: str,
+    steps: int,
+    batch: int,
+    summary: dict,
+    *,
+    command: str,
+    wall_time_s: float,
+    attempts: int,
+    last_val_error: float | None,
+    pictures: dict,
+    machine: str,
+    commit: str,
+) -> dict:
     """The record of a finished run of ``cell`` from its training summary (what RESULTS.md is rendered from);
     ``commit``: the code that trained it."""
     config = _config(cell, steps, batch)
@@ -317,8 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs_dir", default=str(RUNS_DIR))
     parser.add_argument("--results_dir", default=str(RESULTS_DIR))
     parser.add_argument("--stop_at", default=None, help="HH:MM UTC: interrupt the running cell then (resumable)")
-    parser.add_argument("--pause_file", default=str(ROOT / "out" / "reproduce.pause"),
-                        help="while this file exists, wait before starting the next cell")  # fmt: skip
+    parser.add_argument(
+        "--pause_file",
+        default=str(ROOT / "out" / "reproduce.pause"),
+        help="while this file exists, wait before starting the next cell",
+    )
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--list", action="store_true", help="list the cells with budgets and state")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
@@ -358,8 +409,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         while Path(args.pause_file).exists():
             time.sleep(5)
-        record = run_cell(cell, steps, batch, data_dir=Path(args.data_dir).absolute(), runs_dir=Path(args.runs_dir),
-                          results_dir=results_dir, python=args.python, stop_at=args.stop_at)  # fmt: skip
+        record = run_cell(
+            cell,
+            steps,
+            batch,
+            data_dir=Path(args.data_dir).absolute(),
+            runs_dir=Path(args.runs_dir),
+            results_dir=results_dir,
+            python=args.python,
+            stop_at=args.stop_at,
+        )
         if record is None:
             failures += 1
             remaining = _seconds_until(args.stop_at)

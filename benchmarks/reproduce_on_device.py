@@ -50,15 +50,21 @@ def pack(data_dir: Path, out: Path, cells: list[str]) -> dict:
     """The raw training, validation and test splits of ``cells`` (which must share them) in one file."""
     from train import input_pipeline  # reads TFDS: here, not on the device
 
-    splits = {(c.dataset, c.train_split, c.val_split, c.test_split)
-              for c in (configs.get_config(config_name(x)) for x in cells)}  # fmt: skip
+    splits = {
+        (c.dataset, c.train_split, c.val_split, c.test_split)
+        for c in (configs.get_config(config_name(x)) for x in cells)
+    }
     if len(splits) != 1:
         raise ValueError(f"the cells read different splits {sorted(splits)}: pack them separately")
     dataset, *names = splits.pop()
     cache_dir = input_pipeline.cache_dir(data_dir)
     # Whole splits, as one process of a run reads them.
-    arrays = {name: input_pipeline.load_split(dataset, name, data_dir=data_dir, shard_index=0, shard_count=1,
-                                    drop_remainder=False, cache_dir=cache_dir) for name in names}  # fmt: skip
+    arrays = {
+        name: input_pipeline.load_split(
+            dataset, name, data_dir=data_dir, shard_index=0, shard_count=1, drop_remainder=False, cache_dir=cache_dir
+        )
+        for name in names
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     packed.write(out, dataset, arrays, {"git_commit": git_commit()})
     return {"dataset": dataset, **{name: len(labels) for name, (_, labels) in arrays.items()}}
@@ -94,9 +100,19 @@ def run(specs: list[tuple[str, int, int]], pack_path: Path, out: Path, *, worker
         cell, steps, batch = spec
         if deadline is not None and time.time() > deadline - 60:
             return f"{cell}: not started, out of time"
-        record = run_cell(cell, steps, batch, data_dir=pack_path.resolve(), runs_dir=out / "runs",
-                          results_dir=out / "results", python=sys.executable, deadline=deadline, machine=machine,
-                          commit=commit, test_examples=size)  # fmt: skip
+        record = run_cell(
+            cell,
+            steps,
+            batch,
+            data_dir=pack_path.resolve(),
+            runs_dir=out / "runs",
+            results_dir=out / "results",
+            python=sys.executable,
+            deadline=deadline,
+            machine=machine,
+            commit=commit,
+            test_examples=size,
+        )
         if record is None:
             return f"{cell}: stopped or failed, see {out / 'runs' / run_stem(cell, steps, batch) / 'train.log'}"
         with lock:
@@ -139,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cells", default="", help="comma-separated cell[:steps[:batch]] (default: --table1's)")
     r.add_argument("--table1", action="store_true", help=f"Table 1's cells at {TABLE1_BUDGET} and its recipe")
     r.add_argument("--workers", type=int, default=4)
-    r.add_argument("--seconds", type=float, default=math.inf,
-                   help="no cell runs past this many seconds from the start (default: no limit)")  # fmt: skip
+    r.add_argument(
+        "--seconds",
+        type=float,
+        default=math.inf,
+        help="no cell runs past this many seconds from the start (default: no limit)",
+    )
     i = sub.add_parser("import", help="a run's records.json into benchmarks/results, then RESULTS.md rendered")
     i.add_argument("records", type=Path)
     args = parser.parse_args(argv)

@@ -237,8 +237,10 @@ def machine(device: str = "cpu") -> str:
     devices = jax.devices()
     where = f"jax backend `{jax.default_backend()}` ({len(devices)}× {devices[0].device_kind})"
     where += f", torch on cuda ({torch.cuda.get_device_name()})" if device == "cuda" else ", torch on the CPU"
-    return (f"{report.cpu_name()}, {platform.system()} {platform.machine()}; {where}; Python "
-            f"{platform.python_version()}, jax {jax.__version__}, torch {torch.__version__}")  # fmt: skip
+    return (
+        f"{report.cpu_name()}, {platform.system()} {platform.machine()}; {where}; Python "
+        f"{platform.python_version()}, jax {jax.__version__}, torch {torch.__version__}"
+    )
 
 
 def benchmark(args, on_row=None) -> list[dict]:
@@ -266,13 +268,25 @@ def benchmark(args, on_row=None) -> list[dict]:
             med = time_interleaved(runs, args.repeats, args.steps_per_round, warmup=args.warmup)
             layout = "NCHW" if med["torch NCHW"] <= med["torch channels_last"] else "channels_last"
             t_torch = med[f"torch {layout}"]
-            row = dict(model=name, side=side, channels=channels, ours=med["ours"], torch=t_torch, layout=layout,
-                       other=med["torch channels_last" if layout == "NCHW" else "torch NCHW"],
-                       ratio=t_torch / med["ours"], compile=compile_s, batch=args.batch)  # fmt: skip
+            row = dict(
+                model=name,
+                side=side,
+                channels=channels,
+                ours=med["ours"],
+                torch=t_torch,
+                layout=layout,
+                other=med["torch channels_last" if layout == "NCHW" else "torch NCHW"],
+                ratio=t_torch / med["ours"],
+                compile=compile_s,
+                batch=args.batch,
+            )
             rows.append(row)
-            print(f"{name:14s} {side}×{side}  ours {1e3 * row['ours']:8.1f} ms ({args.batch / row['ours']:6.0f} img/s)  "
-                  f"torch {1e3 * t_torch:8.1f} ms ({args.batch / t_torch:6.0f} img/s, {layout})  "
-                  f"ratio {row['ratio']:.2f}  compile {compile_s:.2f} s", flush=True)  # fmt: skip
+            print(
+                f"{name:14s} {side}×{side}  ours {1e3 * row['ours']:8.1f} ms ({args.batch / row['ours']:6.0f} img/s)  "
+                f"torch {1e3 * t_torch:8.1f} ms ({args.batch / t_torch:6.0f} img/s, {layout})  "
+                f"ratio {row['ratio']:.2f}  compile {compile_s:.2f} s",
+                flush=True,
+            )
             if on_row is not None:
                 on_row(rows)
     return rows

@@ -20,8 +20,11 @@ from train import __main__ as cli
 
 def main() -> int:
     out, port, process_id, directory = sys.argv[1:]
-    cli.init_jax(cli.make_parser().parse_args(
-        ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", process_id]))  # fmt: skip
+    cli.init_jax(
+        cli.make_parser().parse_args(
+            ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", process_id]
+        )
+    )
     import jax
     from jax.experimental import multihost_utils
 
@@ -56,8 +59,12 @@ def main() -> int:
     abstract = {"params": {"w": jax.ShapeDtypeStruct((64,), np.float32, sharding=replicated)}}
     step, restored, _, verified = ckpt.restore_newest(abstract_state=abstract, iterator=it)
     ckpt.close()
-    result = {"step": step, "verified": verified, "w": np.asarray(restored["params"]["w"].addressable_data(0)).tolist(),
-              "next_labels": np.asarray(next(it)["label"]).tolist()}  # fmt: skip
+    result = {
+        "step": step,
+        "verified": verified,
+        "w": np.asarray(restored["params"]["w"].addressable_data(0)).tolist(),
+        "next_labels": np.asarray(next(it)["label"]).tolist(),
+    }
     with open(out, "w") as f:
         json.dump(result, f)
     return 0

@@ -45,10 +45,26 @@ class GCSServer:
         self._root = tempfile.TemporaryDirectory(prefix="fake-gcs-")
         # The filesystem backend: objects survive nothing but are not held in the server's memory.
         self._process = subprocess.Popen(
-            [str(_binary()), "-scheme", "http", "-backend", "filesystem", "-filesystem-root", self._root.name,
-             "-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.url, "-log-level", "error"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                str(_binary()),
+                "-scheme",
+                "http",
+                "-backend",
+                "filesystem",
+                "-filesystem-root",
+                self._root.name,
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-external-url",
+                self.url,
+                "-log-level",
+                "error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -76,9 +92,11 @@ class GCSServer:
         """A new empty bucket; returns its name (``goog-…``, refused by real GCS)."""
         name = f"goog-test-{uuid.uuid4().hex[:12]}"
         request = urllib.request.Request(
-            f"{self.url}/storage/v1/b", data=json.dumps({"name": name}).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
-        )  # fmt: skip
+            f"{self.url}/storage/v1/b",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=10):
             pass
         return name

@@ -77,8 +77,17 @@ def randomize_head(params: dict, seed: int) -> dict:
     return {**params, "localisation_head": {"kernel": kernel, "bias": bias}}
 
 
-def transformer_reference(params: dict, x, *, transform: str, out_shape, num_control_points: int = 16,
-                          method="bilinear", padding="zeros", align_corners=False):  # fmt: skip
+def transformer_reference(
+    params: dict,
+    x,
+    *,
+    transform: str,
+    out_shape,
+    num_control_points: int = 16,
+    method="bilinear",
+    padding="zeros",
+    align_corners=False,
+):
     """What a one-transformer ``SpatialTransformer`` with the default MLP localisation computes, from its
     parameter dict (NNX and Linen name them alike), written out: the MLP in NumPy, θ = the identity's
     shape filled with the regression output (a homography's first 8 entries; h_22 stays 1), then

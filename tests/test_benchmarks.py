@@ -24,8 +24,19 @@ import sampler
 import train_speed
 
 # Not on the accelerator box (the `train` extra and optional peers).
-ABSENT_ON_ACCELERATOR = ("tensorflow", "tensorflow_datasets", "grain", "orbax", "ml_collections", "dm_pix", "scipy",
-                         "PIL", "matplotlib", "tensorboardX", "array_record")  # fmt: skip
+ABSENT_ON_ACCELERATOR = (
+    "tensorflow",
+    "tensorflow_datasets",
+    "grain",
+    "orbax",
+    "ml_collections",
+    "dm_pix",
+    "scipy",
+    "PIL",
+    "matplotlib",
+    "tensorboardX",
+    "array_record",
+)
 SCRIPTS = ("sampler", "antialias", "train_speed", "loop_speed")
 
 
@@ -58,16 +69,23 @@ def _env(**extra):
 
 
 def test_the_blocking_works(blocked):
-    result = subprocess.run([sys.executable, "-c", "import scipy"], env=_env(PYTHONPATH=str(blocked)),
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", "import scipy"], env=_env(PYTHONPATH=str(blocked)), capture_output=True, text=True
+    )
     assert result.returncode != 0 and "import of scipy halted" in result.stderr, result.stderr
 
 
 def test_benchmark_modules_import_without_the_training_extra(blocked):
     names = [n for n in SCRIPTS if (BENCHMARKS / f"{n}.py").exists()]
     code = "import sys; sys.path.insert(0, 'benchmarks'); " + "; ".join(f"import {n}" for n in names)
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(PYTHONPATH=f"{blocked}:{ROOT}"),
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=_env(PYTHONPATH=f"{blocked}:{ROOT}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -76,9 +94,14 @@ def quick_run(blocked, tmp_path_factory):
     """``bash benchmarks/accelerator.sh --quick`` into a temporary OUT, as on the accelerator box."""
     out = tmp_path_factory.mktemp("accelerator_out")
     before = (ROOT / "BENCHMARKS.md").read_bytes()
-    result = subprocess.run(["bash", "benchmarks/accelerator.sh", "--quick"], cwd=ROOT,
-                            env=_env(OUT=str(out), PYTHONPATH=str(blocked), PYTHON=sys.executable),
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        ["bash", "benchmarks/accelerator.sh", "--quick"],
+        cwd=ROOT,
+        env=_env(OUT=str(out), PYTHONPATH=str(blocked), PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return result, out, before
 
 
@@ -167,12 +190,23 @@ def test_a_failing_script_fails_the_run_and_the_others_still_run(tmp_path):
     )
     fake.chmod(0o755)
     out = tmp_path / "out"
-    result = subprocess.run(["bash", "benchmarks/accelerator.sh", "--quick"], cwd=ROOT,
-                            env=_env(OUT=str(out), PYTHON=str(fake)), capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        ["bash", "benchmarks/accelerator.sh", "--quick"],
+        cwd=ROOT,
+        env=_env(OUT=str(out), PYTHON=str(fake)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert (out / "ran.txt").read_text().split() == [
-        "ran", "benchmarks/sampler.py", "ran", "benchmarks/antialias.py", "ran", "benchmarks/loop_speed.py"
-    ]  # fmt: skip
+        "ran",
+        "benchmarks/sampler.py",
+        "ran",
+        "benchmarks/antialias.py",
+        "ran",
+        "benchmarks/loop_speed.py",
+    ]
     summary = (out / "summary.md").read_text()
     assert re.search(r"\| benchmarks/train_speed\.py \| 3 FAILED \|", summary)
     assert "ImportError" in (out / "train_speed.log").read_text()
@@ -204,12 +238,28 @@ def test_dense_budget_decision():
 
 def test_skipped_and_failed_implementations_render_as_cells():
     args = sampler.parse_args(["--quick", "--no-write"])
-    meta = dict(backend="gpu", device="cuda", pick="reference", impls=("reference", "cpu", "dense"), have_pix=False,
-                machine="test machine", load_before=0.5, load_after=0.7)  # fmt: skip
-    row = dict(label="image: B=8", which="fwd", torch=1e-3, layout="NCHW",
-               times={"default": 2e-3, "reference": 2e-3}, ratios={"default": 0.5, "reference": 0.5},
-               cells={"cpu": "error (NotImplementedError)", "dense": "skipped (size)"},
-               compile={"default": 1.0, "reference": 1.0}, mc=3e-3, pix=None)  # fmt: skip
+    meta = dict(
+        backend="gpu",
+        device="cuda",
+        pick="reference",
+        impls=("reference", "cpu", "dense"),
+        have_pix=False,
+        machine="test machine",
+        load_before=0.5,
+        load_after=0.7,
+    )
+    row = dict(
+        label="image: B=8",
+        which="fwd",
+        torch=1e-3,
+        layout="NCHW",
+        times={"default": 2e-3, "reference": 2e-3},
+        ratios={"default": 0.5, "reference": 0.5},
+        cells={"cpu": "error (NotImplementedError)", "dense": "skipped (size)"},
+        compile={"default": 1.0, "reference": 1.0},
+        mc=3e-3,
+        pix=None,
+    )
     text = sampler.render([row], [], args, meta)
     assert "`implementation=None` picks `reference`" in text
     header, rows = _table(text, "| workload |")
@@ -241,8 +291,18 @@ def test_render_without_an_implementation_option():
     # Before `sample` takes implementation= (or on a library that never will): one column of ours.
     args = sampler.parse_args(["--quick", "--no-write"])
     meta = dict(backend="cpu", device="cpu", pick=None, impls=(), have_pix=True, machine="m", load_before=0.1)
-    row = dict(label="tiny", which="fwd", torch=1e-3, layout="NCHW", times={"default": 1e-3}, ratios={"default": 1.0},
-               cells={}, compile={"default": 0.1}, mc=2e-3, pix=4e-3)  # fmt: skip
+    row = dict(
+        label="tiny",
+        which="fwd",
+        torch=1e-3,
+        layout="NCHW",
+        times={"default": 1e-3},
+        ratios={"default": 1.0},
+        cells={},
+        compile={"default": 0.1},
+        mc=2e-3,
+        pix=4e-3,
+    )
     text = sampler.render([row], [], args, meta, partial=True)
     assert "Partial table" in text and "no `implementation` option" in text
     header, rows = _table(text, "| workload |")

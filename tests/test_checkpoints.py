@@ -47,16 +47,20 @@ ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
 def state(step: int) -> dict:
     """Random values: every array's stored bytes are unique, so a test can find and damage them."""
     rng = np.random.default_rng(step)
-    return {"params": {"w": jnp.asarray(rng.standard_normal(4096, np.float32))},
-            "opt_state": {"mu": jnp.asarray(rng.standard_normal(4096, np.float32))},
-            "other": {"n": jnp.asarray(step)}}  # fmt: skip
+    return {
+        "params": {"w": jnp.asarray(rng.standard_normal(4096, np.float32))},
+        "opt_state": {"mu": jnp.asarray(rng.standard_normal(4096, np.float32))},
+        "other": {"n": jnp.asarray(step)},
+    }
 
 
 ABSTRACT = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state(0))
 
 
 def iterator():
-    return input_pipeline.train_iterator(np.zeros((16, 28, 28, 1), np.uint8), np.arange(16, dtype=np.int32), batch_size=2, seed=0)
+    return input_pipeline.train_iterator(
+        np.zeros((16, 28, 28, 1), np.uint8), np.arange(16, dtype=np.int32), batch_size=2, seed=0
+    )
 
 
 def batch_after(step: int) -> np.ndarray:
@@ -73,8 +77,13 @@ def save(directory: Path, steps, *, keep: int = 10, val_errors=None) -> None:
         for _ in range(step - taken):
             next(it)
         taken = step
-        ckpt.save(step, state=state(step), iterator=it, meta={"step": step},
-                  val_error=None if val_errors is None else val_errors[i])  # fmt: skip
+        ckpt.save(
+            step,
+            state=state(step),
+            iterator=it,
+            meta={"step": step},
+            val_error=None if val_errors is None else val_errors[i],
+        )
     ckpt.close()
 
 
@@ -113,8 +122,11 @@ def stored_bytes(step_dir: Path, prefix: str) -> tuple[Path, int, int]:
     import tensorstore as ts
 
     kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{step_dir / 'state'}/"}).result()
-    chunks = {k: bytes(kv.read(k).result().value) for k in kv.list().result()
-              if k.startswith(prefix.encode()) and not k.endswith(b".zarray")}  # fmt: skip
+    chunks = {
+        k: bytes(kv.read(k).result().value)
+        for k in kv.list().result()
+        if k.startswith(prefix.encode()) and not k.endswith(b".zarray")
+    }
     blob = max(chunks.values(), key=len)
     for file in sorted((step_dir / "state").rglob("d/*")):
         if (offset := file.read_bytes().find(blob)) >= 0:
@@ -176,8 +188,9 @@ def test_damaged_checkpoint_is_moved_aside_and_the_previous_one_restores(kind, t
     # Moved aside as it was, never deleted; reported once, with what is wrong.
     assert not (directory / "2").exists() and files(directory / "2.corrupt") == damaged
     [line] = warnings_of(caplog)
-    assert re.fullmatch(rf"checkpoint step 2 is damaged \({REASON[kind]}\): moved aside to {re.escape(str(directory))}/2\.corrupt",
-                        line), line  # fmt: skip
+    assert re.fullmatch(
+        rf"checkpoint step 2 is damaged \({REASON[kind]}\): moved aside to {re.escape(str(directory))}/2\.corrupt", line
+    ), line
 
 
 def test_digests_are_written_after_each_save_finishes_and_cover_every_item(tmp_path):
@@ -190,9 +203,16 @@ def test_digests_are_written_after_each_save_finishes_and_cover_every_item(tmp_p
         assert sorted(listed) == sorted(files(directory / str(step)).keys() - {digests.path("", 0).name})
 
 
-@pytest.mark.parametrize("relpath, process", [("state/manifest.ocdbt", 0), ("meta/metadata", 0),
-                                              ("state/ocdbt.process_1/d/ab12", 1), ("data/process_1-of-2.json", 1),
-                                              ("state/array_metadatas/process_12", 12)])  # fmt: skip
+@pytest.mark.parametrize(
+    "relpath, process",
+    [
+        ("state/manifest.ocdbt", 0),
+        ("meta/metadata", 0),
+        ("state/ocdbt.process_1/d/ab12", 1),
+        ("data/process_1-of-2.json", 1),
+        ("state/array_metadatas/process_12", 12),
+    ],
+)
 def test_each_file_belongs_to_the_process_that_writes_it(relpath, process):
     assert digests.owner(relpath) == process
 
@@ -228,8 +248,11 @@ def test_unreadable_checkpoint_without_digests_is_moved_aside_without_tracebacks
     # The failed read's leftover callbacks hit a closed event loop at times of their own: those errors, and
     # only those, are dropped.
     for message in ("Event loop is closed", "something else"):
-        sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError(message),
-                                                 exc_traceback=None, err_msg=None, object=None))  # fmt: skip
+        sys.unraisablehook(
+            types.SimpleNamespace(
+                exc_type=RuntimeError, exc_value=RuntimeError(message), exc_traceback=None, err_msg=None, object=None
+            )
+        )
     assert [str(u.exc_value) for u in unraisable] == ["something else"]
 
 
@@ -284,8 +307,17 @@ def test_best_checkpoint_is_the_lowest_val_error_and_survives_a_reopen(tmp_path,
 # -- whole runs --------------------------------------------------------------------------------------------
 
 
-RUN = ["steps=4", "batch_size=8", "eval_batch_size=8", "eval_every=1", "checkpoint_every=1", "log_every=1",
-       "warmup_steps=1", "num_show=2", "keep_checkpoints=1"]  # fmt: skip
+RUN = [
+    "steps=4",
+    "batch_size=8",
+    "eval_batch_size=8",
+    "eval_every=1",
+    "checkpoint_every=1",
+    "log_every=1",
+    "warmup_steps=1",
+    "num_show=2",
+    "keep_checkpoints=1",
+]
 
 
 def run_config(data_dir: Path):
@@ -319,10 +351,13 @@ def hold_lock(workdir: Path) -> subprocess.Popen:
 def prepared(tmp_path_factory):
     """A tiny genuine TFDS MNIST (100 train, 8 test), prepared without a terminal; and what that printed."""
     root = tmp_path_factory.mktemp("data")
-    code = ("import sys, data_fixtures as fx; from train import prepare; "
-            "prepare.prepare_mnist_arrays(fx.mnist_arrays(100, 8), data_dir=sys.argv[1])")  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code, str(root)], env=ENV, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    code = (
+        "import sys, data_fixtures as fx; from train import prepare; "
+        "prepare.prepare_mnist_arrays(fx.mnist_arrays(100, 8), data_dir=sys.argv[1])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(root)], env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return root, result.stdout + result.stderr
 
@@ -338,8 +373,13 @@ def reference(prepared, tmp_path_factory):
     with pytest.MonkeyPatch.context() as m:
         scripted_val_errors(m, [0.5, 0.1, 0.9, 0.8])
         summary = train_lib.train_and_evaluate(run_config(prepared[0]), workdir)
-    return {"workdir": workdir, "summary": summary, "params": jax.tree.leaves(train_lib.final_params(workdir)),
-            "holder": holder.returncode, "lock": (workdir / "run.lock").read_text()}  # fmt: skip
+    return {
+        "workdir": workdir,
+        "summary": summary,
+        "params": jax.tree.leaves(train_lib.final_params(workdir)),
+        "holder": holder.returncode,
+        "lock": (workdir / "run.lock").read_text(),
+    }
 
 
 def test_preparing_data_without_a_terminal_prints_no_progress_bars_or_banners(prepared):
@@ -362,7 +402,8 @@ def test_the_best_checkpoint_is_kept_and_reported(reference):
 
 
 def test_damaged_newest_checkpoint_resumes_from_the_previous_and_ends_like_the_undamaged_run(
-        reference, prepared, tmp_path, monkeypatch, caplog):  # fmt: skip
+    reference, prepared, tmp_path, monkeypatch, caplog
+):
     workdir = tmp_path / "run"
     shutil.copytree(reference["workdir"], workdir)
     DAMAGE["bytes changed in an optimiser state"](workdir / "checkpoints" / "4")
@@ -386,9 +427,26 @@ def test_all_checkpoints_damaged_exits_5_with_one_line_and_nothing_moved(referen
     DAMAGE["bytes changed in a parameter"](workdir / "checkpoints" / "4")
     DAMAGE["emptied manifest"](workdir / "checkpoints" / "2")
     before = files(workdir / "checkpoints")
-    result = subprocess.run([sys.executable, "-m", "train", "--config", "tiny", "--workdir", str(workdir),
-                             "--data_dir", str(data_dir), "--set", *RUN], cwd=REPO, env=ENV,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "--config",
+            "tiny",
+            "--workdir",
+            str(workdir),
+            "--data_dir",
+            str(data_dir),
+            "--set",
+            *RUN,
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == errors.EXIT_CHECKPOINT == 5
     assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr[-3000:]
     assert result.stderr.startswith(f"error: no checkpoint in {workdir / 'checkpoints'} verifies (step 4: ")
@@ -419,9 +477,17 @@ def _free_port() -> int:
 
 def test_two_processes_agree_on_the_fallback_when_one_processs_part_is_damaged(tmp_path):
     port, directory = _free_port(), tmp_path / "checkpoints"
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / f"p{i}.json"), str(port), str(i),
-                               str(directory)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(tmp_path / f"p{i}.json"), str(port), str(i), str(directory)],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=180) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
@@ -429,8 +495,9 @@ def test_two_processes_agree_on_the_fallback_when_one_processs_part_is_damaged(t
     assert [(r["step"], r["verified"]) for r in results] == [(1, True), (1, True)]
     assert all(r["w"] == [1.0] * 64 for r in results)
     for i, r in enumerate(results):  # each process's own iterator is back at step 1
-        it = input_pipeline.train_iterator(np.zeros((8, 28, 28, 1), np.uint8), np.arange(8, dtype=np.int32) + 100 * i,
-                                 batch_size=2, seed=0)  # fmt: skip
+        it = input_pipeline.train_iterator(
+            np.zeros((8, 28, 28, 1), np.uint8), np.arange(8, dtype=np.int32) + 100 * i, batch_size=2, seed=0
+        )
         assert r["next_labels"] == [next(it) for _ in range(2)][-1]["label"].tolist()
     assert "checkpoint step 2 is damaged (damage in process 1's part" in outputs[0][1]
     assert "process 1's part: data/process_1-of-2.json differs from its digest" in outputs[1][1]

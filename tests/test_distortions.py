@@ -120,10 +120,13 @@ def _moments(image) -> tuple[np.ndarray, float, float]:
     return np.array([cr, cc]), np.sqrt((vrr + vcc) / total), np.degrees(0.5 * np.arctan2(2 * vrc, vcc - vrr))
 
 
-@pytest.mark.parametrize("kind, canvas, max_degrees, scales, max_shift", [
-    ("RTS", 42, 45, (0.7, 1.2), 7.0),  # the paper's: the 28×28 frame stays on the 42×42 canvas
-    ("RTS28", 28, 45, (0.7, 1.3), 1.4),  # ±0.1 in normalised units
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, canvas, max_degrees, scales, max_shift",
+    [
+        ("RTS", 42, 45, (0.7, 1.2), 7.0),  # the paper's: the 28×28 frame stays on the 42×42 canvas
+        ("RTS28", 28, 45, (0.7, 1.3), 1.4),  # ±0.1 in normalised units
+    ],
+)
 def test_rts_angle_scale_and_shift_are_each_measured_back(kind, canvas, max_degrees, scales, max_shift):
     """An elongated Gaussian at the centre: its principal axis gives the angle, its spread the scale and its
     centroid the shift, one per copy (smooth, so resampling moves them by under 0.04 px, 0.1° and 2%);
@@ -188,8 +191,9 @@ def test_projective_scale_and_corner_noise_are_measured_back():
         u = CENTRES[inside]
         # p = H u / (H u)_z with h_22 = 1: linear least squares in the other 8 entries.
         ones, zeros = np.ones(len(u)), np.zeros((len(u), 3))
-        rows = np.concatenate([np.column_stack([u, ones, zeros, -u * p[:, :1]]),
-                               np.column_stack([zeros, u, ones, -u * p[:, 1:]])])  # fmt: skip
+        rows = np.concatenate(
+            [np.column_stack([u, ones, zeros, -u * p[:, :1]]), np.column_stack([zeros, u, ones, -u * p[:, 1:]])]
+        )
         h = np.append(np.linalg.lstsq(rows, np.concatenate([p[:, 0], p[:, 1]]), rcond=None)[0], 1).reshape(3, 3)
         mapped = np.column_stack([u, ones]) @ h.T
         assert np.abs(mapped[:, :2] / mapped[:, 2:] - p).max() < 1e-4  # the map is a homography

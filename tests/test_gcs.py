@@ -42,8 +42,17 @@ from train import train as train_lib
 REPO = Path(__file__).resolve().parents[1]
 KILLER = Path(__file__).resolve().parent / "gcs_kill_worker.py"
 # A tiny run: an evaluation and a checkpoint every 2 steps, a log line every step.
-RUN = ["steps=4", "batch_size=8", "eval_batch_size=8", "eval_every=2", "checkpoint_every=2", "log_every=1",
-       "warmup_steps=1", "num_show=2", "keep_checkpoints=1"]  # fmt: skip
+RUN = [
+    "steps=4",
+    "batch_size=8",
+    "eval_batch_size=8",
+    "eval_every=2",
+    "checkpoint_every=2",
+    "log_every=1",
+    "warmup_steps=1",
+    "num_show=2",
+    "keep_checkpoints=1",
+]
 # Long enough to be signalled half-way: no evaluation or checkpoint before the end but the preemption's.
 LONG = [
     "steps=300",
@@ -55,7 +64,7 @@ LONG = [
     "warmup_steps=1",
     "num_show=2",
     "steps_per_dispatch=8",
-]  # fmt: skip  (chunks of 8 and 2)
+]  # (chunks of 8 and 2)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +88,14 @@ def env(server) -> dict[str, str]:
 
 
 def run_cli(server, *argv: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "train", *argv], cwd=REPO, env={**env(server), **(extra_env or {})},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "train", *argv],
+        cwd=REPO,
+        env={**env(server), **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def tree(url: str) -> dict[str, bytes]:
@@ -111,8 +126,14 @@ def data(server, tmp_path_factory):
     url = f"gs://{server.bucket()}/tfds"
     idx = data_fixtures.write_idx_dir(tmp_path_factory.mktemp("idx"), data_fixtures.mnist_arrays(100, 8))
     cwd = tmp_path_factory.mktemp("cwd")
-    result = subprocess.run([sys.executable, "-m", "train.prepare", "mnist", "--data_dir", url, "--from", str(idx)],
-                            cwd=cwd, env=env(server), capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "train.prepare", "mnist", "--data_dir", url, "--from", str(idx)],
+        cwd=cwd,
+        env=env(server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == f"{url}/mnist/3.0.1"
     assert list(cwd.iterdir()) == []  # nothing local but the temporary build, removed
@@ -124,8 +145,9 @@ def finished(server, data, tmp_path_factory):
     """The tiny run on ``gs://``, started from an empty local directory, then the same command again."""
     workdir, cwd = f"gs://{server.bucket()}/run", tmp_path_factory.mktemp("cwd")
     argv = ["--config", "tiny", "--workdir", workdir, "--data_dir", data, "--set", *RUN, "profile_steps=(2,3)"]
-    first = subprocess.run([sys.executable, "-m", "train", *argv], cwd=cwd, env=env(server), capture_output=True,
-                           text=True, timeout=600)  # fmt: skip
+    first = subprocess.run(
+        [sys.executable, "-m", "train", *argv], cwd=cwd, env=env(server), capture_output=True, text=True, timeout=600
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     with pytest.MonkeyPatch.context() as m:
         for name, value in server.env.items():
@@ -143,7 +165,14 @@ def test_a_run_on_gs_writes_everything_there_and_nothing_locally(finished, gs):
     records = [json.loads(line) for line in objects["metrics.jsonl"].decode().splitlines()]
     # Written whole at each record: every record of the run is there, once, in order (an append would keep one).
     assert [(r["step"], r["split"]) for r in records] == [
-        (1, "train"), (2, "train"), (2, "val"), (3, "train"), (4, "train"), (4, "val"), (4, "test")]  # fmt: skip
+        (1, "train"),
+        (2, "train"),
+        (2, "val"),
+        (3, "train"),
+        (4, "train"),
+        (4, "val"),
+        (4, "test"),
+    ]
     for name in ("curves.png", "samples/step_000002.png", "samples/step_000004.png"):
         assert objects[name].startswith(b"\x89PNG")
     assert [n for n in objects if n.startswith("tensorboard/events.out.tfevents.")]
@@ -172,9 +201,14 @@ def test_sigkill_in_the_middle_of_a_save_on_gs_then_rerun_ends_like_the_uninterr
     workdir = f"{gs}/killed"
     argv = ["--config", "tiny", "--workdir", workdir, "--data_dir", data, "--set", *RUN]
     # The worker kills itself with SIGKILL just after the step-4 save is started (asynchronous: still in flight).
-    killed = subprocess.run([sys.executable, str(KILLER), "4", *argv], cwd=REPO,
-                            env={**env(server), "STN_JAX_LOCK_LEASE_S": "1"}, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, str(KILLER), "4", *argv],
+        cwd=REPO,
+        env={**env(server), "STN_JAX_LOCK_LEASE_S": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     time.sleep(1.5)  # its lease has ended: the rerun takes the lock over
     rerun = run_cli(server, *argv)
@@ -210,8 +244,11 @@ def test_damaged_checkpoint_on_gs_is_set_aside_whole_and_the_previous_one_restor
     np.testing.assert_array_equal(next_labels, local.batch_after(1))
     assert tree(f"{directory}/2.corrupt") == damaged and not storage.path(f"{directory}/2").exists()  # copied, deleted
     [line] = local.warnings_of(caplog)
-    assert re.fullmatch(rf"checkpoint step 2 is damaged \({local.REASON[kind]}\): moved aside to "
-                        rf"{re.escape(directory)}/2\.corrupt", line), line  # fmt: skip
+    assert re.fullmatch(
+        rf"checkpoint step 2 is damaged \({local.REASON[kind]}\): moved aside to "
+        rf"{re.escape(directory)}/2\.corrupt",
+        line,
+    ), line
 
 
 def test_on_gs_a_save_is_digested_only_once_orbax_has_finalised_it_and_restored_only_then(gs, monkeypatch):
@@ -256,10 +293,16 @@ def test_when_no_checkpoint_on_gs_verifies_the_run_exits_5_and_nothing_moves(ser
 
 
 def hold(server, workdir: str, lease_s: float) -> subprocess.Popen:
-    code = ("import sys, time; from train import workdir_lock; workdir_lock.WorkdirLock(sys.argv[1]); "
-            "print('held', flush=True); time.sleep(600)")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", code, workdir], env={**env(server), "STN_JAX_LOCK_LEASE_S": str(lease_s)},
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    code = (
+        "import sys, time; from train import workdir_lock; workdir_lock.WorkdirLock(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, workdir],
+        env={**env(server), "STN_JAX_LOCK_LEASE_S": str(lease_s)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline() == "held\n"
     return proc
 
@@ -294,9 +337,14 @@ def test_the_gs_lock_refuses_a_second_run_and_is_taken_over_once_its_lease_ends(
 def test_a_run_whose_lease_another_run_took_over_stops_before_its_next_checkpoint(server, data, gs):
     workdir = f"{gs}/run"
     argv = ["--config", "tiny", "--workdir", workdir, "--data_dir", data, "--set", *LONG, "checkpoint_every=20"]
-    proc = subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=REPO,
-                            env={**env(server), "STN_JAX_LOCK_LEASE_S": "0.4"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *argv],
+        cwd=REPO,
+        env={**env(server), "STN_JAX_LOCK_LEASE_S": "0.4"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     for line in proc.stderr:  # once step 50 is logged: another run's lock replaces this one's (as a takeover does)
         lines.append(line)
@@ -329,12 +377,20 @@ def signal_when(proc: subprocess.Popen, pattern: str, sig: int, target: subproce
 
 
 def popen(server, *argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=REPO, env=env(server),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "train", *argv],
+        cwd=REPO,
+        env=env(server),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-STOPPED = re.compile(r"preempted: stopped at step (\d+) of 300 with a checkpoint of it in (\S+); rerun the same "
-                     r"command to resume from step \1")  # fmt: skip
+STOPPED = re.compile(
+    r"preempted: stopped at step (\d+) of 300 with a checkpoint of it in (\S+); rerun the same "
+    r"command to resume from step \1"
+)
 
 
 def test_sigterm_saves_the_step_it_lands_on_exits_7_and_the_rerun_equals_the_uninterrupted_run(server, data, gs):
@@ -362,12 +418,30 @@ def test_sigterm_saves_the_step_it_lands_on_exits_7_and_the_rerun_equals_the_uni
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_the_rerun_equals_the_uninterrupted_run(
-        server, data, gs):  # fmt: skip
+    server, data, gs
+):
     def launch(workdir: str) -> list[subprocess.Popen]:
         port = helpers.free_port()
-        return [popen(server, "--config", "tiny", "--workdir", workdir, "--data_dir", data, "--coordinator",
-                      f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i), "--set", *LONG)
-                for i in range(2)]  # fmt: skip
+        return [
+            popen(
+                server,
+                "--config",
+                "tiny",
+                "--workdir",
+                workdir,
+                "--data_dir",
+                data,
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+                "--set",
+                *LONG,
+            )
+            for i in range(2)
+        ]
 
     reference = launch(f"{gs}/reference")
     outputs = [p.communicate(timeout=600)[1] for p in reference]

@@ -57,8 +57,15 @@ def test_label_smoothing_trains_on_the_smoothed_cross_entropy():
         targets[np.arange(5), y] += 1 - alpha
         expected = -(targets * log_p).sum(-1).mean()
         tx = optax.sgd(0.0)
-        step = step_lib.make_train_step(graphdef, rng_state, tx, seed=0, preprocess=lambda k, a, b: (a, b),
-                                        schedule=optax.constant_schedule(0.0), label_smoothing=alpha)  # fmt: skip
+        step = step_lib.make_train_step(
+            graphdef,
+            rng_state,
+            tx,
+            seed=0,
+            preprocess=lambda k, a, b: (a, b),
+            schedule=optax.constant_schedule(0.0),
+            label_smoothing=alpha,
+        )
         _, _, out = jax.jit(step)(params, tx.init(params), other, jnp.asarray(x), jnp.asarray(y), jnp.int32(0))
         np.testing.assert_allclose(float(out["loss"]), expected, rtol=1e-5)
 
@@ -73,9 +80,11 @@ def test_the_average_is_found_by_name_wherever_the_chain_holds_it(tmp_path):
     history = [np.arange(3.0) - lr * k for k in range(1, 4)]  # three SGD steps on a gradient of ones
     weights = decay ** np.arange(3)[::-1]
     expected = (weights[:, None] * np.array(history)).sum(0) / weights.sum()
-    chains = [optax.chain(optax.sgd(lr), optimizer.params_ema(decay)),
-              optax.chain(optax.sgd(lr), optimizer.params_ema(decay), optax.identity()),
-              optax.chain(optax.chain(optax.sgd(lr), optimizer.params_ema(decay)), optax.scale(1.0))]  # fmt: skip
+    chains = [
+        optax.chain(optax.sgd(lr), optimizer.params_ema(decay)),
+        optax.chain(optax.sgd(lr), optimizer.params_ema(decay), optax.identity()),
+        optax.chain(optax.chain(optax.sgd(lr), optimizer.params_ema(decay)), optax.scale(1.0)),
+    ]
     for i, tx in enumerate(chains):
         state, p = tx.init(params), params
         for _ in range(3):

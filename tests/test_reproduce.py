@@ -15,14 +15,26 @@ import reproduce
 def _record(cell, error, steps=100, batch=8):
     distortion, model = cells.parse_cell(cell)
     return {
-        "cell": cell, "distortion": distortion, "model": model, "label": cells.cell_label(cell),
-        "config": cells.config_name(cell), "paper_error_pct": cells.paper_error(cell),
-        "test_error": error, "test_error_pct": round(100 * error, 2), "test_examples": 10_000,
-        "steps": steps, "batch_size": batch, "images_seen": steps * batch, "epochs": 0.01,
-        "wall_time_s": 61.0, "train_images_per_s": 500.0, "last_val_error": error,
-        "command": f"python -m train --config {cells.config_name(cell)}", "finished": "2026-01-01T00:00:00",
+        "cell": cell,
+        "distortion": distortion,
+        "model": model,
+        "label": cells.cell_label(cell),
+        "config": cells.config_name(cell),
+        "paper_error_pct": cells.paper_error(cell),
+        "test_error": error,
+        "test_error_pct": round(100 * error, 2),
+        "test_examples": 10_000,
+        "steps": steps,
+        "batch_size": batch,
+        "images_seen": steps * batch,
+        "epochs": 0.01,
+        "wall_time_s": 61.0,
+        "train_images_per_s": 500.0,
+        "last_val_error": error,
+        "command": f"python -m train --config {cells.config_name(cell)}",
+        "finished": "2026-01-01T00:00:00",
         "pictures": {"samples": f"{cell}_samples.png"} if model.startswith("st_") else {},
-    }  # fmt: skip
+    }
 
 
 def test_cells_parse_and_have_configs():
@@ -47,8 +59,11 @@ def test_addition_variant_sets_its_override_on_the_command_and_in_the_config():
 def test_table_regenerated_from_records(tmp_path, monkeypatch):
     monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
     monkeypatch.setattr(records, "TABLE1_RECIPE", "")  # the standard recipe, whatever cells.py chose
-    runs = [_record("rts_st_cnn_affine", 0.0091), _record("rts_cnn", 0.0123),
-               _record("rts_st_cnn_affine", 0.02, steps=10)]  # fmt: skip
+    runs = [
+        _record("rts_st_cnn_affine", 0.0091),
+        _record("rts_cnn", 0.0123),
+        _record("rts_st_cnn_affine", 0.02, steps=10),
+    ]
     for r in runs:
         (tmp_path / f"{cells.run_stem(r['cell'], r['steps'], r['batch_size'])}.json").write_text(json.dumps(r))
     text = records.render_results(records.load_records(tmp_path))
@@ -93,9 +108,17 @@ def test_generalisation_rotates_alternately_by_exactly_the_angle():
 def test_generalisation_table_is_rendered_into_results(tmp_path):
     r = _record("rts28_st_cnn_affine", 0.02)
     records.record_path(tmp_path, r["cell"], 100, 8).write_text(json.dumps(r))
-    result = {"cell": r["cell"], "label": r["label"], "run": "x", "steps": 100, "batch_size": 8,
-              "test_examples": 10000, "in_distribution_error_pct": 2.0, "finished": "2026-01-01T00:00:00",
-              "accuracy_pct": {"45": 97.5, "60": 90.25, "75": 70.0, "90": 40.0}}  # fmt: skip
+    result = {
+        "cell": r["cell"],
+        "label": r["label"],
+        "run": "x",
+        "steps": 100,
+        "batch_size": 8,
+        "test_examples": 10000,
+        "in_distribution_error_pct": 2.0,
+        "finished": "2026-01-01T00:00:00",
+        "accuracy_pct": {"45": 97.5, "60": 90.25, "75": 70.0, "90": 40.0},
+    }
     records.generalisation_path(tmp_path, "x").write_text(json.dumps(result))
     out = tmp_path / "RESULTS.md"
     records.write_results(tmp_path, out)
@@ -121,9 +144,14 @@ def test_unknown_variant_is_refused_with_the_known_ones():
 
 
 def test_variants_are_compared_with_the_same_budget_cnn_but_stay_out_of_table_1(tmp_path):
-    runs = [_record("tc_cnn", 0.0187), _record("tc_st_cnn_affine", 0.0218),
-               _record("tc_st_cnn_affine+full_res", 0.0150), _record("tc_st_cnn_affine+seed_1", 0.0190),
-               _record("tc_cnn+seed_1", 0.0200), _record("tc_st_cnn_affine+loc_lr_1", 0.01, steps=50)]  # fmt: skip
+    runs = [
+        _record("tc_cnn", 0.0187),
+        _record("tc_st_cnn_affine", 0.0218),
+        _record("tc_st_cnn_affine+full_res", 0.0150),
+        _record("tc_st_cnn_affine+seed_1", 0.0190),
+        _record("tc_cnn+seed_1", 0.0200),
+        _record("tc_st_cnn_affine+loc_lr_1", 0.01, steps=50),
+    ]
     for r in runs:
         records.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
     text = records.render_results(records.load_records(tmp_path))
@@ -141,9 +169,11 @@ def test_addition_table_lists_every_run_and_variant(tmp_path):
     for r in runs:
         records.record_path(tmp_path, r["cell"], r["steps"], 8).write_text(json.dumps(r))
     text = records.render_results(records.load_records(tmp_path))
-    assert ("| CNN | **30.00** (70.00) | 85.3 | 85 | 14.7 | 100 × 8 | 1m01s |\n"
-            "| CNN | **40.00** (60.00) | 85.3 | 85 | 14.7 | 200 × 8 | 1m01s |\n"
-            "| CNN +fc_128 | **80.00** (20.00) | 85.3 |") in text  # fmt: skip
+    assert (
+        "| CNN | **30.00** (70.00) | 85.3 | 85 | 14.7 | 100 × 8 | 1m01s |\n"
+        "| CNN | **40.00** (60.00) | 85.3 | 85 | 14.7 | 200 × 8 | 1m01s |\n"
+        "| CNN +fc_128 | **80.00** (20.00) | 85.3 |"
+    ) in text
     assert "- `+fc_128`: a hidden FC layer of 128 units" in text
     config = reproduce._config("addition_cnn+fc_128", 10, 8)
     assert list(config["model_kwargs"]["hidden"]) == [128]
@@ -156,10 +186,14 @@ def test_combined_variants_apply_every_part_and_pair_with_the_same_combination(t
     assert config["train_distortion"] == "fixed" and config["seed"] == 1 and config["model"] == "cnn"
     with pytest.raises(ValueError, match="unknown variant 'seed_9'"):
         cells.split_variant("tc_cnn+fixed_train+seed_9")
-    runs = [_record("tc_cnn", 0.0187), _record("tc_cnn+fixed_train", 0.03),
-               _record("tc_cnn+fixed_train+seed_1", 0.04), _record("tc_st_cnn_affine+fixed_train+seed_1", 0.02),
-               _record("tc_st_cnn_affine+fixed_train+full_res", 0.025),
-               _record("tc_st_cnn_affine+fixed_train", 0.01, steps=200)]  # fmt: skip
+    runs = [
+        _record("tc_cnn", 0.0187),
+        _record("tc_cnn+fixed_train", 0.03),
+        _record("tc_cnn+fixed_train+seed_1", 0.04),
+        _record("tc_st_cnn_affine+fixed_train+seed_1", 0.02),
+        _record("tc_st_cnn_affine+fixed_train+full_res", 0.025),
+        _record("tc_st_cnn_affine+fixed_train", 0.01, steps=200),
+    ]
     for r in runs:
         records.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
     text = records.render_results(records.load_records(tmp_path))
@@ -184,9 +218,16 @@ def test_results_md_is_what_the_recorded_runs_render(tmp_path):
 def test_table_1_shows_only_its_budget_and_recipe_and_checks_the_goals(tmp_path, monkeypatch):
     monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
     monkeypatch.setattr(records, "TABLE1_RECIPE", "")
-    runs = [_record("rts_st_cnn_affine", 0.0060), _record("rts_cnn", 0.0123), _record("rts_cnn", 0.0050, steps=200),
-            _record("r_fcn", 0.02), _record("r_st_fcn_affine", 0.03), _record("p_st_fcn_tps", 0.01),
-            _record("e_cnn+ema", 0.011), _record("e_st_cnn_tps+seed_1", 0.001)]  # fmt: skip
+    runs = [
+        _record("rts_st_cnn_affine", 0.0060),
+        _record("rts_cnn", 0.0123),
+        _record("rts_cnn", 0.0050, steps=200),
+        _record("r_fcn", 0.02),
+        _record("r_st_fcn_affine", 0.03),
+        _record("p_st_fcn_tps", 0.01),
+        _record("e_cnn+ema", 0.011),
+        _record("e_st_cnn_tps+seed_1", 0.001),
+    ]
     for r in runs:
         records.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
     text = records.render_results(records.load_records(tmp_path))
@@ -214,10 +255,15 @@ def test_recipe_search_compares_each_variant_with_the_standard_recipe_of_the_sam
         monkeypatch.setattr(module, "SEARCH_BUDGET", (100, 8))
         monkeypatch.setattr(module, "SEARCH_VARIANTS", search)
     monkeypatch.setattr(records, "TABLE1_RECIPE", "")
-    runs = [_record("rts_st_cnn_affine", 0.0100), _record("rts_cnn", 0.0200), _record("rts_cnn+ema", 0.0150),
-            _record("rts_st_cnn_affine+ema", 0.0110), _record("rts_st_cnn_affine+loc_lr_1", 0.0090),
-            _record("rts_st_cnn_affine+ema+loc_lr_1", 0.0080),
-            _record("rts_st_cnn_affine+ls_01", 0.005, steps=50)]  # fmt: skip
+    runs = [
+        _record("rts_st_cnn_affine", 0.0100),
+        _record("rts_cnn", 0.0200),
+        _record("rts_cnn+ema", 0.0150),
+        _record("rts_st_cnn_affine+ema", 0.0110),
+        _record("rts_st_cnn_affine+loc_lr_1", 0.0090),
+        _record("rts_st_cnn_affine+ema+loc_lr_1", 0.0080),
+        _record("rts_st_cnn_affine+ls_01", 0.005, steps=50),
+    ]
     for r in runs:
         records.record_path(tmp_path, r["cell"], r["steps"], r["batch_size"]).write_text(json.dumps(r))
     text = records.render_results(records.load_records(tmp_path))
@@ -236,17 +282,27 @@ def test_recipe_search_compares_each_variant_with_the_standard_recipe_of_the_sam
     capsys.readouterr()
     assert reproduce.main(["--search", "--list", "--results_dir", str(tmp_path)]) == 0
     planned = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert planned == ["rts_st_cnn_affine", "rts_cnn", "rts_st_cnn_affine+ema", "rts_cnn+ema", "rts_st_cnn_affine+ls_01",
-                       "rts_cnn+ls_01", "rts_st_cnn_affine+loc_lr_1", "rts_st_cnn_affine+ema+loc_lr_1"]  # fmt: skip
+    assert planned == [
+        "rts_st_cnn_affine",
+        "rts_cnn",
+        "rts_st_cnn_affine+ema",
+        "rts_cnn+ema",
+        "rts_st_cnn_affine+ls_01",
+        "rts_cnn+ls_01",
+        "rts_st_cnn_affine+loc_lr_1",
+        "rts_st_cnn_affine+ema+loc_lr_1",
+    ]
 
 
 def test_table1_says_where_its_cells_were_trained_and_the_runs_list_names_each_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
     monkeypatch.setattr(records, "TABLE1_RECIPE", "")
-    runs = [_record("rts_st_cnn_affine", 0.0091) | {"machine": "NVIDIA H200 (gpu, jax 0.11.2)"},
-            _record("rts_cnn", 0.0123) | {"machine": "NVIDIA H200 (gpu, jax 0.11.2)"},
-            _record("r_cnn", 0.02) | {"machine": "AMD EPYC, 2 cores"},
-            _record("p_cnn", 0.01) | {"machine": "AMD EPYC, 2 cores", "rebuilt_from_log": "the files were lost"}]  # fmt: skip
+    runs = [
+        _record("rts_st_cnn_affine", 0.0091) | {"machine": "NVIDIA H200 (gpu, jax 0.11.2)"},
+        _record("rts_cnn", 0.0123) | {"machine": "NVIDIA H200 (gpu, jax 0.11.2)"},
+        _record("r_cnn", 0.02) | {"machine": "AMD EPYC, 2 cores"},
+        _record("p_cnn", 0.01) | {"machine": "AMD EPYC, 2 cores", "rebuilt_from_log": "the files were lost"},
+    ]
     text = records.render_results(runs)
     assert "Trained on: NVIDIA H200 (gpu, jax 0.11.2) (2 cells); AMD EPYC, 2 cores (2 cells)." in text
     assert text.count("| AMD EPYC, 2 cores † |") == 1  # the rebuilt record is marked
@@ -256,11 +312,19 @@ def test_table1_says_where_its_cells_were_trained_and_the_runs_list_names_each_m
 def test_seeds_section_gives_each_seed_the_mean_difference_and_the_standard_recipe_beside(monkeypatch):
     monkeypatch.setattr(records, "TABLE1_BUDGET", (100, 8))
     monkeypatch.setattr(records, "TABLE1_RECIPE", "ls_01")
-    errors = {"rts_st_cnn_affine+ls_01": 0.0076, "rts_st_cnn_affine+ls_01+seed_1": 0.0066,
-              "rts_st_cnn_affine+ls_01+seed_2": 0.0072, "rts_cnn+ls_01": 0.0120, "rts_cnn+ls_01+seed_1": 0.0110,
-              "rts_cnn+ls_01+seed_2": 0.0100, "rts_st_cnn_affine": 0.0086, "rts_cnn": 0.0132,
-              "rts_cnn+ls_01+seed_1__other_budget": 0.5, "rts_st_cnn_affine+ls_01+loc_lr_1": 0.0070,
-              "rts_st_cnn_affine+ls_01+loc_lr_1+seed_2": 0.0060}  # fmt: skip
+    errors = {
+        "rts_st_cnn_affine+ls_01": 0.0076,
+        "rts_st_cnn_affine+ls_01+seed_1": 0.0066,
+        "rts_st_cnn_affine+ls_01+seed_2": 0.0072,
+        "rts_cnn+ls_01": 0.0120,
+        "rts_cnn+ls_01+seed_1": 0.0110,
+        "rts_cnn+ls_01+seed_2": 0.0100,
+        "rts_st_cnn_affine": 0.0086,
+        "rts_cnn": 0.0132,
+        "rts_cnn+ls_01+seed_1__other_budget": 0.5,
+        "rts_st_cnn_affine+ls_01+loc_lr_1": 0.0070,
+        "rts_st_cnn_affine+ls_01+loc_lr_1+seed_2": 0.0060,
+    }
     runs = [_record(c.split("__")[0], e, steps=50 if "__" in c else 100) for c, e in errors.items()]
     text = records.render_results(runs)
     section = text.split("## Seeds of Table 1: ST-CNN Aff and CNN")[1].split("\n## ")[0]

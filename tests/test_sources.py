@@ -29,8 +29,9 @@ def test_the_device_source_and_the_host_source_give_each_step_the_grain_iterator
     for _ in range(start):
         next(expected)
     device = sources.DeviceSource(images, labels, batch_size=4, seed=3, replicated=REPLICATED, steps_sharding=STEPS)
-    host = sources.make("host", images, labels, batch_size=4, seed=3, start=start, replicated=REPLICATED,
-                        steps_sharding=STEPS)  # fmt: skip
+    host = sources.make(
+        "host", images, labels, batch_size=4, seed=3, start=start, replicated=REPLICATED, steps_sharding=STEPS
+    )
     np.testing.assert_array_equal(np.asarray(device.dataset["image"]), images)
     first = start + 1
     for length in (1, 4, 2, 8, 5):
@@ -48,8 +49,9 @@ def test_the_device_source_and_the_host_source_give_each_step_the_grain_iterator
 
 def test_the_host_source_refuses_steps_out_of_order():
     images, labels = split()
-    host = sources.make("host", images, labels, batch_size=4, seed=0, start=2, replicated=REPLICATED,
-                        steps_sharding=STEPS)  # fmt: skip
+    host = sources.make(
+        "host", images, labels, batch_size=4, seed=0, start=2, replicated=REPLICATED, steps_sharding=STEPS
+    )
     with pytest.raises(ValueError, match="expected step 3, got 4"):
         host.feed(4, 1)
 
@@ -63,8 +65,13 @@ def test_auto_holds_a_split_on_the_device_only_when_it_fits(monkeypatch):
         sources.choose("gpu", 10)
 
 
-@pytest.mark.parametrize("key, value, message", [("data_source", "'disk'", "data_source must be one of"),
-                                                 ("steps_per_dispatch", "-1", "steps_per_dispatch must be a non-neg")])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("data_source", "'disk'", "data_source must be one of"),
+        ("steps_per_dispatch", "-1", "steps_per_dispatch must be a non-neg"),
+    ],
+)
 def test_bad_dispatch_and_source_settings_are_config_errors(key, value, message, tmp_path):
     config = configs.get_config("tiny", [f"{key}={value}"])
     config.data_dir = str(tmp_path)

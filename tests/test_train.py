@@ -44,6 +44,7 @@ from train import (
     run_data,
     xla_cpu,
 )
+from train import run as run_lib
 from train import step as step_lib
 from train import train as train_lib
 
@@ -65,8 +66,16 @@ TINY_MODEL_KWARGS = {
     "svhn_st_cnn_multi": {"width": 0.03},
     "colour_stn": {},
 }
-TINY = ["steps=4", "batch_size=8", "eval_batch_size=8", "eval_every=2", "checkpoint_every=2",
-        "log_every=1", "warmup_steps=1", "num_show=2"]  # fmt: skip
+TINY = [
+    "steps=4",
+    "batch_size=8",
+    "eval_batch_size=8",
+    "eval_every=2",
+    "checkpoint_every=2",
+    "log_every=1",
+    "warmup_steps=1",
+    "num_show=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +98,9 @@ def tiny_config(name: str, data_dir: Path, *overrides: str):
 
 def run_cli(args: list[str], *, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def flat_params(workdir: Path) -> list[np.ndarray]:
@@ -110,10 +120,20 @@ def assert_same_params(a: list[np.ndarray], b: list[np.ndarray], **tol) -> None:
 # same models and distortions differently, which adds no code path to the loop; each of them is still
 # validated and built (shapes only) below.
 TRAINED = [
-    "mnist_cnn", "mnist_rts_fcn", "mnist_r_st_fcn_affine", "mnist_p_st_fcn_projective", "mnist_e_st_fcn_tps",
-    "mnist_p_st_cnn_projective", "mnist_e_st_cnn_tps", "mnist_tc_st_cnn_affine", "mnist_rts28_cnn",
-    "mnist_addition_2st_fcn", "svhn_cnn", "svhn_colour_stn", "svhn_st_cnn_multi",
-]  # fmt: skip
+    "mnist_cnn",
+    "mnist_rts_fcn",
+    "mnist_r_st_fcn_affine",
+    "mnist_p_st_fcn_projective",
+    "mnist_e_st_fcn_tps",
+    "mnist_p_st_cnn_projective",
+    "mnist_e_st_cnn_tps",
+    "mnist_tc_st_cnn_affine",
+    "mnist_rts28_cnn",
+    "mnist_addition_2st_fcn",
+    "svhn_cnn",
+    "svhn_colour_stn",
+    "svhn_st_cnn_multi",
+]
 
 
 def test_the_trained_configs_train_every_model_and_every_distortion_once():
@@ -181,8 +201,9 @@ def train_restore_and_recompute_the_test_error(config, data_dir: Path, tmp_path:
     assert samples == (["step_000002.png", "step_000004.png"] if model.has_transformer else [])
 
     # The reported test error and loss, recomputed from that model on the test split, distorted with the test seed.
-    images, labels = input_pipeline.load_split(config.dataset, config.test_split, data_dir=data_dir, shard_index=0, shard_count=1,
-                                     drop_remainder=False)  # fmt: skip
+    images, labels = input_pipeline.load_split(
+        config.dataset, config.test_split, data_dir=data_dir, shard_index=0, shard_count=1, drop_remainder=False
+    )
     if config.dataset == "svhn":
         images = images / np.float32(255)
     else:
@@ -200,7 +221,9 @@ def train_restore_and_recompute_the_test_error(config, data_dir: Path, tmp_path:
 def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir, tmp_path, monkeypatch):
     config = tiny_config("mnist_tc_cnn", data_dir, "train_distortion=fixed")
     images, labels = run_data.train_arrays(configs.unpack(config, run_data.DataSpec), data_dir)
-    raw, raw_labels = input_pipeline.load_split("mnist", config.train_split, data_dir=data_dir, shard_index=0, shard_count=1)
+    raw, raw_labels = input_pipeline.load_split(
+        "mnist", config.train_split, data_dir=data_dir, shard_index=0, shard_count=1
+    )
     expected, expected_labels = distortions.test_set("TC", raw, raw_labels, seed=config.test_seed + 2)
     assert images.dtype == np.uint8 and images.shape == (92, 60, 60, 1)
     np.testing.assert_array_equal(labels, expected_labels)
@@ -233,14 +256,18 @@ def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir,
 def test_each_process_reads_only_the_rows_it_evaluates_distorted_as_in_the_whole_split(data_dir, monkeypatch):
     config = tiny_config("mnist_rts28_cnn", data_dir)
     monkeypatch.setattr(distortions, "TEST_CHUNK", 16)  # chunks smaller than the split: reads cross chunk edges
-    raw, raw_labels = input_pipeline.load_split("mnist", config.train_split, data_dir=data_dir, shard_index=0, shard_count=1)
+    raw, raw_labels = input_pipeline.load_split(
+        "mnist", config.train_split, data_dir=data_dir, shard_index=0, shard_count=1
+    )
     whole, whole_labels = distortions.test_set(config.distortion, raw, raw_labels, seed=5)
     assert len(whole_labels) == 92
     reads, load_split = [], input_pipeline.load_split
     monkeypatch.setattr(input_pipeline, "load_split", lambda *a, **k: reads.append(k["rows"]) or load_split(*a, **k))
     for start, stop in [(0, 3), (13, 37), (40, 92), (90, 92), (50, 50)]:
         reads.clear()
-        images, labels = run_data.eval_arrays(configs.unpack(config, run_data.DataSpec), data_dir, config.train_split, 5, (start, stop), 92)
+        images, labels = run_data.eval_arrays(
+            configs.unpack(config, run_data.DataSpec), data_dir, config.train_split, 5, (start, stop), 92
+        )
         np.testing.assert_array_equal(images, whole[start:stop])
         np.testing.assert_array_equal(labels, whole_labels[start:stop])
         # Read: from the first chunk the rows touch to the end of the last, nothing else.
@@ -318,11 +345,34 @@ def _two_processes(data_dir: Path, workdir: Path, out: Path, steps: int) -> list
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     procs = []
     for i in range(2):
-        argv = ["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(workdir),
-                "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i),
-                "--set", f"steps={steps}", "eval_every=3", "checkpoint_every=3"]  # fmt: skip
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out / f"p{i}.npz"), *argv], cwd=REPO,
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        argv = [
+            "--config",
+            "tiny",
+            "--data_dir",
+            str(data_dir),
+            "--workdir",
+            str(workdir),
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num_processes",
+            "2",
+            "--process_id",
+            str(i),
+            "--set",
+            f"steps={steps}",
+            "eval_every=3",
+            "checkpoint_every=3",
+        ]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(out / f"p{i}.npz"), *argv],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         outputs = [p.communicate(timeout=300) for p in procs]
     except subprocess.TimeoutExpired:  # one process failed and the other waits for it: show both
@@ -391,8 +441,9 @@ def test_xla_cpu_flag_is_known_to_this_jaxlib_and_keeps_the_numbers():
         run_env = dict(env)
         if tuned:
             assert xla_cpu.use_xla_convolutions(run_env)
-        out = subprocess.run([sys.executable, "-c", CONV_GRAD], env=run_env, capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", CONV_GRAD], env=run_env, capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         runs.append([float(v) for v in out.stdout.split()])
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
@@ -402,15 +453,29 @@ def test_xla_cpu_flag_is_known_to_this_jaxlib_and_keeps_the_numbers():
 
 
 def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(data_dir, tmp_path):
-    args = ["--config", "tiny", "--data_dir", str(data_dir), "--set", "steps=600", "checkpoint_every=20",
-            "eval_every=1000", "log_every=100"]  # fmt: skip
+    args = [
+        "--config",
+        "tiny",
+        "--data_dir",
+        str(data_dir),
+        "--set",
+        "steps=600",
+        "checkpoint_every=20",
+        "eval_every=1000",
+        "log_every=100",
+    ]
     reference = run_cli([*args, "--workdir", str(tmp_path / "reference")])
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     workdir = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--workdir", str(workdir)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *args, "--workdir", str(workdir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # Killed once step 100 is checkpointed, 500 steps before the end. No deadline shorter than the run
     # itself: under load everything is slower alike, so only the run's end can pre-empt the kill.
     deadline = time.monotonic() + 900
@@ -441,16 +506,34 @@ def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(dat
     assert_same_params(flat_params(workdir), flat_params(tmp_path / "reference"), rtol=0, atol=0)
     # The metrics file describes one history: no step logged twice.
     train_steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    train_steps = [s for s, line in zip(train_steps, (workdir / "metrics.jsonl").read_text().splitlines())
-                   if json.loads(line)["split"] == "train"]  # fmt: skip
+    train_steps = [
+        s
+        for s, line in zip(train_steps, (workdir / "metrics.jsonl").read_text().splitlines())
+        if json.loads(line)["split"] == "train"
+    ]
     assert train_steps == sorted(set(train_steps))
 
 
 def test_nan_loss_stops_with_exit_code_3_and_the_last_good_checkpoint_restores(data_dir, tmp_path, capsys):
     # SGD at 1e30 after a zero-rate first step: step 1 is finite, the loss blows up afterwards.
-    code = cli.main(["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(tmp_path),
-                     "--set", "optimizer=sgd", "schedule=cosine", "warmup_steps=3", "learning_rate=1e30",
-                     "steps=20", "checkpoint_every=1", "eval_every=100"])  # fmt: skip
+    code = cli.main(
+        [
+            "--config",
+            "tiny",
+            "--data_dir",
+            str(data_dir),
+            "--workdir",
+            str(tmp_path),
+            "--set",
+            "optimizer=sgd",
+            "schedule=cosine",
+            "warmup_steps=3",
+            "learning_rate=1e30",
+            "steps=20",
+            "checkpoint_every=1",
+            "eval_every=100",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == errors.EXIT_NONFINITE == 3
     assert "non-finite loss" in err and "last good checkpoint is step" in err
@@ -466,8 +549,9 @@ def test_nan_loss_stops_with_exit_code_3_and_the_last_good_checkpoint_restores(d
 
 
 def test_nan_loss_skip_mode_skips_steps_and_finishes(data_dir, tmp_path):
-    config = tiny_config("tiny", data_dir, "optimizer=sgd", "schedule=constant", "learning_rate=1e30", "steps=6",
-                         "nonfinite=skip")  # fmt: skip
+    config = tiny_config(
+        "tiny", data_dir, "optimizer=sgd", "schedule=constant", "learning_rate=1e30", "steps=6", "nonfinite=skip"
+    )
     summary = train_lib.train_and_evaluate(config, tmp_path)
     assert summary["skipped_steps"] >= 1
     assert all(np.isfinite(p).all() for p in flat_params(tmp_path))
@@ -512,17 +596,26 @@ def poison_steps(monkeypatch, bad_steps, *, interrupt_at=None, dispatched=None, 
     monkeypatch.setattr(step_lib, "make_train_chunk", make_chunk)
 
 
-@pytest.mark.parametrize("every, bad, found_at, last_good", [(("4", "3"), 6, 6, 3), (("4", "3"), 7, 8, 6),
-                                                             (("12", "6"), 9, 12, 6)])  # fmt: skip
-def test_nan_stop_lands_at_the_next_boundary_and_no_checkpoint_follows_it(every, bad, found_at, last_good, data_dir,
-                                                                           tmp_path, monkeypatch):  # fmt: skip
+@pytest.mark.parametrize(
+    "every, bad, found_at, last_good", [(("4", "3"), 6, 6, 3), (("4", "3"), 7, 8, 6), (("12", "6"), 9, 12, 6)]
+)
+def test_nan_stop_lands_at_the_next_boundary_and_no_checkpoint_follows_it(
+    every, bad, found_at, last_good, data_dir, tmp_path, monkeypatch
+):
     # log_every=4, checkpoint_every=3: metrics fetched at steps 1, 3, 4, 6, 8, 9, 12 (first step, log, checkpoint).
     # log_every=12, checkpoint_every=6: steps 7-12 run as chunks of 4 and 2, step 9 inside the first.
     log_every, checkpoint_every = every
     dispatched = []
     poison_steps(monkeypatch, {bad}, dispatched=dispatched)
-    config = tiny_config("tiny", data_dir, "steps=12", f"log_every={log_every}",
-                         f"checkpoint_every={checkpoint_every}", "eval_every=100", "steps_per_dispatch=32")  # fmt: skip
+    config = tiny_config(
+        "tiny",
+        data_dir,
+        "steps=12",
+        f"log_every={log_every}",
+        f"checkpoint_every={checkpoint_every}",
+        "eval_every=100",
+        "steps_per_dispatch=32",
+    )
     with pytest.raises(errors.NonFiniteLossError) as info:
         train_lib.train_and_evaluate(config, tmp_path)
     message = str(info.value)
@@ -542,7 +635,7 @@ def test_nan_stop_lands_at_the_next_boundary_and_no_checkpoint_follows_it(every,
 
 
 def test_nan_skip_counts_skipped_steps_and_stops_after_too_many_in_a_row(data_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_lib, "MAX_SKIPPED_IN_A_ROW", 2)
+    monkeypatch.setattr(run_lib, "MAX_SKIPPED_IN_A_ROW", 2)
     config = tiny_config(
         "tiny",
         data_dir,
@@ -552,7 +645,7 @@ def test_nan_skip_counts_skipped_steps_and_stops_after_too_many_in_a_row(data_di
         "eval_every=100",
         "nonfinite=skip",
         "steps_per_dispatch=4",
-    )  # fmt: skip  (chunks 1, 2, 1, 4)
+    )  # (chunks 1, 2, 1, 4)
     poison_steps(monkeypatch, {2, 3, 6})  # never more than 2 in a row
     summary = train_lib.train_and_evaluate(config, tmp_path / "finishes")
     assert summary["skipped_steps"] == 3
@@ -570,8 +663,17 @@ def test_nan_skip_counts_skipped_steps_and_stops_after_too_many_in_a_row(data_di
 @pytest.mark.parametrize("source", ["device", "host"])
 def test_interrupted_run_resumes_bit_exactly_from_its_checkpoint(source, data_dir, tmp_path, monkeypatch):
     """The batches after a resume are those of an uninterrupted run although the loop reads ahead (in-process)."""
-    config = tiny_config("tiny", data_dir, "steps=20", "log_every=20", "checkpoint_every=7", "eval_every=100",
-                         "async_checkpoints=False", f"data_source={source!r}", "steps_per_dispatch=32")  # fmt: skip
+    config = tiny_config(
+        "tiny",
+        data_dir,
+        "steps=20",
+        "log_every=20",
+        "checkpoint_every=7",
+        "eval_every=100",
+        "async_checkpoints=False",
+        f"data_source={source!r}",
+        "steps_per_dispatch=32",
+    )
     train_lib.train_and_evaluate(config, tmp_path / "reference")
     with monkeypatch.context() as m:
         poison_steps(m, set(), interrupt_at=16)  # steps 1-14 dispatched, the checkpoints of steps 7 and 14 saved
@@ -584,8 +686,9 @@ def test_interrupted_run_resumes_bit_exactly_from_its_checkpoint(source, data_di
 
 
 @pytest.mark.parametrize("stepwise", [False, True], ids=["scanned", "stepwise"])
-def test_every_chunking_and_both_sources_end_with_identical_parameters_and_losses(stepwise, data_dir, tmp_path,
-                                                                                   monkeypatch):  # fmt: skip
+def test_every_chunking_and_both_sources_end_with_identical_parameters_and_losses(
+    stepwise, data_dir, tmp_path, monkeypatch
+):
     """One step per dispatch, chunks of up to 3 or 32 (ragged spans cut into powers of two), the split on the
     device or batches from the host, the steps of a chunk scanned (accelerators) or dispatched one at a time
     (CPUs): the same parameters and logged losses, bit for bit. A run dispatches one chunk per planned piece
@@ -593,10 +696,12 @@ def test_every_chunking_and_both_sources_end_with_identical_parameters_and_losse
     monkeypatch.setattr(step_lib, "stepwise_chunks", lambda platform: stepwise)
     every = ("steps=21", "log_every=5", "eval_every=21", "checkpoint_every=10")
     runs = {}
-    for name, overrides in [("k32_device", ("steps_per_dispatch=32", "data_source='device'")),
-                            ("k1", ("steps_per_dispatch=1",)),
-                            ("k32_host", ("steps_per_dispatch=32", "data_source='host'")),
-                            ("k3_device", ("steps_per_dispatch=3", "data_source='device'"))]:  # fmt: skip
+    for name, overrides in [
+        ("k32_device", ("steps_per_dispatch=32", "data_source='device'")),
+        ("k1", ("steps_per_dispatch=1",)),
+        ("k32_host", ("steps_per_dispatch=32", "data_source='host'")),
+        ("k3_device", ("steps_per_dispatch=3", "data_source='device'")),
+    ]:
         dispatched, made = [], []
         with monkeypatch.context() as m:
             poison_steps(m, set(), dispatched=dispatched, made=made)
@@ -604,7 +709,9 @@ def test_every_chunking_and_both_sources_end_with_identical_parameters_and_losse
             _, params = train_lib.train_and_evaluate(config, tmp_path / name, return_params=True)
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         runs[name] = params, [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
-        schedule = optimizer.schedule(configs.unpack(config, optimizer.Recipe))  # step s takes the rate (and keys) of its 0-based index s - 1
+        schedule = optimizer.schedule(
+            configs.unpack(config, optimizer.Recipe)
+        )  # step s takes the rate (and keys) of its 0-based index s - 1
         for r in (r for r in records if r["split"] == "train"):
             np.testing.assert_allclose(r["learning_rate"], float(schedule(r["step"] - 1)), rtol=1e-5)
         assert [d[0] for d in dispatched] == list(np.cumsum([1] + [n for _, n in dispatched][:-1]))  # consecutive
@@ -616,8 +723,22 @@ def test_every_chunking_and_both_sources_end_with_identical_parameters_and_losse
     # Boundaries 1, 5, 10, 15, 20, 21: spans of 1, 4, 5, 5, 5, 1 steps.
     assert runs["k32_device"][2] == [(1, 1), (2, 4), (6, 4), (10, 1), (11, 4), (15, 1), (16, 4), (20, 1), (21, 1)]
     assert runs["k1"][2] == [(s, 1) for s in range(1, 22)]
-    assert runs["k3_device"][2] == [(1, 1), (2, 2), (4, 1), (5, 1), (6, 2), (8, 1), (9, 2), (11, 2), (13, 1),
-                                    (14, 2), (16, 2), (18, 1), (19, 2), (21, 1)]  # fmt: skip
+    assert runs["k3_device"][2] == [
+        (1, 1),
+        (2, 2),
+        (4, 1),
+        (5, 1),
+        (6, 2),
+        (8, 1),
+        (9, 2),
+        (11, 2),
+        (13, 1),
+        (14, 2),
+        (16, 2),
+        (18, 1),
+        (19, 2),
+        (21, 1),
+    ]
     reference_params, reference_losses, _ = runs["k1"]
     assert [s for s, _ in reference_losses] == [5, 10, 15, 20, 21]
     for name, (params, losses, _) in runs.items():
@@ -645,25 +766,63 @@ def test_a_run_on_a_pack_without_tfds_or_grain_matches_the_run_on_tfds_with_host
     device = _device_driver()
     sizes = device.pack(data_dir, tmp_path / "pack.npz", ["rts_st_cnn_affine", "e_cnn"])
     assert sizes == {"dataset": "mnist", "train[:92%]": 92, "train[92%:]": 8, "test": 8}
-    sets = ["model_kwargs.channels=(4,4)", "batch_size=8", "eval_batch_size=8", "steps=14", "log_every=5",
-            "eval_every=7", "checkpoint_every=7", "num_show=2", "warmup_steps=1"]  # fmt: skip
+    sets = [
+        "model_kwargs.channels=(4,4)",
+        "batch_size=8",
+        "eval_batch_size=8",
+        "steps=14",
+        "log_every=5",
+        "eval_every=7",
+        "checkpoint_every=7",
+        "num_show=2",
+        "warmup_steps=1",
+    ]
     block = f"import sys; sys.modules.update(dict.fromkeys({ABSENT_ON_ACCELERATOR!r})); import train.__main__ as m; "
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    result = subprocess.run([sys.executable, "-c", block + "sys.exit(m.main())", "--config", "mnist_rts_st_cnn_affine",
-                             "--data_dir", str(tmp_path / "pack.npz"), "--workdir", str(tmp_path / "pack_run"),
-                             "--set", *sets],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            block + "sys.exit(m.main())",
+            "--config",
+            "mnist_rts_st_cnn_affine",
+            "--data_dir",
+            str(tmp_path / "pack.npz"),
+            "--workdir",
+            str(tmp_path / "pack_run"),
+            "--set",
+            *sets,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training batches: device (the split (0 MiB) fits)" in result.stderr
     assert "tensorboardX is not installed" in result.stderr and not (tmp_path / "pack_run" / "tensorboard").exists()
-    reference = run_cli(["--config", "mnist_rts_st_cnn_affine", "--data_dir", str(data_dir), "--workdir",
-                         str(tmp_path / "tfds_run"), "--set", *sets, "data_source='host'"])  # fmt: skip
+    reference = run_cli(
+        [
+            "--config",
+            "mnist_rts_st_cnn_affine",
+            "--data_dir",
+            str(data_dir),
+            "--workdir",
+            str(tmp_path / "tfds_run"),
+            "--set",
+            *sets,
+            "data_source='host'",
+        ]
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
     summary = json.loads((tmp_path / "tfds_run" / "summary.json").read_text())
     on_pack = json.loads((tmp_path / "pack_run" / "summary.json").read_text())
     assert (on_pack["test_error"], on_pack["test_loss"]) == (summary["test_error"], summary["test_loss"])
-    lines = lambda run: [{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "time")}
-                         for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    lines = lambda run: [
+        {k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "time")}
+        for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+    ]
     assert len(lines("pack_run")) > 3 and lines("pack_run") == lines("tfds_run")
     assert_same_params(flat_params(tmp_path / "pack_run"), flat_params(tmp_path / "tfds_run"), rtol=0, atol=0)
 
@@ -719,8 +878,9 @@ def test_loop_step_and_loop_benchmark_import_nothing_a_bare_accelerator_machine_
 
 
 @pytest.mark.parametrize("start, max_steps", [(0, 100), (4, 100), (0, 3), (2, 1)])
-def test_drive_runs_spans_to_each_boundary_in_power_of_two_chunks_and_reads_metrics_only_there(start, max_steps,
-                                                                                                monkeypatch):  # fmt: skip
+def test_drive_runs_spans_to_each_boundary_in_power_of_two_chunks_and_reads_metrics_only_there(
+    start, max_steps, monkeypatch
+):
     from train import loop
 
     events, stop = [], start + 22
@@ -741,8 +901,9 @@ def test_drive_runs_spans_to_each_boundary_in_power_of_two_chunks_and_reads_metr
     real_device_get = jax.device_get
     monkeypatch.setattr(jax, "device_get", lambda x: (events.append(("device_get",)), real_device_get(x))[1])
     got = []
-    for s, carry, fetched in loop.drive(run_chunk, [], feed, start=start, stop=stop, boundary=boundary,
-                                        max_steps=max_steps):  # fmt: skip
+    for s, carry, fetched in loop.drive(
+        run_chunk, [], feed, start=start, stop=stop, boundary=boundary, max_steps=max_steps
+    ):
         events.append(("yield", s))
         got.append((s, list(carry), [(int(m["loss"]), bool(m["finite"])) for m in fetched]))
 
@@ -797,8 +958,9 @@ def test_run_returns_every_steps_metrics_of_a_jitted_chunk():
         return jax.lax.scan(one, c, xs)
 
     feed = lambda first, n: loop.global_batch(host[first - 1 : first - 1 + n], sharding)
-    carry, metrics = loop.run(lambda c, xs, first: chunk(c, xs), jnp.int32(0), feed, steps=7, fetch_every=3,
-                              max_steps=2)  # fmt: skip
+    carry, metrics = loop.run(
+        lambda c, xs, first: chunk(c, xs), jnp.int32(0), feed, steps=7, fetch_every=3, max_steps=2
+    )
     sums = [int(b.astype(np.int64).sum()) for b in host]
     assert [int(m["sum"]) for m in metrics] == sums
     assert [int(m["total"]) for m in metrics] == list(np.cumsum(sums))
@@ -862,8 +1024,9 @@ def compilations():
         (["--config", "tiny", "--data_dir", ""], "no data_dir"),
     ],
 )
-def test_bad_configuration_fails_at_start_with_exit_code_2(argv, message, data_dir, tmp_path, capsys, compilations,
-                                                            monkeypatch):  # fmt: skip
+def test_bad_configuration_fails_at_start_with_exit_code_2(
+    argv, message, data_dir, tmp_path, capsys, compilations, monkeypatch
+):
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if "--data_dir" not in argv:
@@ -876,8 +1039,20 @@ def test_bad_configuration_fails_at_start_with_exit_code_2(argv, message, data_d
 
 
 def test_batch_not_divisible_by_device_count_fails_before_compiling(data_dir, tmp_path):
-    result = run_cli(["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(tmp_path),
-                      "--num_cpu_devices", "8", "--set", "batch_size=12"])  # fmt: skip
+    result = run_cli(
+        [
+            "--config",
+            "tiny",
+            "--data_dir",
+            str(data_dir),
+            "--workdir",
+            str(tmp_path),
+            "--num_cpu_devices",
+            "8",
+            "--set",
+            "batch_size=12",
+        ]
+    )
     assert result.returncode == 2
     assert "batch_size=12 must be divisible by the number of devices (8)" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
@@ -895,9 +1070,22 @@ def test_svhn_without_prepared_data_exits_4(tmp_path, capsys):
 def test_real_mnist_reaches_well_under_5_percent_test_error(tmp_path, real_mnist):
     """Real MNIST (the session's one preparation, conftest.py's ``real_mnist``) through the CLI."""
     started = time.monotonic()
-    result = run_cli(["--config", "mnist_cnn", "--data_dir", str(real_mnist), "--workdir", str(tmp_path),
-                      "--set", "steps=400", "eval_every=400", "log_every=100", "checkpoint_every=400"],
-                     timeout=1200)  # fmt: skip
+    result = run_cli(
+        [
+            "--config",
+            "mnist_cnn",
+            "--data_dir",
+            str(real_mnist),
+            "--workdir",
+            str(tmp_path),
+            "--set",
+            "steps=400",
+            "eval_every=400",
+            "log_every=100",
+            "checkpoint_every=400",
+        ],
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["test_examples"] == 10_000
@@ -910,8 +1098,14 @@ def test_the_loop_on_device_script_runs_its_three_parts_on_a_pack(data_dir, tmp_
     README's main command on the pack, and the RTS pair through reproduce_on_device.py, each part recorded."""
     _device_driver().pack(data_dir, tmp_path / "pack.npz", ["rts_fcn"])
     env = {**os.environ, "PACK": str(tmp_path / "pack.npz"), "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(REPO / "benchmarks" / "loop_on_device.sh"), "--quick"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "loop_on_device.sh"), "--quick"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = (tmp_path / "out" / "summary.md").read_text()
     for part in ("loop_speed", "readme", "table1"):

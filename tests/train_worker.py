@@ -27,9 +27,15 @@ def main() -> int:
 
     summary, params = train_lib.train_and_evaluate(config, args.workdir, return_params=True)
     leaves = jax.tree.leaves(params)
-    np.savez(out, *leaves, process_index=jax.process_index(), process_count=jax.process_count(),
-             devices=jax.device_count(), test_error=summary["test_error"],
-             resumed_from=summary["resumed_from"])  # fmt: skip
+    np.savez(
+        out,
+        *leaves,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        devices=jax.device_count(),
+        test_error=summary["test_error"],
+        resumed_from=summary["resumed_from"],
+    )
     return 0
 
 

@@ -57,10 +57,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="experiment name (see --list)")
     parser.add_argument("--workdir", help="checkpoints, metrics and figures go here; reruns resume")
     parser.add_argument("--data_dir", help="TFDS data dir (default: config's data_dir, else $TFDS_DATA_DIR)")
-    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                        help="config overrides; values are Python literals (steps=2000 lr_drops=(0.3,0.6) "
-                             "model_kwargs.channels=(8,8)), anything else is a string; --print_config "
-                             "shows the keys")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides; values are Python literals (steps=2000 lr_drops=(0.3,0.6) "
+        "model_kwargs.channels=(8,8)), anything else is a string; --print_config "
+        "shows the keys",
+    )
     parser.add_argument("--print_config", action="store_true", help="print the config's keys and values and exit")
     parser.add_argument("--list", action="store_true", help="list the experiments (one line each) and exit")
     parser.add_argument("--num_cpu_devices", type=int, default=None, help="split the CPU into N devices")

@@ -154,8 +154,12 @@ class Checkpoints:
                 if hosts.everywhere(not error):
                     self._move_aside(damaged)
                     if status == digests.NO_DIGEST and hosts.is_lead():
-                        log.warning("checkpoint step %d in %s has no digest (written before digests existed, or "
-                                    "its run stopped first): restored unverified", step, self.directory)  # fmt: skip
+                        log.warning(
+                            "checkpoint step %d in %s has no digest (written before digests existed, or "
+                            "its run stopped first): restored unverified",
+                            step,
+                            self.directory,
+                        )
                     return step, restored["state"], restored["meta"], status == digests.VERIFIED
                 what = error or "another process could not read it"
                 if status == digests.VERIFIED:
@@ -279,8 +283,10 @@ def read_params(directory: os.PathLike | str, *, step: int | None = None, ema_de
     # optimizer.ParamsEMAState, wherever the chain holds it.
     averages = list(_dicts_with_keys(state["opt_state"], set(optimizer.ParamsEMAState._fields)))
     if len(averages) != 1:
-        raise CheckpointError(f"ema_decay={ema_decay} but the checkpoint of step {step} in {directory} has no "
-                              "average of the weights: was the run trained with ema_decay=0?")  # fmt: skip
+        raise CheckpointError(
+            f"ema_decay={ema_decay} but the checkpoint of step {step} in {directory} has no "
+            "average of the weights: was the run trained with ema_decay=0?"
+        )
     ema = optimizer.ParamsEMAState(np.asarray(averages[0]["count"]), averages[0]["ema"])
     return jax.tree.map(np.asarray, optimizer.debiased(ema, ema_decay)) if ema.count > 0 else state["params"]
 

@@ -7,49 +7,61 @@ jitted functions themselves (the train step's body, the chunk of steps, evaluati
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import ml_collections
 from flax import nnx
 
 from stn_jax.models import build_model
-from train import datasets, input_pipeline, optimizer
+from train import configs, datasets, input_pipeline, optimizer
 from train import step as step_lib
 from train.errors import ConfigError
 
 
-def model_factory(model: str, model_kwargs: Mapping[str, Any], *, dataset: str, distortion: str, seed: int):
-    """``make() -> nnx.Module``: ``model`` for the dataset's input with that distortion, seeded with ``seed``.
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The model keys of a config (:data:`train.configs.base.KEYS` has their docs and checks)."""
+
+    model: str
+    model_kwargs: dict
+    dataset: str
+    distortion: str
+    train_distortion: str
+    seed: int
+
+
+def model_factory(spec: ModelSpec) -> Callable[[], nnx.Module]:
+    """``make() -> nnx.Module``: the model for the dataset's input with its distortion, seeded with ``spec.seed``.
 
     Bad ``model_kwargs`` raise :class:`ConfigError` from ``make()``."""
-    shape, classes = datasets.DATASETS[dataset].input_spec(distortion)
-    kwargs = dict(model_kwargs)
+    shape, classes = datasets.DATASETS[spec.dataset].input_spec(spec.distortion)
 
     def make() -> nnx.Module:
         try:
-            return build_model(model, num_classes=classes, input_shape=shape, rngs=nnx.Rngs(seed), **kwargs)
+            return build_model(spec.model, num_classes=classes, input_shape=shape, rngs=nnx.Rngs(spec.seed),
+                               **spec.model_kwargs)  # fmt: skip
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"model {model!r} with model_kwargs={kwargs}: {err}") from err
+            raise ConfigError(f"model {spec.model!r} with model_kwargs={spec.model_kwargs}: {err}") from err
 
     return make
 
 
 def build(config: ml_collections.ConfigDict) -> nnx.Module:
     """The model of ``config``, as its run builds it (to restore a run's parameters into, or to look at)."""
-    return model_factory(config.model, config.model_kwargs.to_dict(), dataset=config.dataset,
-                         distortion=config.distortion, seed=config.seed)()  # fmt: skip
+    return model_factory(configs.unpack(config, ModelSpec))()
 
 
-def training_input(dataset: str, distortion: str, *, fixed: bool) -> Callable:
+def training_input(spec: ModelSpec) -> Callable:
     """``preprocess(key, images, labels) -> (model input, labels)`` of a training batch on the device: the
-    dataset's preprocessing with its distortion, or with ``fixed`` (``train_distortion="fixed"``) the stored,
-    already distorted images, scaled, whatever the key."""
-    if fixed:
+    dataset's preprocessing with its distortion, or with ``train_distortion="fixed"`` the stored, already
+    distorted images, scaled, whatever the key."""
+    if spec.train_distortion == "fixed":
         return lambda key, images, labels: datasets.scaled(images, labels)
-    return functools.partial(datasets.DATASETS[dataset].preprocess, distortion)
+    return functools.partial(datasets.DATASETS[spec.dataset].preprocess, spec.distortion)
 
 
 class Functions(NamedTuple):
@@ -65,9 +77,8 @@ class Functions(NamedTuple):
     eval_params: Callable  # (params, opt_state) -> what evaluation, pictures and the returned params use
 
 
-def functions(make_model: Callable[[], nnx.Module], recipe: optimizer.Recipe, *, seed: int, preprocess: Callable,
-              label_smoothing: float) -> Functions:  # fmt: skip
-    """The mesh over every device and the jitted functions of ``make_model()``'s model on it; nothing compiled.
+def functions(spec: ModelSpec, recipe: optimizer.Recipe, *, label_smoothing: float) -> Functions:
+    """The mesh over every device and the jitted functions of the model of ``spec`` on it; nothing compiled.
 
     ``init`` is one jitted call: one compilation instead of one per initialiser op (eager construction of
     the bigger models costs tens of seconds on CPU), every process computing the same values straight into
@@ -78,7 +89,8 @@ def functions(make_model: Callable[[], nnx.Module], recipe: optimizer.Recipe, *,
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch = input_pipeline.data_sharding(mesh)
-    model = nnx.eval_shape(make_model)
+    make_model = model_factory(spec)
+    model = nnx.eval_shape(make_model)  # shapes only: bad model_kwargs fail here
     graphdef, _, rng_state, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
     tx = optimizer.chain(recipe)
 
@@ -86,7 +98,7 @@ def functions(make_model: Callable[[], nnx.Module], recipe: optimizer.Recipe, *,
         _, params, _, other = nnx.split(make_model(), nnx.Param, nnx.RngState, ...)
         return {"params": params, "opt_state": tx.init(params), "other": other}
 
-    step = step_lib.make_train_step(graphdef, rng_state, tx, seed=seed, preprocess=preprocess,
+    step = step_lib.make_train_step(graphdef, rng_state, tx, seed=spec.seed, preprocess=training_input(spec),
                                     schedule=optimizer.schedule(recipe), label_smoothing=label_smoothing)  # fmt: skip
     platform = mesh.devices.flat[0].platform
     stepwise = step_lib.stepwise_chunks(platform)

@@ -74,10 +74,26 @@ def scaled(images: Any, labels: Any) -> tuple[Any, Any]:
     return images.astype("float32") / 255.0, labels.astype("int32")
 
 
-MNIST = Dataset("mnist", tfds_name="mnist", tfds_version="3.0.1", splits=("train", "test"), image_shape=(28, 28, 1),
-                num_classes=10, distortable=True, auto_prepare=True)  # fmt: skip
-SVHN = Dataset("svhn", tfds_name="svhn_cropped", tfds_version="3.1.0", splits=("train", "test", "extra"),
-               image_shape=(32, 32, 3), num_classes=10, distortable=False, auto_prepare=False)  # fmt: skip
+MNIST = Dataset(
+    "mnist",
+    tfds_name="mnist",
+    tfds_version="3.0.1",
+    splits=("train", "test"),
+    image_shape=(28, 28, 1),
+    num_classes=10,
+    distortable=True,
+    auto_prepare=True,
+)
+SVHN = Dataset(
+    "svhn",
+    tfds_name="svhn_cropped",
+    tfds_version="3.1.0",
+    splits=("train", "test", "extra"),
+    image_shape=(32, 32, 3),
+    num_classes=10,
+    distortable=False,
+    auto_prepare=False,
+)
 DATASETS = {d.name: d for d in (MNIST, SVHN)}
 NAMES = tuple(DATASETS)
 

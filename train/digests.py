@@ -42,8 +42,11 @@ def path(step_dir: os.PathLike | str, process: int) -> epath.Path:
 
 def _part(step_dir: epath.Path, process: int) -> dict[str, int]:
     """``{relative path: size}`` of ``process``'s files in ``step_dir``, sorted."""
-    return {rel: size for rel, size in storage.files(step_dir).items()
-            if not rel.split("/")[-1].startswith(PREFIX) and owner(rel) == process}  # fmt: skip
+    return {
+        rel: size
+        for rel, size in storage.files(step_dir).items()
+        if not rel.split("/")[-1].startswith(PREFIX) and owner(rel) == process
+    }
 
 
 def _sha256(file: epath.Path) -> str:

@@ -15,8 +15,9 @@ from train import input_pipeline
 
 def rows(size: int) -> tuple[int, int]:
     """``(start, stop)``: the rows of a ``size``-example split that this process evaluates."""
-    own = input_pipeline.shard_indices(size, shard_index=jax.process_index(), shard_count=jax.process_count(),
-                             drop_remainder=False)  # fmt: skip
+    own = input_pipeline.shard_indices(
+        size, shard_index=jax.process_index(), shard_count=jax.process_count(), drop_remainder=False
+    )
     return (int(own[0]), int(own[-1]) + 1) if len(own) else (0, 0)
 
 

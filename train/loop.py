@@ -62,12 +62,23 @@ def spans(start: int, stop: int, boundary: Callable[[int], bool], max_steps: int
 
 def split_metrics(chunks: list[dict]) -> list[dict]:
     """Fetched chunk metrics (``(K,)`` leaves each) → one dict per step, in order."""
-    return [{name: values[i] for name, values in chunk.items()} for chunk in chunks
-            for i in range(len(next(iter(chunk.values()))))]  # fmt: skip
+    return [
+        {name: values[i] for name, values in chunk.items()}
+        for chunk in chunks
+        for i in range(len(next(iter(chunk.values()))))
+    ]
 
 
-def drive(run_chunk: RunChunk, carry: Any, feed: Feed, *, start: int, stop: int, boundary: Callable[[int], bool],
-          max_steps: int) -> Iterator[tuple[int, Any, list[dict]]]:  # fmt: skip
+def drive(
+    run_chunk: RunChunk,
+    carry: Any,
+    feed: Feed,
+    *,
+    start: int,
+    stop: int,
+    boundary: Callable[[int], bool],
+    max_steps: int,
+) -> Iterator[tuple[int, Any, list[dict]]]:
     """Yields ``(s, carry, metrics)`` at every boundary step ``s`` (and at ``stop``); see the module docstring.
 
     Args:
@@ -106,12 +117,14 @@ def _chunks(planned_spans: Iterator[tuple[int, int, bool]]) -> Iterator[tuple[in
             first += length
 
 
-def run(run_chunk: RunChunk, carry: Any, feed: Feed, *, steps: int, fetch_every: int,
-        max_steps: int) -> tuple[Any, list]:  # fmt: skip
+def run(
+    run_chunk: RunChunk, carry: Any, feed: Feed, *, steps: int, fetch_every: int, max_steps: int
+) -> tuple[Any, list]:
     """Runs ``steps`` steps, fetching metrics every ``fetch_every``; returns ``(carry, every step's metrics)``."""
     metrics: list = []
-    running = drive(run_chunk, carry, feed, start=0, stop=steps, boundary=lambda s: s % fetch_every == 0,
-                    max_steps=max_steps)  # fmt: skip
+    running = drive(
+        run_chunk, carry, feed, start=0, stop=steps, boundary=lambda s: s % fetch_every == 0, max_steps=max_steps
+    )
     for _, carry_now, fetched in running:
         carry = carry_now
         metrics.extend(fetched)

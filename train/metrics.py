@@ -99,8 +99,16 @@ class Progress:
     steps since the log before, and says so (``loss 0.1234 (mean of last 50 steps)``).
     """
 
-    def __init__(self, *, total: int, start: int, batch_size: int, log_every: int, active: bool = True,
-                 stream: TextIO | None = None):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        total: int,
+        start: int,
+        batch_size: int,
+        log_every: int,
+        active: bool = True,
+        stream: TextIO | None = None,
+    ):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.total, self.start, self.batch_size = total, start, batch_size
@@ -150,8 +158,10 @@ class Progress:
         else:
             steps = "step" if self._loss_steps == 1 else f"{self._loss_steps} steps"
             loss_text = f"loss {self._loss:.4f} (mean of last {steps})"
-        line = (f"[{bar}] step {step}/{self.total}  {loss_text}  "
-                f"{rate * self.batch_size:,.0f} images/s  ETA {_duration(eta)}")  # fmt: skip
+        line = (
+            f"[{bar}] step {step}/{self.total}  {loss_text}  "
+            f"{rate * self.batch_size:,.0f} images/s  ETA {_duration(eta)}"
+        )
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
         else:

@@ -22,8 +22,9 @@ def is_pack(data_dir: os.PathLike | str | None) -> bool:
     return data_dir is not None and os.fspath(data_dir).endswith(SUFFIX)
 
 
-def write(path: os.PathLike | str, dataset: str, splits: dict[str, tuple[np.ndarray, np.ndarray]],
-          meta: dict | None = None) -> None:  # fmt: skip
+def write(
+    path: os.PathLike | str, dataset: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict | None = None
+) -> None:
     """``splits`` (split string → (uint8 images, labels)) of ``dataset`` into one compressed file at ``path``."""
     if not is_pack(path):
         raise ValueError(f"path must end in {SUFFIX}, got {os.fspath(path)!r}")
@@ -43,8 +44,9 @@ def read(path: os.PathLike | str, dataset: str, split: str) -> tuple[np.ndarray,
     """``(images, labels)`` of ``split``; ``ValueError`` naming what the pack holds if it lacks it."""
     head, arrays = _load(os.fspath(path), os.stat(path).st_mtime_ns)
     if head["dataset"] != dataset or split not in head["splits"]:
-        raise ValueError(f"the pack {os.fspath(path)} holds {head['dataset']} splits {head['splits']}, "
-                         f"not {dataset} {split!r}")  # fmt: skip
+        raise ValueError(
+            f"the pack {os.fspath(path)} holds {head['dataset']} splits {head['splits']}, not {dataset} {split!r}"
+        )
     i = head["splits"].index(split)
     return arrays[f"images_{i}"], arrays[f"labels_{i}"]
 

@@ -5,6 +5,14 @@ asynchronously, the next chunk's inputs are sent while the current chunk runs, a
 (loss, non-finite flag) stay on the devices until a boundary — the first step, every ``log_every``,
 ``eval_every`` and ``checkpoint_every`` step, the preemption stop, and the last — fetches them all, in
 :meth:`Run.steps`'s order: non-finite check, log, evaluation, checkpoint.
+
+A non-finite loss raises :class:`NonFiniteLossError` at the boundary that fetches it (naming the step
+it happened at) after the pending checkpoint is complete; the flags are checked before anything is saved,
+so no checkpoint follows that step, and the message names the newest checkpoint that verifies, the one a
+rerun resumes from. A preemption notice (SIGTERM; :mod:`train.preemption`) makes the step every process
+agrees on a boundary: its checkpoint is saved and waited for, then :class:`PreemptedError` names the step
+a rerun resumes from (the loss window since the last log is in the checkpoint, so the rerun logs what an
+uninterrupted run logs).
 """
 
 from __future__ import annotations
@@ -46,10 +54,23 @@ def due(step: int, every: int, last: int) -> bool:
 class Run:
     """The steps of one run after its set-up: what happens at every boundary, in :meth:`steps`'s order."""
 
-    def __init__(self, cadence: Cadence, workdir: epath.Path, run_data: RunData, fns: compiled.Functions, *,
-                 ckpt: checkpoints.Checkpoints, writer: metrics.MetricWriter, progress: metrics.Progress,
-                 preempted: preemption.Preemption, lock: WorkdirLock | None, source, per_dispatch: int,
-                 meta: dict, window: list[float]):  # fmt: skip
+    def __init__(
+        self,
+        cadence: Cadence,
+        workdir: epath.Path,
+        run_data: RunData,
+        fns: compiled.Functions,
+        *,
+        ckpt: checkpoints.Checkpoints,
+        writer: metrics.MetricWriter,
+        progress: metrics.Progress,
+        preempted: preemption.Preemption,
+        lock: WorkdirLock | None,
+        source,
+        per_dispatch: int,
+        meta: dict,
+        window: list[float],
+    ):
         self.cadence, self.workdir, self.data, self.fns, self.source = cadence, workdir, run_data, fns, source
         self.per_dispatch = per_dispatch  # the most steps a chunk takes (train.loop)
         self.ckpt, self.writer, self.progress, self.preempted = ckpt, writer, progress, preempted
@@ -79,11 +100,22 @@ class Run:
             if self.preempted.reached(step):  # first: every process must ask at every step
                 self.stop_at = step
             every = (cadence.log_every, cadence.eval_every, cadence.checkpoint_every)
-            return (step == self.stop_at or step == start + 1 or self.trace.boundary(step)
-                    or any(step % n == 0 for n in every))  # fmt: skip
+            return (
+                step == self.stop_at
+                or step == start + 1
+                or self.trace.boundary(step)
+                or any(step % n == 0 for n in every)
+            )
 
-        chunks = loop.drive(run_chunk, (params, opt_state), self.source.feed, start=start, stop=cadence.steps,
-                            boundary=boundary, max_steps=self.per_dispatch)  # fmt: skip
+        chunks = loop.drive(
+            run_chunk,
+            (params, opt_state),
+            self.source.feed,
+            start=start,
+            stop=cadence.steps,
+            boundary=boundary,
+            max_steps=self.per_dispatch,
+        )
         for step, (params, opt_state), fetched in chunks:
             self.trace.reached(step)
             self.check_finite(step, fetched)
@@ -95,8 +127,12 @@ class Run:
             if due(step, cadence.checkpoint_every, cadence.steps) or val is not None or step == self.stop_at:
                 self.check_lock(step)
                 meta = {"step": step, **self.meta, "loss_window": self.window}
-                self.ckpt.save(step, state={"params": params, "opt_state": opt_state, "other": other}, meta=meta,
-                               val_error=None if val is None else val["error"])  # fmt: skip
+                self.ckpt.save(
+                    step,
+                    state={"params": params, "opt_state": opt_state, "other": other},
+                    meta=meta,
+                    val_error=None if val is None else val["error"],
+                )
             self.ckpt.write_digests()  # of an asynchronous save as soon as it is complete
             self.progress.exclude(time.perf_counter() - t_other)
             if step == self.stop_at and step < cadence.steps:
@@ -143,9 +179,15 @@ class Run:
             return
         rate = self.progress.rate(step)
         loss = float(np.mean(self.window)) if self.window else float("nan")
-        self.writer.write(step, "train", loss=loss, accuracy=float(out["accuracy"]),
-                          learning_rate=float(out["learning_rate"]), grad_norm=float(out["grad_norm"]),
-                          images_per_s=rate * cadence.batch_size if rate == rate else 0.0)  # fmt: skip
+        self.writer.write(
+            step,
+            "train",
+            loss=loss,
+            accuracy=float(out["accuracy"]),
+            learning_rate=float(out["learning_rate"]),
+            grad_norm=float(out["grad_norm"]),
+            images_per_s=rate * cadence.batch_size if rate == rate else 0.0,
+        )
         self.progress.update(step, loss, mean_of=len(self.window))
         self.window = []
 
@@ -159,7 +201,10 @@ class Run:
         if self.fns.transform is not None:
             warped = np.asarray(jax.device_get(self.fns.transform(evaluated, other, self.show)))
             if hosts.is_lead():
-                plots.save_transformed(self.workdir / "samples" / f"step_{step:06d}.png",
-                                       self.data.test_images[: self.cadence.num_show], warped,
-                                       title=f"{self.cadence.name}, step {step}")  # fmt: skip
+                plots.save_transformed(
+                    self.workdir / "samples" / f"step_{step:06d}.png",
+                    self.data.test_images[: self.cadence.num_show],
+                    warped,
+                    title=f"{self.cadence.name}, step {step}",
+                )
         return val

@@ -98,16 +98,18 @@ def _eval_set(spec: DataSpec, data_dir: epath.Path, split: str, seed: int) -> ev
     return evaluation.EvalSet(images, labels, size=size, global_batch=spec.eval_batch_size)
 
 
-def eval_arrays(spec: DataSpec, data_dir: epath.Path, split: str, seed: int, rows: tuple[int, int],
-                size: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def eval_arrays(
+    spec: DataSpec, data_dir: epath.Path, split: str, seed: int, rows: tuple[int, int], size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``[start, stop)`` of ``split`` (``size`` examples) as model input, float32, distorted with ``seed``
     exactly as when the whole split is distorted once (identical on every host, for any process count): read
     from the start of the first distortion chunk they touch to the end of the last."""
     dataset, (start, stop) = datasets.DATASETS[spec.dataset], rows
     first = start // dataset.fixed_chunk * dataset.fixed_chunk
     last = min(size, -(-stop // dataset.fixed_chunk) * dataset.fixed_chunk) if stop > start else first
-    images, labels = input_pipeline.load_split(spec.dataset, split, data_dir=data_dir, rows=(first, last),
-                                               cache_dir=input_pipeline.cache_dir(data_dir))  # fmt: skip
+    images, labels = input_pipeline.load_split(
+        spec.dataset, split, data_dir=data_dir, rows=(first, last), cache_dir=input_pipeline.cache_dir(data_dir)
+    )
     images, labels = dataset.fixed_input(spec.distortion, images, labels, seed=seed, first_row=first)
     return images[start - first : stop - first], labels[start - first : stop - first]
 

@@ -38,8 +38,16 @@ class DeviceSource:
 
     kind = "device"
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
-                 replicated: jax.sharding.Sharding, steps_sharding: jax.sharding.Sharding):  # fmt: skip
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int,
+        seed: int,
+        replicated: jax.sharding.Sharding,
+        steps_sharding: jax.sharding.Sharding,
+    ):
         self.order = input_pipeline.EpochBatches(images, labels, batch_size, seed)
         self.dataset = input_pipeline.replicate({"image": images, "label": np.asarray(labels, np.int32)}, replicated)
         self.steps_sharding = steps_sharding
@@ -71,8 +79,9 @@ def choose(choice: str, nbytes: int) -> tuple[str, str]:
         raise ConfigError(f"data_source must be one of {CHOICES}, got {choice!r}")
     processes = jax.process_count()
     if choice == "device" and processes > 1:
-        raise ConfigError(f"data_source='device' needs one process (each feeds its own shard), got {processes}; "
-                          "use 'host' or 'auto'")  # fmt: skip
+        raise ConfigError(
+            f"data_source='device' needs one process (each feeds its own shard), got {processes}; use 'host' or 'auto'"
+        )
     if choice != "auto":
         return choice, "data_source=" + repr(choice)
     if processes > 1:
@@ -96,11 +105,21 @@ def _device_limit() -> int:
     return min([DEVICE_LIMIT, *limits])
 
 
-def make(kind: str, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int, start: int,
-         replicated: jax.sharding.Sharding, steps_sharding: jax.sharding.Sharding) -> Any:  # fmt: skip
+def make(
+    kind: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    start: int,
+    replicated: jax.sharding.Sharding,
+    steps_sharding: jax.sharding.Sharding,
+) -> Any:
     """The :class:`DeviceSource` or :class:`HostSource` of this process's training split."""
     if kind == "device":
-        return DeviceSource(images, labels, batch_size=batch_size, seed=seed, replicated=replicated,
-                            steps_sharding=steps_sharding)  # fmt: skip
+        return DeviceSource(
+            images, labels, batch_size=batch_size, seed=seed, replicated=replicated, steps_sharding=steps_sharding
+        )
     batches = input_pipeline.train_iterator(images, labels, batch_size=batch_size, seed=seed, start=start)
     return HostSource(batches, start=start, steps_sharding=steps_sharding)

@@ -38,8 +38,16 @@ def finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def make_train_step(graphdef, rng_state, tx: optax.GradientTransformation, *, seed: int,
-                    preprocess: Callable, schedule: optax.Schedule, label_smoothing: float = 0.0) -> Callable:  # fmt: skip
+def make_train_step(
+    graphdef,
+    rng_state,
+    tx: optax.GradientTransformation,
+    *,
+    seed: int,
+    preprocess: Callable,
+    schedule: optax.Schedule,
+    label_smoothing: float = 0.0,
+) -> Callable:
     """``step(params, opt_state, other, images, labels, step) -> (params, opt_state, metrics)``, not jitted:
     the body that :func:`make_train_chunk` scans (and ``benchmarks/loop_speed.py`` jits alone).
 

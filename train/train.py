@@ -22,18 +22,10 @@ Randomness is a pure function of ``(config.seed, step)``: step ``s`` distorts an
 out with ``fold_in(key(seed), s)``, and its batch is a function of ``s`` too, so a resumed
 run sees exactly the batches and keys of an uninterrupted one, however its steps were chunked.
 
-Errors and exit codes (see :data:`train.errors.EXIT_CODES`): a bad configuration raises
-:class:`ConfigError` (:mod:`train.config_checks`) before any data is read or anything
-compiled; a non-finite loss raises :class:`NonFiniteLossError` at the boundary that fetches
-it (naming the step it happened at) after the pending checkpoint is complete; the flags are
-checked before anything is saved, so no checkpoint follows that step, and the message names
-the newest checkpoint that verifies, the one a rerun resumes from. Checkpoints that exist but
-none verifies raise :class:`CheckpointError` (:mod:`train.checkpoints`); a workdir held by
-another run raises :class:`WorkdirBusyError` (:mod:`train.workdir_lock`). A preemption notice
-(SIGTERM; :mod:`train.preemption`) makes the step every process agrees on a boundary: its
-checkpoint is saved and waited for, then :class:`PreemptedError` names the step a rerun resumes
-from (the loss window since the last log is in the checkpoint, so the rerun logs what an
-uninterrupted run logs).
+Errors (exit codes: :data:`train.errors.EXIT_CODES`): a bad configuration raises :class:`ConfigError`
+(:mod:`train.config_checks`) before any data is read or anything compiled; checkpoints that exist but
+none verifies raise :class:`CheckpointError` (:mod:`train.checkpoints`); a workdir held by another run
+raises :class:`WorkdirBusyError` (:mod:`train.workdir_lock`); :mod:`train.run` says what stops the steps.
 
 Files in ``workdir`` (a local directory or ``gs://…``: :mod:`train.storage`): ``run.lock``,
 ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``, ``samples/step_<s>.png`` (test inputs
@@ -44,6 +36,7 @@ beside the transformer's outputs, every evaluation), ``curves.png`` (loss and er
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -102,47 +95,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike |
         storage.mkdir(workdir)
         if not packed.is_pack(data_dir):
             storage.mkdir(data_dir)
-    lock = _hold(workdir)
-    try:
-        with preemption.Preemption() as preempted:
-            return _train_and_evaluate(config, workdir, data_dir, t_start, preempted, lock, return_params)
-    finally:
+    with contextlib.ExitStack() as stack:
+        lock = _hold(workdir)
         if lock is not None:
-            lock.release()
+            stack.callback(lock.release)
+        preempted = stack.enter_context(preemption.Preemption())
+        return _run(config, workdir, data_dir, preempted, lock, t_start, return_params)
 
 
-def _train_and_evaluate(config, workdir: epath.Path, data_dir: epath.Path, t_start: float,
-                        preempted: preemption.Preemption, lock: workdir_lock.WorkdirLock | None, return_params: bool):  # fmt: skip
-    # The config unpacked, once: nothing below reads it.
+def _run(config, workdir: epath.Path, data_dir: epath.Path, preempted, lock, t_start: float, return_params: bool):
+    # The config unpacked, once: nothing below reads it. Shapes only, nothing allocated or compiled: bad
+    # model_kwargs fail here, before the data.
     data_spec, cadence = configs.unpack(config, run_data.DataSpec), configs.unpack(config, Cadence)
-    make_model = compiled.model_factory(config.model, config.model_kwargs.to_dict(), dataset=config.dataset,
-                                        distortion=config.distortion, seed=config.seed)  # fmt: skip
-    preprocess = compiled.training_input(config.dataset, config.distortion, fixed=config.train_distortion == "fixed")
-    # Shapes only, nothing allocated or compiled: bad model_kwargs fail here, before the data.
-    fns = compiled.functions(make_model, configs.unpack(config, optimizer.Recipe), seed=config.seed,
-                             preprocess=preprocess, label_smoothing=config.label_smoothing)  # fmt: skip
+    recipe, model_spec = configs.unpack(config, optimizer.Recipe), configs.unpack(config, compiled.ModelSpec)
+    fns = compiled.functions(model_spec, recipe, label_smoothing=config.label_smoothing)
     seed, meta = config.seed, {"seed": config.seed, "config": json.loads(config.to_json())}  # in every checkpoint
     per_dispatch = config.steps_per_dispatch or step_lib.default_steps_per_dispatch(fns.platform)
-    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
-                                   async_save=config.async_checkpoints)  # fmt: skip
-    del config  # unpacked: nothing below reads it
+    ckpt = checkpoints.Checkpoints(
+        workdir / "checkpoints", keep=config.keep_checkpoints, async_save=config.async_checkpoints
+    )
+    del config
 
-    data = run_data.read(data_spec, data_dir)
-    writer = metrics.MetricWriter(workdir, active=hosts.is_lead())
+    data, lead = run_data.read(data_spec, data_dir), hosts.is_lead()
+    writer = metrics.MetricWriter(workdir, active=lead)
     start, state, window, verified = _restore_or_init(ckpt, fns.init, writer)
     # The batches of step s are a function of s alone: a resumed run's source starts at its step.
-    source = sources.make(data.source_kind, data.train_images, data.train_labels,
-                          batch_size=cadence.batch_size // jax.process_count(), seed=seed, start=start,
-                          replicated=fns.replicated, steps_sharding=step_lib.chunk_sharding(fns.batch))  # fmt: skip
-    progress = metrics.Progress(total=cadence.steps, start=start, batch_size=cadence.batch_size,
-                                log_every=cadence.log_every, active=hosts.is_lead())  # fmt: skip
+    source = sources.make(
+        data.source_kind,
+        data.train_images,
+        data.train_labels,
+        batch_size=cadence.batch_size // jax.process_count(),
+        seed=seed,
+        start=start,
+        replicated=fns.replicated,
+        steps_sharding=step_lib.chunk_sharding(fns.batch),
+    )
+    progress = metrics.Progress(
+        total=cadence.steps, start=start, batch_size=cadence.batch_size, log_every=cadence.log_every, active=lead
+    )
     if start:
         how = "verified" if verified else "unverified: no digest"
         progress.message(f"resumed from the checkpoint of step {start} in {workdir / 'checkpoints'} ({how})")
     progress.message(f"training batches: {data.source_why}; up to {per_dispatch} steps per dispatch")
 
-    run = Run(cadence, workdir, data, fns, ckpt=ckpt, writer=writer, progress=progress, preempted=preempted,
-              lock=lock, source=source, per_dispatch=per_dispatch, meta=meta, window=window)  # fmt: skip
+    run = Run(
+        cadence,
+        workdir,
+        data,
+        fns,
+        ckpt=ckpt,
+        writer=writer,
+        progress=progress,
+        preempted=preempted,
+        lock=lock,
+        source=source,
+        per_dispatch=per_dispatch,
+        meta=meta,
+        window=window,
+    )
     try:
         state = run.steps(start, state)
         rate = progress.rate(cadence.steps)  # the training steps only: not the last save's wait nor the test set
@@ -172,7 +182,7 @@ def _train_and_evaluate(config, workdir: epath.Path, data_dir: epath.Path, t_sta
         "wall_time_s": time.perf_counter() - t_start,
     }
     writer.write(cadence.steps, "test", error=test["error"], loss=test["loss"])
-    if hosts.is_lead():
+    if lead:
         plots.save_curves(workdir / "curves.png", metrics.read_metrics(workdir), test_error=test["error"])
         storage.write_text(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
     writer.close()

@@ -148,8 +148,12 @@ class _Lease:
                 generation = self._write(int(current.generation))
             except exceptions.PreconditionFailed:
                 continue  # another run took it over, or its holder renewed it, first: read again
-            log.warning("workdir %s: took over the lock of %s, whose lease ended %.0f s ago", workdir, holder,
-                        time.time() - ends)  # fmt: skip
+            log.warning(
+                "workdir %s: took over the lock of %s, whose lease ended %.0f s ago",
+                workdir,
+                holder,
+                time.time() - ends,
+            )
             return generation
         raise _busy(workdir, "its lock changed hands five times while this run tried to take it")
 
@@ -161,8 +165,9 @@ class _Lease:
                 self._generation = self._write(self._generation)
             except exceptions.PreconditionFailed:
                 self.lost = True
-                log.error("the workdir lock %s was taken over by another run: this run no longer holds it",
-                          self._blob.name)  # fmt: skip
+                log.error(
+                    "the workdir lock %s was taken over by another run: this run no longer holds it", self._blob.name
+                )
                 return
             except Exception as err:  # a network error: try again at the next renewal
                 log.warning("could not renew the workdir lock %s: %s", self._blob.name, err)

@@ -45,6 +45,28 @@ def check_int(name: str, value, *, minimum: int) -> int:
     return int(value)
 
 
+def check_widths(name: str, value) -> tuple[int, ...]:
+    """Widths of fully connected layers: a sequence (possibly empty) of positive Python ints."""
+    try:
+        widths = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}") from None
+    return tuple(check_int(name, w, minimum=1) for w in widths)
+
+
+def check_mlp(hidden, out_features, dropout) -> tuple[tuple[int, ...], int | None, float | None]:
+    """The options of the NNX and Linen ``MLP``, checked alike: hidden widths, output width
+    (``None`` or a positive int) and dropout rate (``None`` or in [0, 1])."""
+    hidden = check_widths("hidden", hidden)
+    if out_features is not None:
+        out_features = check_int("out_features", out_features, minimum=1)
+    if dropout is not None:
+        dropout = check_finite_scalar("dropout", dropout)
+        if not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be None or a rate in [0, 1], got {dropout!r}")
+    return hidden, out_features, dropout
+
+
 def check_shape_tuple(name: str, shape, ranks: Sequence[int] = (1, 2, 3)) -> tuple[int, ...]:
     """An output shape: a tuple of positive Python ints of one of the allowed lengths."""
     try:

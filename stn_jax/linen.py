@@ -27,8 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from stn_jax import _checks, _config, _warp
-from stn_jax._config import affine_constraints
+from stn_jax import _checks, _config, _theta, _warp
+from stn_jax._theta import affine_constraints
 
 try:
     import flax.linen as nn
@@ -38,7 +38,7 @@ except ModuleNotFoundError as _error:  # the core install, without the flax extr
 from stn_jax.optim import localisation_labels, with_localisation_lr
 
 __all__ = [
-    "MLPLocalisation",
+    "MLP",
     "SpatialTransformer",
     "affine_constraints",
     "localisation_labels",
@@ -46,29 +46,54 @@ __all__ = [
 ]
 
 
-class MLPLocalisation(nn.Module, kw_only=True):
-    """The default localisation network: flatten, then ``Dense → ReLU`` per hidden width.
+class MLP(nn.Module, kw_only=True):
+    """Fully connected layers: flatten, ``Dense → ReLU`` per hidden width, then an optional output layer.
+
+    The Linen twin of :class:`stn_jax.nnx.MLP`: the same options (the input size is inferred at
+    ``init``), the same parameter names (``dense_0``, ``dense_1``, ..., ``out``); the default
+    localisation network of :class:`SpatialTransformer`. Dropout, when active (``train=True``
+    and a rate above 0), draws from the ``"dropout"`` random stream.
+
+    Attributes:
+      hidden: widths of the hidden layers (may be empty).
+      out_features: width of a linear output layer after the hidden ones (no ReLU); ``None``: no
+        output layer (the last hidden layer's activations are the output).
+      dropout: rate of the dropout after each hidden layer's ReLU (active with ``train=True``);
+        ``None``: no dropout.
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from stn_jax.linen import MLPLocalisation
-      >>> net = MLPLocalisation(hidden=(8, 4))
+      >>> from stn_jax.linen import MLP
+      >>> net = MLP(hidden=(8, 4))
       >>> net.apply(net.init(jax.random.key(0), jnp.ones((2, 3, 4))), jnp.ones((2, 3, 4))).shape
       (2, 4)
+      >>> net = MLP(hidden=(8,), out_features=10, dropout=0.5)
+      >>> variables = net.init(jax.random.key(0), jnp.ones((2, 12)))
+      >>> net.apply(variables, jnp.ones((2, 12)), train=True, rngs={"dropout": jax.random.key(1)}).shape
+      (2, 10)
     """
 
-    hidden: Sequence[int] = (32, 32)
+    hidden: Sequence[int]
+    out_features: int | None = None
+    dropout: float | None = None
 
     def __post_init__(self) -> None:
-        _config.check_hidden(self.hidden)
+        _checks.check_mlp(self.hidden, self.out_features, self.dropout)
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """``(B, ...)``, flattened → ``(B, out_features)``; without an output layer, the last hidden
+        layer's activations (or, with no layers at all, the flattened input)."""
         x = x.reshape(x.shape[0], -1)
+        dropout = (
+            nn.Dropout(self.dropout, deterministic=not train, name="dropout") if self.dropout is not None else None
+        )
         for i, width in enumerate(self.hidden):
             x = nn.relu(nn.Dense(width, name=f"dense_{i}")(x))
-        return x
+            if dropout is not None:
+                x = dropout(x)
+        return nn.Dense(self.out_features, name="out")(x) if self.out_features is not None else x
 
 
 class SpatialTransformer(nn.Module, kw_only=True):
@@ -80,7 +105,7 @@ class SpatialTransformer(nn.Module, kw_only=True):
 
     Attributes:
       localisation: any Linen module mapping the inputs to features ``(B, ...)``;
-        default :class:`MLPLocalisation` with ``hidden`` widths. Inside a parent's
+        default :class:`MLP` with ``hidden`` widths. Inside a parent's
         ``@nn.compact`` method create it with ``parent=None`` (e.g.
         ``SpatialTransformer(localisation=MyNet(parent=None))``) so that the transformer
         adopts it as its ``localisation`` submodule; otherwise the parent owns its
@@ -128,21 +153,21 @@ class SpatialTransformer(nn.Module, kw_only=True):
         """Warps ``inputs`` ``(B, *spatial, C)``; returns the output, and θ if ``return_theta``."""
         config = self.config
         inputs = jnp.asarray(inputs)
-        out_shape = config.check_inputs(inputs)
+        out_shape = _warp.check_inputs(config, inputs)
         ndim = inputs.ndim - 2
         localisation = self.localisation
         if localisation is None:
-            localisation = MLPLocalisation(hidden=config.hidden, name="localisation")
+            localisation = MLP(hidden=config.hidden, name="localisation")
         features = localisation(inputs)
         raw = nn.Dense(
-            config.outputs_for(ndim),
-            kernel_init=config.kernel_init(),
-            bias_init=config.bias_init(ndim),
+            _theta.num_outputs(config, ndim),
+            kernel_init=_theta.kernel_init(config),
+            bias_init=_theta.bias_init(config, ndim),
             name="localisation_head",
         )(features.reshape(features.shape[0], -1))
         out, theta = _warp.apply(config, inputs, raw, out_shape)
         if self.return_theta:
-            return out, config.returned_theta(theta)
+            return out, _theta.as_returned(config, theta)
         return out
 
 

@@ -122,7 +122,7 @@ try:
 except ModuleNotFoundError as _error:  # the core install, without the flax extra
     raise _checks.missing_extra(__name__, _error) from _error
 
-from stn_jax.nnx import MLPLocalisation, SpatialTransformer
+from stn_jax.nnx import MLP, SpatialTransformer
 from stn_jax.optim import is_localisation_path
 
 __all__ = [
@@ -228,14 +228,14 @@ class _ConvLocalisation(nnx.Module):
     def __init__(self, input_shape, convs, hidden, *, padding="SAME", downsample=1, rngs):
         self.features = ConvFeatures(input_shape, convs, padding=padding, downsample=downsample, rngs=rngs)
         # A dropout layer even at rate 0: the key it takes from rngs keeps the models' initial parameters.
-        self.mlp = MLPLocalisation(_flat_size(self.features, tuple(input_shape)), hidden=hidden, dropout=0.0, rngs=rngs)
+        self.mlp = MLP(_flat_size(self.features, tuple(input_shape)), hidden=hidden, dropout=0.0, rngs=rngs)
 
     def __call__(self, x):
         return self.mlp(self.features(x))
 
 
 class Classifier(nnx.Module):
-    """A baseline: :class:`ConvFeatures` then an MLP head. No transformer."""
+    """A baseline: :class:`ConvFeatures` then an :class:`~stn_jax.nnx.MLP` head. No transformer."""
 
     has_transformer = False
 
@@ -263,7 +263,7 @@ class Classifier(nnx.Module):
             rngs=rngs,
         )
         flat = _flat_size(self.features, self.input_shape)
-        self.head: MLPLocalisation = MLPLocalisation(flat, hidden=hidden, out=num_classes, dropout=dropout, rngs=rngs)
+        self.head: MLP = MLP(flat, hidden=hidden, out_features=num_classes, dropout=dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         return self.head(self.features(x, train=train), train=train)
@@ -354,7 +354,7 @@ class SVHNNet(nnx.Module):
             stride = 2 if i % 2 == 0 else 1
             shape = (shape[0] // stride, shape[1] // stride, features)
         fc = max(16, round(3072 * width))
-        self.mlp: MLPLocalisation = MLPLocalisation(math.prod(shape), hidden=(fc, fc), dropout=dropout, rngs=rngs)
+        self.mlp: MLP = MLP(math.prod(shape), hidden=(fc, fc), dropout=dropout, rngs=rngs)
         if max_digits is None:
             self.head: nnx.Linear = nnx.Linear(fc, num_classes, rngs=rngs)
         else:

@@ -29,8 +29,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from stn_jax import _checks, _config, _warp
-from stn_jax._config import affine_constraints
+from stn_jax import _checks, _config, _theta, _warp
+from stn_jax._theta import affine_constraints
 
 try:
     from flax import nnx
@@ -40,7 +40,7 @@ except ModuleNotFoundError as _error:  # the core install, without the flax extr
 from stn_jax.optim import localisation_labels, with_localisation_lr
 
 __all__ = [
-    "MLPLocalisation",
+    "MLP",
     "SpatialTransformer",
     "affine_constraints",
     "localisation_labels",
@@ -48,47 +48,57 @@ __all__ = [
 ]
 
 
-class MLPLocalisation(nnx.Module):
-    """The default localisation network: flatten, then ``Linear → ReLU`` per hidden width.
+class MLP(nnx.Module):
+    """Fully connected layers: flatten, ``Linear → ReLU`` per hidden width, then an optional output layer.
 
-    The one NNX MLP of the library: :mod:`stn_jax.models` builds its classifier heads and the
-    FC layers of its localisation nets with it too (``out``, ``dropout``).
+    The default localisation network of :class:`SpatialTransformer` (``hidden`` widths, no output
+    layer: the transformer's regression layer follows it) and the fully connected layers of
+    :mod:`stn_jax.models` (its classifier heads, the FC layers of its localisation nets and of
+    the SVHN network). :class:`stn_jax.linen.MLP` takes the same options (less ``in_features``)
+    and names its parameters alike: ``dense_0``, ``dense_1``, ..., ``out``.
 
     Args:
       in_features: size of one flattened input example.
-      hidden: widths of the hidden layers (may be empty: the regression layer then
-        reads the raw input).
-      out: width of a linear output layer after the hidden ones (no ReLU); ``None``: none.
+      hidden: widths of the hidden layers (may be empty).
+      out_features: width of a linear output layer after the hidden ones (no ReLU); ``None``: no
+        output layer (the last hidden layer's activations are the output).
       dropout: rate of the dropout after each hidden layer's ReLU (active with ``train=True``);
         ``None``: no dropout layer at all (it would take a key from ``rngs``).
-      rngs: random streams for the initialisers.
+      rngs: random streams for the initialisers (and the dropout).
 
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
-      >>> from stn_jax.nnx import MLPLocalisation
-      >>> MLPLocalisation(12, hidden=(8, 4), rngs=nnx.Rngs(0))(jnp.ones((2, 3, 4))).shape
+      >>> from stn_jax.nnx import MLP
+      >>> MLP(12, hidden=(8, 4), rngs=nnx.Rngs(0))(jnp.ones((2, 3, 4))).shape
       (2, 4)
+      >>> MLP(12, hidden=(8,), out_features=10, dropout=0.5, rngs=nnx.Rngs(0))(jnp.ones((2, 12)), train=True).shape
+      (2, 10)
     """
 
     def __init__(
         self,
         in_features: int,
         *,
-        hidden: Sequence[int] = (32, 32),
-        out: int | None = None,
+        hidden: Sequence[int],
+        out_features: int | None = None,
         dropout: float | None = None,
         rngs: nnx.Rngs,
     ):
-        hidden = _config.check_hidden(hidden)
+        in_features = _checks.check_int("in_features", in_features, minimum=1)
+        hidden, out_features, dropout = _checks.check_mlp(hidden, out_features, dropout)
         self.num_layers: int = len(hidden)
         widths = (in_features, *hidden)
         for i in range(self.num_layers):
             setattr(self, f"dense_{i}", nnx.Linear(widths[i], widths[i + 1], rngs=rngs))
-        self.out: nnx.Linear | None = nnx.Linear(widths[-1], out, rngs=rngs) if out is not None else None
+        self.out: nnx.Linear | None = (
+            nnx.Linear(widths[-1], out_features, rngs=rngs) if out_features is not None else None
+        )
         self.dropout: nnx.Dropout | None = nnx.Dropout(dropout, rngs=rngs) if dropout is not None else None
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """``(B, ...)``, flattened → ``(B, out_features)``; without an output layer, the last hidden
+        layer's activations (or, with no layers at all, the flattened input)."""
         x = x.reshape(x.shape[0], -1)
         for i in range(self.num_layers):
             x = nnx.relu(getattr(self, f"dense_{i}")(x))
@@ -107,7 +117,7 @@ class SpatialTransformer(nnx.Module):
       input_shape: one example's shape ``(W, C)``, ``(H, W, C)`` or ``(D, H, W, C)``.
       localisation: any callable module mapping the batched inputs to features
         ``(B, ...)`` (flattened before the regression layer); default
-        :class:`MLPLocalisation` with ``hidden`` widths.
+        :class:`MLP` with ``hidden`` widths.
       localisation_features: flattened feature size of ``localisation``; inferred with
         ``nnx.eval_shape`` when omitted.
       <options>
@@ -170,7 +180,7 @@ class SpatialTransformer(nnx.Module):
         if localisation is None:
             if localisation_features is not None:
                 raise ValueError("localisation_features is only for a custom localisation network")
-            localisation = MLPLocalisation(math.prod(input_shape), hidden=self.config.hidden, rngs=rngs)
+            localisation = MLP(math.prod(input_shape), hidden=self.config.hidden, rngs=rngs)
         if localisation_features is None:
             probe = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
             features = nnx.eval_shape(lambda m, x: m(x), localisation, probe)
@@ -178,11 +188,12 @@ class SpatialTransformer(nnx.Module):
         elif isinstance(localisation_features, bool) or not isinstance(localisation_features, int):
             raise TypeError(f"localisation_features must be an int, got {localisation_features!r}")
         self.localisation: Callable[[jax.Array], jax.Array] = localisation
+        ndim = len(spatial)
         self.localisation_head: nnx.Linear = nnx.Linear(
             localisation_features,
-            self.config.num_outputs,
-            kernel_init=self.config.kernel_init(),
-            bias_init=self.config.bias_init(),
+            _theta.num_outputs(self.config, ndim),
+            kernel_init=_theta.kernel_init(self.config),
+            bias_init=_theta.bias_init(self.config, ndim),
             rngs=rngs,
         )
 
@@ -193,15 +204,15 @@ class SpatialTransformer(nnx.Module):
 
     def localise(self, inputs: jax.Array) -> jax.Array:
         """θ for ``inputs`` ``(B, *spatial, C)``: ``(B, N, *theta_shape)`` (all transformers)."""
-        return self.config.theta(self._regression(inputs), inputs.ndim - 2)
+        return _theta.from_regression(self.config, self._regression(inputs), inputs.ndim - 2)
 
     def __call__(self, inputs: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Warps ``inputs`` ``(B, *spatial, C)``; returns the output, and θ if ``return_theta``."""
         inputs = jnp.asarray(inputs)
-        out_shape = self.config.check_inputs(inputs)
+        out_shape = _warp.check_inputs(self.config, inputs)
         out, theta = _warp.apply(self.config, inputs, self._regression(inputs), out_shape)
         if self.return_theta:
-            return out, self.config.returned_theta(theta)
+            return out, _theta.as_returned(self.config, theta)
         return out
 
 

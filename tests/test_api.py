@@ -82,14 +82,14 @@ PUBLIC_SURFACE = {
         "tps_control_points",
     },
     "stn_jax.linen": {
-        "MLPLocalisation", "SpatialTransformer", "affine_constraints", "localisation_labels", "with_localisation_lr",
+        "MLP", "SpatialTransformer", "affine_constraints", "localisation_labels", "with_localisation_lr",
     },
     "stn_jax.models": {
         "MODEL_NAMES", "ConvFeatures", "Classifier", "STClassifier", "SVHNNet", "build_model", "count_params",
         "param_count_table", "sequence_accuracy", "sequence_loss",
     },
     "stn_jax.nnx": {
-        "MLPLocalisation", "SpatialTransformer", "affine_constraints", "localisation_labels", "with_localisation_lr",
+        "MLP", "SpatialTransformer", "affine_constraints", "localisation_labels", "with_localisation_lr",
     },
     "stn_jax.optim": {"is_localisation_path", "localisation_labels", "with_localisation_lr"},
     "stn_jax.sampling": {"IMPLEMENTATIONS", "METHODS", "PADDINGS", "default_implementation", "sample"},

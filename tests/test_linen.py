@@ -264,3 +264,69 @@ def test_an_unknown_option_is_named():
         stn_nnx.SpatialTransformer((6, 6, 1), antialiased=True, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match="antialiased"):
         stn_linen.SpatialTransformer(antialiased=True)
+
+
+# -- the one MLP, in both APIs --------------------------------------------------------------------------------
+def test_mlp_takes_the_same_options_in_both_apis():
+    # NNX needs the input size (in_features) and rngs; Linen infers the size and owns parent and name.
+    import dataclasses
+    import inspect
+
+    nnx_options = {
+        p.name: (p.default, p.annotation)
+        for p in inspect.signature(stn_nnx.MLP.__init__).parameters.values()
+        if p.kind == p.KEYWORD_ONLY and p.name != "rngs"
+    }
+    linen_options = {
+        f.name: (f.default, f.type) for f in dataclasses.fields(stn_linen.MLP) if f.name not in {"parent", "name"}
+    }
+    assert list(nnx_options) == ["hidden", "out_features", "dropout"]
+    assert nnx_options["hidden"][0] is inspect.Parameter.empty and linen_options["hidden"][0] is dataclasses.MISSING
+    assert {k: v[1] for k, v in nnx_options.items()} == {k: v[1] for k, v in linen_options.items()}
+    assert {k: v[0] for k, v in nnx_options.items() if k != "hidden"} == {
+        k: v[0] for k, v in linen_options.items() if k != "hidden"
+    }
+
+
+@pytest.mark.parametrize("hidden", [(8, 4), ()])
+def test_nnx_and_linen_mlp_agree_given_the_same_parameters(hidden):
+    x = images((3, 4, 3, 2))
+    nnx_mlp = stn_nnx.MLP(24, hidden=hidden, out_features=5, dropout=0.5, rngs=nnx.Rngs(1))
+    params = nnx.state(nnx_mlp, nnx.Param).to_pure_dict()
+    linen_mlp = stn_linen.MLP(hidden=hidden, out_features=5, dropout=0.5)
+    linen_params = linen_mlp.init(jax.random.key(0), x)["params"]
+    assert jax.tree.map(jnp.shape, linen_params) == jax.tree.map(jnp.shape, params)
+    assert sorted(params) == [*(f"dense_{i}" for i in range(len(hidden))), "out"]
+    np.testing.assert_allclose(linen_mlp.apply({"params": params}, x), nnx_mlp(x), rtol=1e-6, atol=1e-6)
+
+
+def test_linen_mlp_drops_out_only_when_training():
+    x = jnp.ones((4, 16))
+    net = stn_linen.MLP(hidden=(64,), out_features=3, dropout=0.5)
+    variables = net.init(jax.random.key(0), x)
+    evaluated = net.apply(variables, x)
+    np.testing.assert_array_equal(net.apply(variables, x, train=False), evaluated)
+    trained = net.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    assert trained.shape == (4, 3) and not np.allclose(trained, evaluated)
+    with pytest.raises(Exception, match="dropout"):  # Linen asks for the "dropout" stream by name
+        net.apply(variables, x, train=True)
+    plain = stn_linen.MLP(hidden=(64,), out_features=3)
+    np.testing.assert_array_equal(plain.apply(variables, x, train=True), evaluated)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(hidden=(8, 0)), ValueError, "hidden must be >= 1"),
+        (dict(hidden=8), TypeError, "hidden must be a sequence of ints"),
+        (dict(hidden=(8,), out_features=0), ValueError, "out_features must be >= 1"),
+        (dict(hidden=(8,), out_features=2.0), TypeError, "out_features must be an int"),
+        (dict(hidden=(8,), dropout=1.5), ValueError, r"dropout must be None or a rate in \[0, 1\]"),
+        (dict(hidden=(8,), dropout="0.5"), TypeError, "dropout must be a real number"),
+    ],
+)
+def test_bad_mlp_options_are_named_by_both_apis(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        stn_nnx.MLP(4, **kwargs, rngs=nnx.Rngs(0))
+    with pytest.raises(error, match=match):
+        stn_linen.MLP(**kwargs)

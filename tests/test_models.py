@@ -271,7 +271,49 @@ def test_parameter_paths_are_stable_and_every_mlp_is_the_one_nnx_mlp():
         "mlp/dense_0", "mlp/dense_1", "st_0/localisation/dense_0", "st_0/localisation/dense_1", "st_0/localisation_head"
     )
     mlps = [fcn.head, st_cnn.transformers[0].localisation.mlp, st_cnn.classifier.head, svhn.mlp, svhn.st_0.localisation]
-    assert all(type(m) is stn_jax.nnx.MLPLocalisation for m in mlps)
+    assert all(type(m) is stn_jax.nnx.MLP for m in mlps)
+
+
+def _variable_tree(state) -> dict[str, str]:
+    """``{path: "variable type (shape)"}`` of every variable in an NNX state or a Linen variables dict."""
+    leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): (
+            f"{type(v).__name__ if isinstance(v, nnx.Variable) else 'Param'} {tuple(v.shape)}"
+        )
+        for path, v in leaves
+    }
+
+
+def _abstract_model(name, shape, num_classes, kwargs):
+    return nnx.eval_shape(
+        lambda: build_model(name, num_classes=num_classes, input_shape=shape, rngs=nnx.Rngs(0), **kwargs)
+    )
+
+
+def test_variable_trees_are_those_of_88df2ca():
+    # Checkpoints restore by path: every variable of every model (parameters, and the dropout layers' random
+    # state) must keep its path, type and shape. The expected trees were written ONCE by the code at commit
+    # 88df2ca, before MLPLocalisation became MLP (how: the fixture's "about"), not by the code under test.
+    import json
+    import pathlib
+
+    from stn_jax import linen as stn_linen
+
+    expected = json.loads((pathlib.Path(__file__).parent / "model_variables_88df2ca.json").read_text())["trees"]
+    trees = {}
+    for name, (shape, classes, kw) in SHAPES.items():
+        model = _abstract_model(name, shape, classes, kw)
+        trees[f"nnx:{name}"] = _variable_tree(nnx.state(model))
+    st = nnx.eval_shape(lambda: stn_jax.nnx.SpatialTransformer((28, 28, 1), rngs=nnx.Rngs(0)))
+    trees["nnx:SpatialTransformer"] = _variable_tree(nnx.state(st))
+    init = stn_linen.SpatialTransformer().init
+    trees["linen:SpatialTransformer"] = _variable_tree(
+        jax.eval_shape(init, jax.random.key(0), jnp.ones((2, 28, 28, 1)))
+    )
+    assert set(trees) == set(expected)
+    for key, tree in trees.items():
+        assert tree == expected[key], key
 
 
 @pytest.mark.parametrize("input_shape", [(28, 28, 1), (42, 42, 1), (33, 27, 3)])

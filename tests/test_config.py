@@ -116,16 +116,8 @@ def test_print_config_shows_every_key_with_its_value_and_doc(capsys):
 
 
 def test_flax_examples_spelling_of_overrides_is_accepted(capsys):
-    argv = [
-        "--config",
-        "tiny",
-        "--print_config",
-        "--config.steps=9",
-        "--config.lr_drops",
-        "(0.2,0.4)",
-        "--set",
-        "seed=3",
-    ]
+    argv = ["--config", "tiny", "--print_config", "--config.steps=9", "--config.lr_drops", "(0.2,0.4)", "--set",
+            "seed=3"]  # fmt: skip
     assert cli.main(argv) == 0
     shown = {
         line.split()[0]: line.split("#")[0].split(maxsplit=1)[1].strip()

@@ -154,7 +154,7 @@ def test_every_config_validates_and_builds_its_model_for_its_data(name, data_dir
     shape, classes = datasets.DATASETS[config.dataset].input_spec(config.distortion)
     raw = jax.ShapeDtypeStruct((4, *((32, 32, 3) if config.dataset == "svhn" else (28, 28, 1))), jnp.uint8)
     labels = jax.ShapeDtypeStruct((4,), jnp.int32)
-    preprocess = compiled.training_input(config.dataset, config.distortion, fixed=config.train_distortion == "fixed")
+    preprocess = compiled.training_input(configs.unpack(config, compiled.ModelSpec))
     images, out_labels = jax.eval_shape(lambda x, y: preprocess(jax.random.key(0), x, y), raw, labels)
     assert images.shape == (4, *shape) and images.dtype == jnp.float32 and out_labels.shape == (4,)
     model = nnx.eval_shape(lambda: compiled.build(config))
@@ -232,7 +232,7 @@ def test_fixed_train_distortion_is_the_split_distorted_once_and_trains(data_dir,
     assert np.abs(expected - test_distortion).max() > 0.5  # its own seed, not the test set's
 
     # The step uses the stored images as they are, whatever its key.
-    preprocess = compiled.training_input(config.dataset, config.distortion, fixed=True)
+    preprocess = compiled.training_input(configs.unpack(config, compiled.ModelSpec))
     x1, y1 = preprocess(jax.random.key(1), images[:4], labels[:4])
     x2, _ = preprocess(jax.random.key(2), images[:4], labels[:4])
     np.testing.assert_array_equal(x1, x2)
@@ -345,24 +345,9 @@ def _two_processes(data_dir: Path, workdir: Path, out: Path, steps: int) -> list
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     procs = []
     for i in range(2):
-        argv = [
-            "--config",
-            "tiny",
-            "--data_dir",
-            str(data_dir),
-            "--workdir",
-            str(workdir),
-            "--coordinator",
-            f"127.0.0.1:{port}",
-            "--num_processes",
-            "2",
-            "--process_id",
-            str(i),
-            "--set",
-            f"steps={steps}",
-            "eval_every=3",
-            "checkpoint_every=3",
-        ]
+        argv = ["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(workdir), "--coordinator",
+                f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i), "--set", f"steps={steps}",
+                "eval_every=3", "checkpoint_every=3"]  # fmt: skip
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(WORKER), str(out / f"p{i}.npz"), *argv],
@@ -453,17 +438,8 @@ def test_xla_cpu_flag_is_known_to_this_jaxlib_and_keeps_the_numbers():
 
 
 def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(data_dir, tmp_path):
-    args = [
-        "--config",
-        "tiny",
-        "--data_dir",
-        str(data_dir),
-        "--set",
-        "steps=600",
-        "checkpoint_every=20",
-        "eval_every=1000",
-        "log_every=100",
-    ]
+    args = ["--config", "tiny", "--data_dir", str(data_dir), "--set", "steps=600", "checkpoint_every=20",
+            "eval_every=1000", "log_every=100"]  # fmt: skip
     reference = run_cli([*args, "--workdir", str(tmp_path / "reference")])
     assert reference.returncode == 0, reference.stderr[-3000:]
 
@@ -517,23 +493,10 @@ def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(dat
 def test_nan_loss_stops_with_exit_code_3_and_the_last_good_checkpoint_restores(data_dir, tmp_path, capsys):
     # SGD at 1e30 after a zero-rate first step: step 1 is finite, the loss blows up afterwards.
     code = cli.main(
-        [
-            "--config",
-            "tiny",
-            "--data_dir",
-            str(data_dir),
-            "--workdir",
-            str(tmp_path),
-            "--set",
-            "optimizer=sgd",
-            "schedule=cosine",
-            "warmup_steps=3",
-            "learning_rate=1e30",
-            "steps=20",
-            "checkpoint_every=1",
-            "eval_every=100",
-        ]
-    )
+        ["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(tmp_path), "--set", "optimizer=sgd",
+         "schedule=cosine", "warmup_steps=3", "learning_rate=1e30", "steps=20", "checkpoint_every=1",
+         "eval_every=100"]
+    )  # fmt: skip
     err = capsys.readouterr().err
     assert code == errors.EXIT_NONFINITE == 3
     assert "non-finite loss" in err and "last good checkpoint is step" in err
@@ -1040,19 +1003,9 @@ def test_bad_configuration_fails_at_start_with_exit_code_2(
 
 def test_batch_not_divisible_by_device_count_fails_before_compiling(data_dir, tmp_path):
     result = run_cli(
-        [
-            "--config",
-            "tiny",
-            "--data_dir",
-            str(data_dir),
-            "--workdir",
-            str(tmp_path),
-            "--num_cpu_devices",
-            "8",
-            "--set",
-            "batch_size=12",
-        ]
-    )
+        ["--config", "tiny", "--data_dir", str(data_dir), "--workdir", str(tmp_path), "--num_cpu_devices", "8",
+         "--set", "batch_size=12"]
+    )  # fmt: skip
     assert result.returncode == 2
     assert "batch_size=12 must be divisible by the number of devices (8)" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
@@ -1071,21 +1024,10 @@ def test_real_mnist_reaches_well_under_5_percent_test_error(tmp_path, real_mnist
     """Real MNIST (the session's one preparation, conftest.py's ``real_mnist``) through the CLI."""
     started = time.monotonic()
     result = run_cli(
-        [
-            "--config",
-            "mnist_cnn",
-            "--data_dir",
-            str(real_mnist),
-            "--workdir",
-            str(tmp_path),
-            "--set",
-            "steps=400",
-            "eval_every=400",
-            "log_every=100",
-            "checkpoint_every=400",
-        ],
+        ["--config", "mnist_cnn", "--data_dir", str(real_mnist), "--workdir", str(tmp_path), "--set",
+         "steps=400", "eval_every=400", "log_every=100", "checkpoint_every=400"],
         timeout=1200,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["test_examples"] == 10_000

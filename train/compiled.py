@@ -42,8 +42,9 @@ def model_factory(spec: ModelSpec) -> Callable[[], nnx.Module]:
 
     def make() -> nnx.Module:
         try:
-            return build_model(spec.model, num_classes=classes, input_shape=shape, rngs=nnx.Rngs(spec.seed),
-                               **spec.model_kwargs)  # fmt: skip
+            return build_model(
+                spec.model, num_classes=classes, input_shape=shape, rngs=nnx.Rngs(spec.seed), **spec.model_kwargs
+            )
         except (TypeError, ValueError) as err:
             raise ConfigError(f"model {spec.model!r} with model_kwargs={spec.model_kwargs}: {err}") from err
 
@@ -98,8 +99,15 @@ def functions(spec: ModelSpec, recipe: optimizer.Recipe, *, label_smoothing: flo
         _, params, _, other = nnx.split(make_model(), nnx.Param, nnx.RngState, ...)
         return {"params": params, "opt_state": tx.init(params), "other": other}
 
-    step = step_lib.make_train_step(graphdef, rng_state, tx, seed=spec.seed, preprocess=training_input(spec),
-                                    schedule=optimizer.schedule(recipe), label_smoothing=label_smoothing)  # fmt: skip
+    step = step_lib.make_train_step(
+        graphdef,
+        rng_state,
+        tx,
+        seed=spec.seed,
+        preprocess=training_input(spec),
+        schedule=optimizer.schedule(recipe),
+        label_smoothing=label_smoothing,
+    )
     platform = mesh.devices.flat[0].platform
     stepwise = step_lib.stepwise_chunks(platform)
     return Functions(

@@ -20,10 +20,7 @@ distortions, which are JAX, are imported when a distortable dataset first needs 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import ml_collections
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +93,6 @@ SVHN = Dataset(
 )
 DATASETS = {d.name: d for d in (MNIST, SVHN)}
 NAMES = tuple(DATASETS)
-
-
-def of(config: ml_collections.ConfigDict) -> Dataset:
-    """``config.dataset``'s :class:`Dataset` (:func:`train.config_checks.validate` has checked the name)."""
-    return DATASETS[config.dataset]
-
-
-def input_spec(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], int]:
-    """(input shape of the config's model, number of classes)."""
-    return of(config).input_spec(config.distortion)
 
 
 def _distortions():

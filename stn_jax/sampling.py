@@ -10,6 +10,10 @@ compute the same numbers (``torch.nn.functional.grid_sample``'s) in different wa
   It needs JAX internals: where they are missing, CPU falls back to the reference.
 * ``"dense"`` (``_sampling_dense``): bilinear as per-axis weight matrices and matrix
   products, no gather or scatter; for small images, never a default.
+* ``"pallas"`` (``_sampling_pallas``): linear sampling as Pallas kernels, compiled by
+  Triton on GPUs (image gradient by atomic adds) and run in interpret mode (slow, exact)
+  elsewhere; reverse-mode derivatives only. Never a default: it has not been timed on a
+  GPU yet, so ``default_implementation`` does not pick it on any platform.
 
 With ``implementation=None`` the choice is made per platform when the function is
 lowered (``jax.lax.platform_dependent``), not when it is traced, so one function exported
@@ -41,6 +45,11 @@ except Exception as _err:
         stacklevel=2,
     )
 
+try:  # Pallas is jax.experimental: it may move between releases.
+    from stn_jax import _sampling_pallas as pallas_kernels
+except Exception:
+    pallas_kernels = None
+
 __all__ = ["IMPLEMENTATIONS", "METHODS", "PADDINGS", "default_implementation", "sample"]
 
 #: Interpolations of :func:`sample` (``method=``); ``"bicubic"`` is 2-D only.
@@ -48,10 +57,11 @@ METHODS = ("bilinear", "nearest", "bicubic")
 #: What :func:`sample` reads outside the image (``padding=``), as in PyTorch's ``grid_sample``.
 PADDINGS = ("zeros", "border", "reflection")
 #: Implementations of :func:`sample` (``implementation=``): ``"reference"`` (plain ``jnp``, the
-#: specification), ``"cpu"`` (kernels tuned for XLA CPU), ``"dense"`` (per-axis weight matrices).
-IMPLEMENTATIONS = ("reference", "cpu", "dense")
+#: specification), ``"cpu"`` (kernels tuned for XLA CPU), ``"dense"`` (per-axis weight matrices),
+#: ``"pallas"`` (Pallas kernels: Triton on GPUs, interpret mode elsewhere).
+IMPLEMENTATIONS = ("reference", "cpu", "dense", "pallas")
 
-_MODULES = {"reference": reference, "cpu": cpu_kernels, "dense": dense}
+_MODULES = {"reference": reference, "cpu": cpu_kernels, "dense": dense, "pallas": pallas_kernels}
 
 
 def default_implementation(platform: str) -> str:
@@ -62,7 +72,8 @@ def default_implementation(platform: str) -> str:
 
     Returns:
       One of :data:`IMPLEMENTATIONS`: ``"cpu"`` on CPU where the CPU kernels work with the
-      installed JAX, else ``"reference"`` (no other platform has been measured yet).
+      installed JAX, else ``"reference"`` (no other platform has been measured yet; in
+      particular ``"pallas"`` is never the default, even on GPUs, until it has been timed).
 
     Example:
       >>> from stn_jax.sampling import default_implementation
@@ -146,7 +157,10 @@ def sample(
         ``"reference"`` (plain ``jnp``, every option), ``"cpu"`` (kernels tuned for XLA
         CPU; linear sampling only, the other methods are the reference's) or
         ``"dense"`` (bilinear as matrix products, no gather or scatter; small images
-        only: about ``2·P·H·W·C`` FLOPs for ``P`` output points).
+        only: about ``2·P·H·W·C`` FLOPs for ``P`` output points) or ``"pallas"``
+        (Pallas kernels for linear sampling, Triton on GPUs and interpret mode
+        elsewhere, the other methods are the reference's; reverse mode only: no
+        ``jax.jvp``/``jax.hessian``).
 
     Returns:
       ``(*grid.shape[:-1], C)`` in ``image``'s dtype (half precision accumulates in float32).
@@ -204,6 +218,11 @@ def _check_implementation(implementation, method: str) -> None:
         raise ValueError(
             f"implementation='cpu' is unavailable: the CPU kernels do not work with jax {jax.__version__} "
             "(see the warning at import); use implementation=None or 'reference'"
+        )
+    if implementation == "pallas" and pallas_kernels is None:
+        raise ValueError(
+            f"implementation='pallas' is unavailable: jax.experimental.pallas does not import with jax "
+            f"{jax.__version__}; use implementation=None or 'reference'"
         )
     if implementation == "dense" and method != "bilinear":
         raise ValueError(f"implementation='dense' supports method='bilinear' only, got method={method!r}")

@@ -1,7 +1,8 @@
 """`stn_jax.sample` against PyTorch's grid_sample, SciPy's map_coordinates, and its own promises.
 
 Every implementation (``stn_jax.sampling.IMPLEMENTATIONS``) runs every test of the options
-it supports; ``dense`` supports bilinear only.
+it supports; ``dense`` supports bilinear only, and ``pallas`` is tested on bilinear only (its
+other methods are the reference's).
 """
 
 import collections
@@ -28,7 +29,27 @@ IMPLEMENTATIONS = list(sampling.IMPLEMENTATIONS)
 
 
 def _supports(implementation, method):
-    return implementation != "dense" or method == "bilinear"
+    # pallas runs the reference for nearest and bicubic: tested as "reference" (pallas compiles slowly).
+    return implementation not in ("dense", "pallas") or method == "bilinear"
+
+
+# "pallas" is a custom VJP: reverse mode only, and once (its backward kernels have no derivative).
+FORWARD_MODE = [impl for impl in IMPLEMENTATIONS if impl != "pallas"]
+
+
+def _check_grads_options(implementation, order, modes):
+    return dict(order=1, modes=["rev"]) if implementation == "pallas" else dict(order=order, modes=modes)
+
+
+def _repeats(implementation):
+    """Random cases per test: one for pallas, whose interpret-mode kernels take seconds to compile."""
+    return 1 if implementation == "pallas" else 2
+
+
+def _in_both_floats(cases):
+    """Each case in float32 and float64, but pallas in float32 only: in interpret mode each case
+    compiles for seconds (its float64 numbers are checked in test_sampling_pallas.py)."""
+    return [(*c, d) for c in cases for d in (np.float32, np.float64) if d == np.float32 or c[0] != "pallas"]
 
 
 def _cases(methods, *others):
@@ -102,13 +123,14 @@ def _random_case(rng, ndim, dtype, batch=2):
     return images, grids, cotangent
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("implementation,method,padding,align_corners", _cases(METHODS_2D, PADDINGS, ALIGN))
+@pytest.mark.parametrize(
+    "implementation,method,padding,align_corners,dtype", _in_both_floats(_cases(METHODS_2D, PADDINGS, ALIGN))
+)
 def test_2d_matches_torch_values_and_gradients(torch, x64, implementation, method, padding, align_corners, dtype):
     seed = _seed(implementation, method, padding, align_corners, dtype.__name__)
     rng = np.random.default_rng(seed)
     kw = dict(method=method, padding=padding, align_corners=align_corners, implementation=implementation)
-    for _ in range(2):
+    for _ in range(_repeats(implementation)):
         images, grids, cotangent = _random_case(rng, 2, dtype)
         ours = _ours_and_grads(images, grids, cotangent, **kw)
         ref = _torch_sample_and_grads(torch, images, grids, cotangent, **kw)
@@ -117,15 +139,15 @@ def test_2d_matches_torch_values_and_gradients(torch, x64, implementation, metho
             _assert_close(o, r, dtype, f"{what} {kw} shapes {images.shape} {grids.shape} seed {seed}")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
-    "implementation,method,padding,align_corners", _cases(["bilinear", "nearest"], PADDINGS, ALIGN)
+    "implementation,method,padding,align_corners,dtype",
+    _in_both_floats(_cases(["bilinear", "nearest"], PADDINGS, ALIGN)),
 )
 def test_3d_matches_torch_values_and_gradients(torch, x64, implementation, method, padding, align_corners, dtype):
     seed = _seed(implementation, method, padding, align_corners, dtype.__name__, 3)
     rng = np.random.default_rng(seed)
     kw = dict(method=method, padding=padding, align_corners=align_corners, implementation=implementation)
-    for _ in range(2):
+    for _ in range(_repeats(implementation)):
         images, grids, cotangent = _random_case(rng, 3, dtype)
         ours = _ours_and_grads(images, grids, cotangent, **kw)
         ref = _torch_sample_and_grads(torch, images, grids, cotangent, **kw)
@@ -133,9 +155,16 @@ def test_3d_matches_torch_values_and_gradients(torch, x64, implementation, metho
             _assert_close(o, r, dtype, f"{what} {kw} seed {seed}")
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@pytest.mark.parametrize("ndim", [2, 3])
-@pytest.mark.parametrize("padding,align_corners", list(itertools.product(PADDINGS, ALIGN)))
+@pytest.mark.parametrize(
+    "implementation,ndim,padding,align_corners",
+    [
+        (impl, ndim, padding, align)
+        for impl, ndim, (padding, align) in itertools.product(
+            IMPLEMENTATIONS, [2, 3], itertools.product(PADDINGS, ALIGN)
+        )
+        if impl != "pallas" or (padding, align) == ("zeros", False)  # pallas: 16 channels, compiled slowly
+    ],
+)
 def test_linear_sampling_of_wide_feature_maps_matches_torch(torch, x64, implementation, ndim, padding, align_corners):
     # Above _sampling_cpu.TAPS_MAX_CHANNELS channels, the CPU kernels read whole windows with
     # one gather instead of tap by tap: a second code path, checked here (the cases above have <= 3).
@@ -151,7 +180,8 @@ def test_linear_sampling_of_wide_feature_maps_matches_torch(torch, x64, implemen
         _assert_close(o, r, np.float64, f"{what} {kw} C={channels}")
     # Both derivatives of the window path, numerically (grid points away from pixel edges).
     grid = np.round(grids[0] * 4) / 4 + 0.03
-    check_grads(lambda u, g: stn_jax.sample(u, g, **kw), (images[0], grid), order=2, modes=("fwd", "rev"), eps=1e-4)
+    if implementation != "pallas":  # reverse mode only, its gradients compared with torch's above
+        check_grads(lambda u, g: stn_jax.sample(u, g, **kw), (images[0], grid), order=2, modes=("fwd", "rev"), eps=1e-4)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -225,7 +255,8 @@ def test_numerical_gradients(x64, implementation, method, padding):
     pixels = rng.integers(-1, 6, size=(4, 3, 2)) + rng.uniform(0.2, 0.8, size=(4, 3, 2))
     grid = stn_jax.pixel_to_normalized(pixels, (5, 6))
     kw = dict(method=method, padding=padding, implementation=implementation)
-    check_grads(lambda u, g: stn_jax.sample(u, g, **kw), (image, grid), order=1, modes=["rev", "fwd"], eps=1e-6)
+    options = _check_grads_options(implementation, 1, ["rev", "fwd"])
+    check_grads(lambda u, g: stn_jax.sample(u, g, **kw), (image, grid), **options, eps=1e-6)
 
 
 @pytest.mark.parametrize("implementation,method", _cases(METHODS_2D))
@@ -242,7 +273,7 @@ def test_per_example_gradients_equal_a_loop(x64, implementation, method):
             np.testing.assert_allclose(b[i], s, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("implementation", FORWARD_MODE)
 def test_bilinear_hessian_is_the_cell_cross_term(x64, implementation):
     image = jnp.asarray(np.random.default_rng(4).normal(size=(4, 5, 1)))
     pixel = jnp.array([1.3, 2.6])  # between columns 1, 2 and rows 2, 3

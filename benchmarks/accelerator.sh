@@ -46,7 +46,7 @@ export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
 
 # Extra options of the full run, sized for the time budget (the scripts' own defaults otherwise).
-declare -A extra=([sampler]="--repeats 5" [antialias]="--repeats 5" [train_speed]="--repeats 5" [loop_speed]="--repeats 3 --round_s 0.5")
+declare -A extra=([sampler]="--repeats 3" [antialias]="--repeats 5" [train_speed]="--repeats 5" [loop_speed]="--repeats 3 --round_s 0.5")
 if [[ ${#quick[@]} -gt 0 ]]; then
   extra=([sampler]="" [antialias]="" [train_speed]="" [loop_speed]="")
 fi

@@ -1,7 +1,8 @@
 """Benchmark of ``stn_jax.sample`` against PyTorch's ``grid_sample`` and two JAX peers.
 
-Every implementation runs in this one process on the same inputs (bilinear, zero
-padding, ``align_corners=False``, float32), on one device: JAX's default backend, and
+Every implementation runs in this one process on the same inputs (bilinear, trilinear
+on volumes; zero padding, ``align_corners=False``, float32), on one device: JAX's
+default backend, and
 PyTorch on ``cuda`` when that backend is a GPU and PyTorch sees CUDA (else on the CPU
 with 2 threads):
 
@@ -33,6 +34,11 @@ Run: ``PYTHONPATH=. python benchmarks/sampler.py`` (``--no-write`` to only print
 tiny workloads). By default the table is written into BENCHMARKS.md between the
 markers below. On a GPU one more workload (a batch of 256 ImageNet-sized images) is
 timed.
+
+Workloads: 2-D images warped by random affine θ (rotation, scale, shift), and two 3-D
+ones: a 160×192×224 one-channel volume warped by a smooth dense displacement field
+(image registration: identity grid plus a displacement of a few voxels), and a batch
+of two 16-channel 64³ feature volumes warped by random 3-D affine θ.
 """
 
 from __future__ import annotations
@@ -59,22 +65,28 @@ import report
 import stn_jax
 from stn_jax import sampling
 
-# (name, batch, (H, W, C) in, (Ho, Wo) out)
+# (name, batch, (H, W, C) or (D, H, W, C) in, (Ho, Wo) or (Do, Ho, Wo) out, warp): warp "affine" is a
+# random θ per example, "displacement" the identity grid plus a smooth random displacement field.
 WORKLOADS = [
-    ("MNIST", 256, (28, 28, 1), (28, 28)),
-    ("cluttered MNIST", 256, (60, 60, 1), (30, 30)),
-    ("feature map", 64, (32, 32, 64), (32, 32)),
-    ("image", 8, (224, 224, 3), (224, 224)),
+    ("MNIST", 256, (28, 28, 1), (28, 28), "affine"),
+    ("cluttered MNIST", 256, (60, 60, 1), (30, 30), "affine"),
+    ("feature map", 64, (32, 32, 64), (32, 32), "affine"),
+    ("image", 8, (224, 224, 3), (224, 224), "affine"),
+    ("registration", 1, (160, 192, 224, 1), (160, 192, 224), "displacement"),
+    ("feature volume", 2, (64, 64, 64, 16), (64, 64, 64), "affine"),
 ]
 # Only on an accelerator: too big for the 2-core CPU.
 ACCELERATOR_WORKLOADS = [
-    ("image batch", 256, (224, 224, 3), (224, 224)),
+    ("image batch", 256, (224, 224, 3), (224, 224), "affine"),
 ]
 # --quick: a smoke run, seconds on a CPU (mostly compile time).
 QUICK_WORKLOADS = [
-    ("tiny", 4, (8, 8, 3), (6, 6)),
+    ("tiny", 4, (8, 8, 3), (6, 6), "affine"),
+    ("tiny volume", 2, (6, 7, 8, 2), (5, 6, 7), "displacement"),
 ]
 PASSES = ("fwd", "fwd+bwd", "grid-bwd")
+# The volumes are timed forward and forward+backward only (accelerator.sh's time budget).
+VOLUME_PASSES = ("fwd", "fwd+bwd")
 DENSE_BUDGET = 2**28  # elements of the dense implementation's largest intermediate
 DEFAULT = "default"  # our column for implementation=None
 BEGIN = "<!-- BEGIN benchmarks/sampler.py (generated, do not edit by hand) -->"
@@ -105,12 +117,18 @@ def default_pick(platform_name: str) -> str | None:
 def dense_elements(batch: int, in_shape, out_shape) -> int:
     """Elements of the largest intermediate of the dense (matmul) sampler on a batch.
 
-    Per output point it builds weight rows of length H and W and contracts one image axis
-    first, leaving an (H, C) row: batch · points · max(H·C, H + W).
+    Per output point it builds a weight row per axis (H and W long; D, H, W in 3-D) and
+    contracts the x axis first, leaving an (H, C) row ((D, H, C) in 3-D):
+    batch · points · max(H·C, H + W), resp. batch · points · max(D·H·C, D + H + W).
     """
     *spatial, channels = in_shape
-    h, w = spatial[-2], spatial[-1]
-    return batch * math.prod(out_shape) * max(h * channels, h + w)
+    return batch * math.prod(out_shape) * max(math.prod(spatial[:-1]) * channels, sum(spatial))
+
+
+def passes_for(workload, passes) -> list[str]:
+    """The passes of ``passes`` timed on ``workload``: all on images, VOLUME_PASSES on volumes."""
+    out_shape = workload[3]
+    return [p for p in passes if len(out_shape) < 3 or p in VOLUME_PASSES]
 
 
 def skip_reason(
@@ -129,20 +147,42 @@ def skip_reason(
 # ---------------------------------------------------------------- inputs
 
 
-def make_inputs(batch, in_shape, out_shape, seed=0):
-    """Random images and grids from random affine θ (rotation, scale, shift), some points outside."""
+def make_inputs(batch, in_shape, out_shape, seed=0, warp="affine"):
+    """Random images (or volumes), their grids and a cotangent; some points fall outside.
+
+    ``warp="affine"``: a random θ per example (rotation about the last axis, scale, shift).
+    ``warp="displacement"``: the identity grid plus a smooth random displacement field (a
+    few low-frequency waves per axis, up to about 0.04 in normalised units: 3-4 voxels of a
+    160-224 voxel axis), as in image registration.
+    """
     rng = np.random.default_rng(seed)
+    n = len(out_shape)
     image = rng.standard_normal((batch, *in_shape), dtype=np.float32)
+    cot = rng.standard_normal((batch, *out_shape, in_shape[-1]), dtype=np.float32)
+    if warp == "displacement":
+        identity = np.asarray(stn_jax.identity_grid(out_shape))
+        axes = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in out_shape], indexing="ij")
+        grid = np.empty((batch, *out_shape, n), np.float32)
+        for b in range(batch):
+            field = np.zeros((*out_shape, n), np.float32)
+            for d in range(n):
+                for _ in range(3):
+                    k = rng.uniform(0.5, 2.0, n) * np.pi
+                    phase = rng.uniform(0, 2 * np.pi)
+                    field[..., d] += 0.013 * np.sin(sum(k_i * a for k_i, a in zip(k, axes)) + phase)
+            grid[b] = identity + field
+        return image, grid, cot
     angle = rng.uniform(-0.5, 0.5, batch)
     scale = rng.uniform(0.8, 1.2, batch)
-    shift = rng.uniform(-0.2, 0.2, (batch, 2))
-    theta = np.zeros((batch, 2, 3), np.float32)
+    shift = rng.uniform(-0.2, 0.2, (batch, n))
+    theta = np.zeros((batch, n, n + 1), np.float32)
+    for d in range(n):
+        theta[:, d, d] = scale
     theta[:, 0, 0] = theta[:, 1, 1] = scale * np.cos(angle)
     theta[:, 0, 1] = -scale * np.sin(angle)
     theta[:, 1, 0] = scale * np.sin(angle)
-    theta[:, :, 2] = shift
+    theta[:, :, n] = shift
     grid = np.array(jax.vmap(lambda t: stn_jax.affine_grid(t, out_shape))(theta))
-    cot = rng.standard_normal((batch, *out_shape, in_shape[-1]), dtype=np.float32)
     return image, grid, cot
 
 
@@ -159,17 +199,16 @@ def stn_fn(impl: str | None):
     return fn
 
 
-def _pixel_coords(grid, h, w):
-    # align_corners=False unnormalisation, as (y, x) for map_coordinates / dm-pix.
-    x = ((grid[..., 0] + 1) * w - 1) / 2
-    y = ((grid[..., 1] + 1) * h - 1) / 2
-    return y, x
+def _pixel_coords(grid, spatial):
+    """align_corners=False unnormalisation, in image-axis order ((z,) y, x) for map_coordinates / dm-pix."""
+    sizes = spatial[::-1]  # grid order: x, y(, z)
+    return [((grid[..., d] + 1) * sizes[d] - 1) / 2 for d in range(len(sizes))][::-1]
 
 
 def _map_coordinates(image, grid):
     def one(u, g):
-        y, x = _pixel_coords(g, u.shape[0], u.shape[1])
-        chan = lambda c: jax.scipy.ndimage.map_coordinates(c, [y, x], order=1, mode="constant", cval=0.0)
+        coords = _pixel_coords(g, u.shape[:-1])
+        chan = lambda c: jax.scipy.ndimage.map_coordinates(c, coords, order=1, mode="constant", cval=0.0)
         return jax.vmap(chan, in_axes=-1, out_axes=-1)(u)
 
     return jax.vmap(one)(image, grid)
@@ -179,8 +218,7 @@ def _dm_pix(image, grid):
     import dm_pix
 
     def one(u, g):
-        y, x = _pixel_coords(g, u.shape[0], u.shape[1])
-        coords = jnp.stack([y, x])
+        coords = jnp.stack(_pixel_coords(g, u.shape[:-1]))
         chan = lambda c: dm_pix.flat_nd_linear_interpolate_constant(c, coords, cval=0.0)
         return jax.vmap(chan, in_axes=-1, out_axes=-1)(u)
 
@@ -223,14 +261,20 @@ def torch_device(torch) -> str:
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
+def channels_first(ndim: int) -> tuple[int, ...]:
+    """The axes that take a channels-last batch (N, *spatial, C) to PyTorch's (N, C, *spatial)."""
+    return (0, ndim - 1, *range(1, ndim - 1))
+
+
 def torch_call(torch, which, image, grid, cot, channels_last, device="cpu"):
     """``run()`` of one pass of ``grid_sample`` on ``device``; returns once the device is done."""
     F = torch.nn.functional
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2))).to(device)
+    first = channels_first(image.ndim)
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(first))).to(device)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last if image.ndim == 4 else torch.channels_last_3d)
     g = torch.from_numpy(grid).to(device)
-    c = torch.from_numpy(np.ascontiguousarray(cot.transpose(0, 3, 1, 2))).to(device)
+    c = torch.from_numpy(np.ascontiguousarray(cot.transpose(first))).to(device)
     kw = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if which == "fwd":
@@ -373,10 +417,11 @@ def main(argv=None):
         load_before=os.getloadavg()[0],
     )
     rows, agreement, failures = [], [], []
-    for name, batch, in_shape, out_shape in workloads_for(args, backend):
-        image, grid, cot = make_inputs(batch, in_shape, out_shape)
+    for workload in workloads_for(args, backend):
+        name, batch, in_shape, out_shape, warp = workload
+        image, grid, cot = make_inputs(batch, in_shape, out_shape, warp=warp)
         label = f"{name}: B={batch} {'×'.join(map(str, in_shape))}→{'×'.join(map(str, out_shape))}"
-        for which in passes:
+        for which in passes_for(workload, passes):
             runs, compile_s, cells = {}, {}, {}
             for impl in ours:
                 reason = skip_reason(
@@ -446,7 +491,8 @@ def main(argv=None):
 
 def fwd_agreement(runs, ours, cells) -> dict:
     """Max |ours - torch| of the forward outputs, per implementation (cells as text)."""
-    reference = runs["torch NCHW"]().detach().cpu().numpy().transpose(0, 2, 3, 1)
+    reference = runs["torch NCHW"]().detach().cpu().numpy()
+    reference = reference.transpose(np.argsort(channels_first(reference.ndim)))
     result = {}
     for impl in ours:
         if impl in runs:
@@ -508,7 +554,8 @@ def render(rows, agreement, args, meta, *, partial=False) -> str:
         f"Load average (1 min) before/after: {meta['load_before']:.2f} / "
         + (f"{load_after:.2f}" if load_after is not None else "—")
         + f"; medians of {args.repeats} interleaved rounds after warm-up, every call synchronised with the device; "
-        f"bilinear, zeros, align_corners=False, float32; {torch_where}, faster of NCHW and channels_last.",
+        "bilinear (trilinear on volumes), zeros, align_corners=False, float32; "
+        f"{torch_where}, faster of NCHW and channels_last (NCDHW and channels_last_3d on volumes).",
         "",
         "Ratio = torch / stn_jax (above 1: stn_jax is faster). `fwd+bwd`: gradients w.r.t. image and grid; "
         "`grid-bwd`: gradient w.r.t. the grid only. Compile = JAX lower + compile of the default stn_jax step. "

@@ -8,14 +8,20 @@ Numbers follow ``torch.nn.functional.grid_sample``: the same unnormalisation, pa
 (applied to the coordinates, including where PyTorch's gradient is 0 at the edges) and
 kernels (linear with floor and fractional part, so the grid gradient is non-zero at
 integer coordinates; nearest rounding half to even; bicubic with A = -0.75, each of its
-taps padded on its own). Taps outside the image read 0.
+taps padded on its own).
+
+Every method reads its taps with one flat gather (``gather``): the per-axis tap indices
+(clamped into the image) make one row index into the image's ``(pixels, C)`` view, so a
+point's 2**n (linear), 1 (nearest) or 16 (bicubic) taps come in one read and its image
+gradient is one scatter-add. A tap outside the image, and every tap of a point with a
+non-finite coordinate, reads 0 (a ``where`` on the values read, not a zero weight, so that
+a non-finite pixel on the edge does not reach the points outside it, as in PyTorch).
 
 Coordinates are lists in grid order ``(x, y, z)``; image axes are ``(z, y, x, C)``.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import cast
 
 import jax
@@ -87,66 +93,92 @@ def pixel_coordinates(grid: jax.Array, sizes, *, padding: str | None, align_corn
     return coords, finite
 
 
-def _read(image: jax.Array, index, valid: jax.Array) -> jax.Array:
-    """``image`` at integer-valued float pixel indices (x, y, z), 0 where not ``valid``: (*P, C)."""
+def take(rows: jax.Array, index: jax.Array) -> jax.Array:
+    """``rows[index]``: the rows of a ``(pixels, C)`` view at in-bounds flat indices, ``(*index.shape, C)``.
+
+    The one gather of every method. JAX differentiates it into one scatter-add onto the
+    image; ``_sampling_deterministic`` passes its own ``take`` instead.
+    """
+    return rows.at[index].get(mode="promise_in_bounds")
+
+
+def gather(image: jax.Array, taps, finite: jax.Array, take=take) -> jax.Array:
+    """The pixels at the taps of every point, read with one flat gather; 0 outside the image.
+
+    ``taps`` holds per axis, in grid order (x, y, z), a ``(*P, k)`` array of integer-valued
+    pixel indices. They are clamped into the image for the read, and the taps that were
+    outside it (every tap of a point that is not ``finite``) read 0. Returns
+    ``(*P, k_z, k_y, k_x, C)``: the taps of each axis on an axis of their own, x last.
+    """
     sizes = image.shape[:-1][::-1]
-    index = [jnp.clip(i, 0, size - 1).astype(jnp.int32) for i, size in zip(index, sizes)]
-    value = image.at[tuple(index[::-1])].get(mode="promise_in_bounds")
-    return jnp.where(valid[..., None], value, jnp.zeros((), image.dtype))
+    n = len(taps)
+    flat, keep = 0, finite.reshape(finite.shape + (1,) * n)
+    for d in reversed(range(n)):  # z, y, x: the row of (x, y, z) is x + W·(y + H·z)
+        index = taps[d]
+        shape = index.shape[:-1] + (1,) * (n - 1 - d) + index.shape[-1:] + (1,) * d
+        keep = keep & ((index >= 0) & (index <= sizes[d] - 1)).reshape(shape)
+        flat = flat * sizes[d] + jnp.clip(index, 0, sizes[d] - 1).astype(jnp.int32).reshape(shape)
+    flat = cast(jax.Array, flat)
+    points, counts = flat.shape[:-n], flat.shape[-n:]
+    rows = take(image.reshape(-1, image.shape[-1]), flat.reshape(*points, -1))
+    rows = rows.reshape(*points, *counts, image.shape[-1])
+    return jnp.where(keep[..., None], rows, jnp.zeros((), image.dtype))
 
 
-def _inside(index, sizes) -> jax.Array:
-    return jnp.all(jnp.stack([(i >= 0) & (i <= size - 1) for i, size in zip(index, sizes)]), axis=0)
+def contract(values: jax.Array, weights) -> jax.Array:
+    """Σ over the taps of ``gather``'s values: x first, then y, then z (as PyTorch's bicubic).
+
+    ``weights`` holds per axis, in grid order, the ``(*P, k)`` weights of its taps."""
+    for d, weight in enumerate(weights):
+        n_left = len(weights) - 1 - d  # tap axes not yet contracted, before this one
+        weight = weight.reshape(weight.shape[:-1] + (1,) * n_left + weight.shape[-1:] + (1,))
+        values = jnp.sum(values * weight, axis=-2)
+    return values
 
 
-def linear(image: jax.Array, coords, finite: jax.Array, dtype) -> jax.Array:
+def linear(image: jax.Array, coords, finite: jax.Array, dtype, take=take) -> jax.Array:
     """Linear, bilinear or trilinear interpolation: the 2**n corners of the cell around each
-    point, weighted by the products of ``1 - frac`` and ``frac`` along each axis."""
-    sizes = image.shape[:-1][::-1]
-    lows = [jnp.floor(c) for c in coords]
-    fracs = [c - low for c, low in zip(coords, lows)]
-    out = 0
-    for corner in itertools.product((0, 1), repeat=len(coords)):
-        index = [low + k for low, k in zip(lows, corner)]
-        weight = finite.astype(dtype)
-        for frac, k in zip(fracs, corner):
-            weight = weight * (frac if k else 1 - frac)
-        out = out + weight[..., None] * _read(image, index, finite & _inside(index, sizes)).astype(dtype)
-    return cast(jax.Array, out)  # a sum of arrays (out starts as the int 0)
+    point, weighted by ``1 - frac`` and ``frac`` along each axis."""
+    taps, weights = [], []
+    for coord in coords:
+        low = jnp.floor(coord)[..., None]
+        index = low + jnp.arange(2, dtype=low.dtype)
+        frac = (coord[..., None] - low).astype(dtype)
+        taps.append(index)
+        weights.append(jnp.where(index == low, 1 - frac, frac))
+    return contract(gather(image, taps, finite, take).astype(dtype), weights)
 
 
-def nearest(image: jax.Array, coords, finite: jax.Array) -> jax.Array:
+def nearest(image: jax.Array, coords, finite: jax.Array, take=take) -> jax.Array:
     """The pixel nearest to each point (ties to even, as PyTorch), in ``image``'s dtype."""
-    index = [jnp.round(c) for c in coords]
-    return _read(image, index, finite & _inside(index, image.shape[:-1][::-1]))
+    taps = [jnp.round(c)[..., None] for c in coords]
+    return gather(image, taps, finite, take).reshape(*finite.shape, image.shape[-1])
 
 
-def bicubic(image: jax.Array, coords, finite: jax.Array, padding: str, align_corners: bool, dtype) -> jax.Array:
+def bicubic(image: jax.Array, coords, finite: jax.Array, padding: str, align_corners: bool, dtype, take=take):
     """Bicubic convolution over the 4×4 taps around each (unpadded) point; each tap is padded
     on its own and the rows are combined in x, then in y, as PyTorch does."""
     sizes = image.shape[:-1][::-1]
-    lows = [jnp.floor(c) for c in coords]
-    (wx, wy) = [cubic_weights(c - low) for c, low in zip(coords, lows)]
-    taps = [[pad_coordinate(low + k - 1, size, padding, align_corners) for k in range(4)]
-            for low, size in zip(lows, sizes)]  # fmt: skip
-    out = 0
-    for ky, iy in enumerate(taps[1]):
-        row = 0
-        for kx, ix in enumerate(taps[0]):
-            value = _read(image, [ix, iy], finite & _inside([ix, iy], sizes)).astype(dtype)
-            row = row + value * wx[kx][..., None]
-        out = out + row * wy[ky][..., None]
-    return cast(jax.Array, out)
+    taps, weights = [], []
+    for coord, size in zip(coords, sizes):
+        low = jnp.floor(coord)
+        taps.append(pad_coordinate(low[..., None] + jnp.arange(-1, 3, dtype=low.dtype), size, padding, align_corners))
+        weights.append(jnp.stack(cubic_weights(coord - low), axis=-1).astype(dtype))
+    return contract(gather(image, taps, finite, take).astype(dtype), weights)
 
 
-def sample(image: jax.Array, grid: jax.Array, *, method: str, padding: str, align_corners: bool, dtype) -> jax.Array:
-    """``image`` (*spatial, C) at ``grid`` (*out, n) in ``dtype`` (``image``'s for integer nearest)."""
+def sample(
+    image: jax.Array, grid: jax.Array, *, method: str, padding: str, align_corners: bool, dtype, take=take
+) -> jax.Array:
+    """``image`` (*spatial, C) at ``grid`` (*out, n) in ``dtype`` (``image``'s for integer nearest).
+
+    ``take`` reads the rows of the flat image (see ``take``)."""
     sizes = image.shape[: grid.shape[-1]][::-1]
     pad = None if method == "bicubic" else padding
     coords, finite = pixel_coordinates(grid, sizes, padding=pad, align_corners=align_corners)
     if method == "bilinear":
-        return linear(image, coords, finite, dtype)
+        return linear(image, coords, finite, dtype, take)
     if method == "nearest":
-        out = nearest(image, coords, finite)
+        out = nearest(image, coords, finite, take)
         return out.astype(dtype) if jnp.issubdtype(image.dtype, jnp.floating) else out
-    return bicubic(image, coords, finite, padding, align_corners, dtype)
+    return bicubic(image, coords, finite, padding, align_corners, dtype, take)

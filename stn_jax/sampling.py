@@ -10,6 +10,9 @@ compute the same numbers (``torch.nn.functional.grid_sample``'s) in different wa
   It needs JAX internals: where they are missing, CPU falls back to the reference.
 * ``"dense"`` (``_sampling_dense``): bilinear as per-axis weight matrices and matrix
   products, no gather or scatter; for small images, never a default.
+* ``"deterministic"`` (``_sampling_deterministic``): the reference, whose image
+  gradient is a sort and a segmented sum instead of a scatter-add, so bit-reproducible
+  on GPUs; never a default.
 * ``"pallas"`` (``_sampling_pallas``): linear sampling as Pallas kernels, compiled by
   Triton on GPUs (image gradient by atomic adds) and run in interpret mode (slow, exact)
   elsewhere; reverse-mode derivatives only. Never a default: it has not been timed on a
@@ -32,6 +35,7 @@ from jax.typing import ArrayLike
 from stn_jax import _checks
 from stn_jax import _sampling_antialias as antialiased
 from stn_jax import _sampling_dense as dense
+from stn_jax import _sampling_deterministic as deterministic
 from stn_jax import _sampling_reference as reference
 
 try:  # The CPU kernels use JAX internals that change between releases.
@@ -59,9 +63,16 @@ PADDINGS = ("zeros", "border", "reflection")
 #: Implementations of :func:`sample` (``implementation=``): ``"reference"`` (plain ``jnp``, the
 #: specification), ``"cpu"`` (kernels tuned for XLA CPU), ``"dense"`` (per-axis weight matrices),
 #: ``"pallas"`` (Pallas kernels: Triton on GPUs, interpret mode elsewhere).
-IMPLEMENTATIONS = ("reference", "cpu", "dense", "pallas")
+#: Also ``"deterministic"`` (the reference, with an image gradient that is bit-reproducible on GPUs).
+IMPLEMENTATIONS = ("reference", "cpu", "dense", "deterministic", "pallas")
 
-_MODULES = {"reference": reference, "cpu": cpu_kernels, "dense": dense, "pallas": pallas_kernels}
+_MODULES = {
+    "reference": reference,
+    "cpu": cpu_kernels,
+    "dense": dense,
+    "deterministic": deterministic,
+    "pallas": pallas_kernels,
+}
 
 
 def default_implementation(platform: str) -> str:
@@ -137,6 +148,18 @@ def sample(
     Points with a non-finite coordinate (NaN or ±inf) read 0 whatever the padding, and
     pass a zero gradient back to the grid; this holds under ``jit`` too.
 
+    The gradient w.r.t. ``image`` is a scatter-add, which GPUs run with atomic adds in
+    no fixed order: repeated runs differ in the last bits, as PyTorch's ``grid_sample``
+    backward does. For bit-reproducible image gradients pass
+    ``implementation="deterministic"`` (same values, every method; the image gradient
+    becomes a sort plus a segmented sum, not yet timed on a GPU) or, for small images,
+    ``"dense"``. The gradient w.r.t. the grid needs no scatter (each point has its own
+    taps): the reference's is deterministic already. The process-wide alternative is the
+    XLA flag ``--xla_gpu_deterministic_ops=true`` (in ``XLA_FLAGS``, before JAX starts):
+    XLA then rewrites every scatter and picks deterministic kernels elsewhere, at a cost
+    to the whole program; ``jax_default_matmul_precision`` fixes what precision matrix
+    products round to. ``stn_jax`` sets neither.
+
     Args:
       image: ``(W, C)``, ``(H, W, C)`` or ``(D, H, W, C)``. Floating, or any integer
         dtype with ``method="nearest"``.
@@ -181,6 +204,11 @@ def sample(
     if antialias and method != "bilinear":
         raise ValueError(
             f"antialias=True needs method='bilinear' (linear in 1-D, trilinear in 3-D), got method={method!r}"
+        )
+    if antialias and implementation == "deterministic":
+        raise ValueError(
+            "implementation='deterministic' cannot be combined with antialias=True: the antialiased "
+            "reads use the reference sampler, whose image gradient is a scatter-add"
         )
     image, grid = _check_inputs(image, grid, method)
     if implementation is not None:

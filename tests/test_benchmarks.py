@@ -140,7 +140,8 @@ def test_quick_sampler_table_has_every_implementation(quick_run):
     assert "**ratio**" in header
     for impl in impls:
         assert f"stn_jax[{impl}] ms (ratio)" in header
-    assert [r[1] for r in rows] == list(sampler.PASSES) * len(sampler.QUICK_WORKLOADS)
+    assert [r[1] for r in rows] == [p for w in sampler.QUICK_WORKLOADS for p in sampler.passes_for(w, sampler.PASSES)]
+    assert any(r[0].startswith("tiny volume") for r in rows)  # a 3-D workload too
     for row in rows:
         assert len(row) == len(header)
         assert re.fullmatch(r"\*\*\d+\.\d\d\*\*", row[header.index("**ratio**")]), row
@@ -236,6 +237,32 @@ def test_dense_budget_decision():
     assert sampler.skip_reason("dense", 1, (8, 8, 3), (6, 6), method="bicubic") == "skipped (method)"
     for impl in (None, "reference", "cpu"):
         assert sampler.skip_reason(impl, 256, (224, 224, 3), (224, 224), budget=1) is None
+    # Volumes: the x axis is contracted first, leaving (D, H, C) per point.
+    assert sampler.dense_elements(2, (4, 5, 6, 3), (2, 3, 4)) == 2 * 24 * 4 * 5 * 3
+    assert sampler.dense_elements(1, (4, 5, 60, 1), (2, 3, 4)) == 24 * (4 + 5 + 60)
+    assert sampler.skip_reason("dense", 1, (160, 192, 224, 1), (160, 192, 224), budget=budget) == "skipped (size)"
+    assert sampler.skip_reason("dense", 2, (64, 64, 64, 16), (64, 64, 64), budget=budget) == "skipped (size)"
+
+
+def test_volumes_are_timed_forward_and_forward_backward_only():
+    assert sampler.passes_for(("v", 1, (4, 5, 6, 1), (2, 3, 4), "displacement"), sampler.PASSES) == ["fwd", "fwd+bwd"]
+    assert sampler.passes_for(("i", 1, (5, 6, 1), (3, 4), "affine"), sampler.PASSES) == list(sampler.PASSES)
+    assert sampler.passes_for(("v", 1, (4, 5, 6, 1), (2, 3, 4), "affine"), ["grid-bwd"]) == []
+
+
+def test_volume_inputs_have_the_grid_torch_expects():
+    image, grid, cot = sampler.make_inputs(2, (6, 7, 8, 2), (5, 6, 7), warp="displacement")
+    assert image.shape == (2, 6, 7, 8, 2) and grid.shape == (2, 5, 6, 7, 3) and cot.shape == (2, 5, 6, 7, 2)
+    # A displacement of a few voxels around the identity grid.
+    import numpy as np
+
+    import stn_jax
+
+    offset = grid - np.asarray(stn_jax.identity_grid((5, 6, 7)))
+    assert 0.005 < np.abs(offset).max() < 0.05
+    image, grid, _ = sampler.make_inputs(1, (6, 7, 8, 2), (5, 6, 7), warp="affine")
+    assert grid.shape == (1, 5, 6, 7, 3) and np.all(np.isfinite(grid))
+    assert sampler.channels_first(5) == (0, 4, 1, 2, 3) and sampler.channels_first(4) == (0, 3, 1, 2)
 
 
 def test_skipped_and_failed_implementations_render_as_cells():

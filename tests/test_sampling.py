@@ -490,3 +490,53 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+# -- implementation="deterministic" ---------------------------------------------------------------
+
+
+def _image_gradient(implementation, method, padding="zeros"):
+    def loss(images, grids, cotangent):
+        out = _batched_sample(images, grids, method=method, padding=padding, implementation=implementation)
+        return jnp.sum(out * cotangent)
+
+    return jax.jit(jax.grad(loss))
+
+
+@pytest.mark.parametrize("method", METHODS_2D)
+def test_deterministic_image_gradient_is_bit_identical_across_runs_and_compiles(method):
+    # 2 × 40 × 50 points read a 3×4 image: each pixel is a tap of hundreds of points.
+    rng = np.random.default_rng(_seed("deterministic", method))
+    images = rng.normal(size=(2, 3, 4, 2)).astype(np.float32)
+    grids = rng.uniform(-1.2, 1.2, size=(2, 40, 50, 2)).astype(np.float32)
+    cotangent = rng.normal(size=(2, 40, 50, 2)).astype(np.float32)
+    first = np.asarray(_image_gradient("deterministic", method)(images, grids, cotangent))
+    for _ in range(3):  # a new jitted function each time: compiled again, then run
+        np.testing.assert_array_equal(_image_gradient("deterministic", method)(images, grids, cotangent), first)
+    reference = _image_gradient("reference", method)(images, grids, cotangent)
+    np.testing.assert_allclose(first, reference, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(reference))))
+
+
+@pytest.mark.parametrize("ndim,method", [(1, "bilinear"), (2, "bilinear"), (2, "bicubic"), (3, "nearest")])
+def test_deterministic_image_gradient_writes_each_pixel_once(ndim, method):
+    # On a GPU a scatter-add whose indices repeat adds with atomics, in no fixed order; one whose
+    # indices are unique writes each element once (bit-reproducible whatever the order). The
+    # image gradient of "deterministic", as lowered for CUDA, may only hold the latter; the
+    # reference's is one scatter-add with repeated indices.
+    from jax import export
+
+    images = jnp.ones((2, *(5,) * ndim, 3))
+    grids = jnp.zeros((2, *(4,) * ndim, ndim))
+    cotangent = jnp.ones((2, *(4,) * ndim, 3))
+
+    def scatters(implementation):
+        exported = export.export(_image_gradient(implementation, method), platforms=["cuda"])
+        return re.findall(r"stablehlo\.scatter.*", exported(images, grids, cotangent).mlir_module())
+
+    assert scatters("reference") and not any("unique_indices = true" in s for s in scatters("reference"))
+    assert scatters("deterministic") and all("unique_indices = true" in s for s in scatters("deterministic"))
+
+
+def test_deterministic_with_antialias_is_refused():
+    with pytest.raises(ValueError, match="implementation='deterministic' cannot be combined with antialias=True"):
+        stn_jax.sample(jnp.ones((4, 4, 1)), jnp.zeros((3, 3, 2)), antialias=True, implementation="deterministic")

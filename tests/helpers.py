@@ -18,6 +18,10 @@ import pytest
 
 import stn_jax
 
+# The smallest useful training run: an evaluation and a checkpoint every 2 steps, a log line every step.
+TINY_RUN = ["steps=4", "batch_size=8", "eval_batch_size=8", "eval_every=2", "checkpoint_every=2", "log_every=1",
+            "warmup_steps=1", "num_show=2"]  # fmt: skip
+
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")

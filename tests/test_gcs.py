@@ -41,18 +41,7 @@ from train import train as train_lib
 
 REPO = Path(__file__).resolve().parents[1]
 KILLER = Path(__file__).resolve().parent / "gcs_kill_worker.py"
-# A tiny run: an evaluation and a checkpoint every 2 steps, a log line every step.
-RUN = [
-    "steps=4",
-    "batch_size=8",
-    "eval_batch_size=8",
-    "eval_every=2",
-    "checkpoint_every=2",
-    "log_every=1",
-    "warmup_steps=1",
-    "num_show=2",
-    "keep_checkpoints=1",
-]
+RUN = [*helpers.TINY_RUN, "keep_checkpoints=1"]
 # Long enough to be signalled half-way: no evaluation or checkpoint before the end but the preemption's.
 LONG = [
     "steps=300",

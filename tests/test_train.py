@@ -66,16 +66,7 @@ TINY_MODEL_KWARGS = {
     "svhn_st_cnn_multi": {"width": 0.03},
     "colour_stn": {},
 }
-TINY = [
-    "steps=4",
-    "batch_size=8",
-    "eval_batch_size=8",
-    "eval_every=2",
-    "checkpoint_every=2",
-    "log_every=1",
-    "warmup_steps=1",
-    "num_show=2",
-]
+TINY = helpers.TINY_RUN
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ platform's default sampler) against each variant.
 
 Run: ``PYTHONPATH=. python benchmarks/antialias.py`` (writes its BENCHMARKS.md section and
 ``benchmarks/results/antialias*.png``; ``--out DIR`` writes ``DIR/antialias.md`` and the
-pictures there instead; ``--no-write`` prints only; ``--quick``: tiny sizes, a smoke run).
+pictures there instead; ``--no-write`` prints only; ``--quick``: tiny sizes, a smoke run;
+``--skip-speed``: quality and loss only, for a machine that is not quiet).
 Needs jax, numpy and matplotlib (the photograph and the pictures; Pillow reads the JPEG).
 """
 
@@ -296,6 +297,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one warp: a smoke run")
     parser.add_argument("--repeats", type=int, default=None, help="rounds per timing (default 7; 2 with --quick)")
     parser.add_argument("--no-write", action="store_true", help="print only; write no file")
+    parser.add_argument("--skip-speed", action="store_true", help="quality and loss only: no timing")
     parser.add_argument("--out", default=None, help="write DIR/antialias.md and the pictures there instead")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
@@ -317,7 +319,7 @@ def main(argv=None) -> int:
     workloads = QUICK_SPEED if args.quick else SPEED_WORKLOADS
     if not args.quick and jax.default_backend() != "cpu":
         workloads = workloads + ACCELERATOR_SPEED
-    timing, labels = speed(workloads, repeats)
+    timing, labels = ([], []) if args.skip_speed else speed(workloads, repeats)
 
     devices = jax.devices()
     given = sys.argv[1:] if argv is None else list(argv)
@@ -345,9 +347,15 @@ def main(argv=None) -> int:
         )
         + ".",
         "",
-        f"Time per batch, median of {repeats} rounds (x: ratio to antialias=False, lower is better):",
-        "",
-        *speed_table(timing, labels),
+        *(
+            [
+                f"Time per batch, median of {repeats} rounds (x: ratio to antialias=False, lower is better):",
+                "",
+                *speed_table(timing, labels),
+            ]
+            if timing
+            else ["Time: not measured in this run (`--skip-speed`)."]
+        ),
         "",
     ]
     table = "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Antialiased linear sampling: each output point reads the image averaged over its footprint.
+"""Antialiased linear sampling from a mip pyramid: each output point reads the image averaged
+over its footprint.
 
 A plain sampler reads 2**n taps per output point; where the grid shrinks the image (points
 more than a pixel apart in the input), everything between the taps is skipped and fine
@@ -9,31 +10,47 @@ detail folds into false patterns. Here each point reads a low-passed image inste
   (one-sided at the edges and next to non-finite points; 0 along an axis of one point).
   It comes from the grid alone, so every transform (affine, projective, TPS, any grid) is
   served with no extra argument.
-* **Levels.** A stack of the image box-filtered to widths ``1, 2, 4, ..., 2**(L-1)`` pixels
-  along every spatial axis, at full resolution (no decimation, so the filter is
-  shift-invariant and a level is read like any image). The width-``2**l`` filter is the
-  exact average of the *bilinear* image over ``2**l`` pixels: the trapezoid rule, i.e.
-  taps ``[1/2, 1, ..., 1, 1/2] / 2**l``, built level from level by
-  ``0.5 * (shift(-2**(l-2)) + shift(+2**(l-2)))``. The image is padded as ``padding``
-  says before filtering, so the edges average what the plain sampler would read there.
-  ``L = 1 + floor(log2(largest spatial size))``: static, so it jits.
+* **Pyramid.** Level 0 is the image; level ``l`` is level ``l - 1`` averaged over 2x2
+  (2 in 1-D, 2x2x2 in 3-D) blocks, so each level has half the pixels of the one below per
+  axis (``ceil``: an odd side is first padded by one pixel as ``padding`` says: zeros, the
+  edge pixel, or its mirror). Levels stop when every side is one pixel (at least two
+  levels): ``L = max(2, 1 + ceil(log2(largest side)))``, static, so it jits. Pixel ``i`` of
+  level ``l`` covers pixels ``[i 2**l, (i + 1) 2**l)`` of the image, so a point at pixel
+  coordinate ``x`` of the image sits at ``(x + 1/2) / 2**l - 1/2`` in level ``l``. All levels
+  are packed in one flat ``(N, C)`` array. **Memory**: about 4/3 of the image in 2-D
+  (``1 + 1/4 + 1/16 + ...``), 8/7 in 3-D and 2x in 1-D, plus up to one row or plane per
+  level for odd sides; it is built in one pass over each level.
 * **Probes.** The footprint's longest column ``J_major`` (length ``rho_major``) is covered
-  by ``probes`` reads spaced evenly along it, each from the level of width
-  ``w = max(1, rho_other, rho_major / probes)`` (``rho_other``: the longest of the other
-  columns), taken at the continuous level ``log2(w)``: linear in the level between the
-  two nearest widths. ``probes=1`` is the isotropic variant (one read at width
-  ``rho_major``), as trilinear mipmapping; more probes follow an elongated footprint, as
-  anisotropic texture filtering does.
+  by ``probes`` reads spaced evenly along it so that together they span it, each of width
+  ``w = max(1, b rho_other, b rho_major / probes)`` (``rho_other``: the longest of the other
+  columns; ``b = 2**LEVEL_BIAS``), at the continuous level ``lambda = log2(w)`` (at most
+  ``L - 1``). ``probes=1`` is the isotropic variant (trilinear mipmapping); more probes
+  follow an elongated footprint, as anisotropic texture filtering does.
+* **Reads.** Each probe is one trilinear read: bilinear (linear, trilinear) in levels
+  ``floor(lambda)`` and ``floor(lambda) + 1``, blended by the fractional level: ``2**(n+1)``
+  taps into the flat pyramid, gathered one tap at a time for all points and accumulated
+  (on XLA CPU the forward pass measured several times faster this way than as one gather
+  of all taps and a contraction, whose index array has the taps on a short last axis).
+  Taps outside a level read 0 with ``padding="zeros"``; with ``"border"`` and
+  ``"reflection"`` the probe's position is padded first, as the plain sampler pads, and
+  the taps of coarser levels are clamped to the level's edge.
+* **Level bias.** A bilinear read of a 2x2 box level is a wider filter (box of ``2**l``
+  convolved with a tent of ``2**l``) than the average of the bilinear image over ``2**l``
+  pixels (box of ``2**l`` with a tent of 1), so levels are read half a level finer
+  (``LEVEL_BIAS = -0.5``, i.e. ``b = 1/sqrt(2)``): chosen on the zone plate of
+  ``benchmarks/antialias.py`` among biases from -1 to 0 (the sweep is in BENCHMARKS.md).
 
-Points whose footprint is at most one pixel along every output axis take the plain
-sampler's value, bit for bit, so identity and upsampling grids are unchanged.
+Points whose biased footprint ``b rho_major`` is at most one pixel (level 0: no
+minification) take the plain sampler's value, bit for bit, so identity, upsampling and
+slight shrinking grids (up to ``sqrt(2)`` pixels apart) are unchanged.
 
-Gradient: the image gradient is linear as usual (each probe's 2**(n+1) taps). The grid
-gradient has, besides the usual term through the point's own position, a term through
-the footprint: the level and the probe offsets depend on the differences to the
-neighbouring grid points, so a point's output also moves when its neighbours move (a
-grid that zooms out further reads a blurrier level). ``max`` passes the gradient to the
-widest term only.
+Gradient: the image gradient is linear as usual (scattered back through the taps of both
+levels and through the 2x2 averages). The grid gradient has, besides the usual term
+through the point's own position, a term through the footprint: the level blend and the
+probe offsets depend on the differences to the neighbouring grid points, so a point's
+output also moves when its neighbours move (a grid that zooms out further reads a
+blurrier blend), as in nvdiffrast's mip-mapped texture op. ``max`` passes the gradient to
+the widest term only; the integer level has none.
 """
 
 from __future__ import annotations
@@ -46,16 +63,22 @@ import jax.numpy as jnp
 from stn_jax import _sampling_reference as reference
 
 PROBES = 2
-# Footprints up to this length count as one pixel: an identity grid's spacing is 1 only up to
-# rounding. Up to it the output is the plain sampler's; just above it the antialiased value
-# differs from that by at most log2(ONE_PIXEL) = 0.14% of the first two levels' difference.
+# log2 of the footprint's scale before choosing the level (see the module's docstring).
+LEVEL_BIAS = -0.5
+# Biased footprints up to this length count as one pixel: an identity grid's spacing is 1 only
+# up to rounding. Up to it the output is the plain sampler's.
 ONE_PIXEL = 1 + 2.0**-10
 _TINY = 1e-12  # keeps sqrt differentiable at a zero-length footprint
 
 
 def level_count(sizes) -> int:
-    """Number of levels: widths 1, 2, 4, ... up to the largest power of two <= the largest size."""
-    return 1 + math.floor(math.log2(max(sizes)))
+    """Number of levels: halve the largest side until it is 1 pixel; at least 2."""
+    return max(2, 1 + (max(sizes) - 1).bit_length())
+
+
+def level_shapes(shape) -> list[tuple[int, ...]]:
+    """The spatial shape of every level of an image of spatial ``shape`` (``ceil`` halving)."""
+    return [tuple(-(-n // 2**level) for n in shape) for level in range(level_count(shape))]
 
 
 def _pad_mode(padding: str, align_corners: bool) -> str:
@@ -68,37 +91,34 @@ def _pad_mode(padding: str, align_corners: bool) -> str:
     return "reflect" if align_corners else "symmetric"
 
 
-def _shift_average(x: jax.Array, axis: int, shift: int) -> jax.Array:
-    """``0.5 * (x[i - shift] + x[i + shift])`` along ``axis``; the result is ``2*shift`` shorter."""
-    n = x.shape[axis]
-    low = jax.lax.slice_in_dim(x, 0, n - 2 * shift, axis=axis)
-    high = jax.lax.slice_in_dim(x, 2 * shift, n, axis=axis)
-    return 0.5 * (low + high)
+def _halve(level: jax.Array, shape, mode: str) -> jax.Array:
+    """``level`` (*spatial, C) averaged over 2x2 blocks into ``shape``, odd sides padded by one."""
+    pad = [(0, 2 * n - m) for n, m in zip(shape, level.shape[:-1])]
+    if any(after for _, after in pad):
+        # `reflect` needs two pixels to mirror; a single pixel's mirror is itself.
+        if mode == "reflect" and min(m for (_, after), m in zip(pad, level.shape[:-1]) if after) < 2:
+            mode = "edge"
+        level = jnp.pad(level, [*pad, (0, 0)], mode=mode)
+    blocks = level.reshape([d for n in shape for d in (n, 2)] + [level.shape[-1]])
+    return blocks.mean(axis=tuple(range(1, 2 * len(shape), 2)))
 
 
-def _tent(x: jax.Array, axis: int) -> jax.Array:
-    """``[1/4, 1/2, 1/4]`` along ``axis``: the average of the linear interpolant over 2 pixels."""
-    n = x.shape[axis]
-    middle = jax.lax.slice_in_dim(x, 1, n - 1, axis=axis)
-    return 0.5 * (_shift_average(x, axis, 1) + middle)
+def pyramid(image: jax.Array, *, padding: str, align_corners: bool) -> jax.Array:
+    """Every level of ``image`` (*spatial, C), flattened and packed in one ``(N, C)`` array,
+    level 0 first, each level in row-major order (offsets: :func:`level_offsets`)."""
+    shapes = level_shapes(image.shape[:-1])
+    mode = _pad_mode(padding, align_corners)
+    level, flats = image, [image.reshape(-1, image.shape[-1])]
+    for shape in shapes[1:]:
+        level = _halve(level, shape, mode)
+        flats.append(level.reshape(-1, image.shape[-1]))
+    return jnp.concatenate(flats)
 
 
-def levels(image: jax.Array, *, padding: str, align_corners: bool) -> jax.Array:
-    """``(L, *spatial, C)``: level ``l`` is ``image`` averaged over ``2**l`` pixels per axis."""
-    spatial = image.ndim - 1
-    count = level_count(image.shape[:-1])
-    if count == 1:
-        return image[None]
-    reach = 2 ** (count - 2)  # half-width of the widest filter
-    pad = [(reach, reach)] * spatial + [(0, 0)]
-    current = jnp.pad(image, pad, mode=_pad_mode(padding, align_corners))
-    out = [image]
-    for level in range(1, count):
-        for axis in range(spatial):
-            current = _tent(current, axis) if level == 1 else _shift_average(current, axis, 2 ** (level - 2))
-        margin = reach - 2 ** (level - 1)  # what is left of the padding at this level
-        out.append(current[tuple(slice(margin, margin + size) for size in image.shape[:-1])])
-    return jnp.stack(out)
+def level_offsets(shapes) -> list[int]:
+    """Where each level starts in :func:`pyramid`'s flat array."""
+    sizes = [math.prod(shape) for shape in shapes]
+    return [sum(sizes[:level]) for level in range(len(sizes))]
 
 
 def _axis_differences(coords: jax.Array, finite: jax.Array, axis: int) -> jax.Array:
@@ -136,6 +156,63 @@ def _lengths(columns: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(columns * columns, axis=-1) + _TINY)
 
 
+def _levels_read(level: jax.Array, shapes, dtype):
+    """For the two levels a continuous ``level`` (*out,) in ``[0, L - 1]`` blends: each one's
+    offset, axis sizes (x, y, z), scale from image pixels to its pixels, and weight."""
+    count = len(shapes)
+    lower = jnp.clip(jnp.floor(level), 0, count - 2)
+    blend = level - lower  # in [0, 1]; reaches 1 only at the top level
+    lower = lower.astype(jnp.int32)
+    # Per level: offset, then the size of each axis in coordinate order (x, y, z).
+    table = jnp.asarray([[offset, *shape[::-1]] for offset, shape in zip(level_offsets(shapes), shapes)], jnp.int32)
+    reads = []
+    for step in (0, 1):
+        number = lower + step
+        row = table[number]  # (*out, 1 + n): one small gather per point
+        scale = jnp.exp2(-number.astype(dtype))  # exact for whole levels
+        sizes = [row[..., 1 + d] for d in range(row.shape[-1] - 1)]
+        reads.append((row[..., 0], sizes, scale, blend if step else 1 - blend))
+    return reads
+
+
+def _taps(at, reads, zeros: bool, dtype):
+    """Flat indices and weights (lists of ``2**(n+1)`` arrays (*out,)) of a trilinear read at
+    pixel coordinates ``at`` (x, y, z) from the two levels of ``reads`` (:func:`_levels_read`)."""
+    indices, weights = [], []
+    for offset, sizes, scale, level_weight in reads:
+        axis_taps = []
+        stride = jnp.ones_like(offset)
+        for x, size in zip(at, sizes):
+            u = (x + 0.5) * scale - 0.5
+            low = jnp.floor(u)
+            frac = u - low
+            low = low.astype(jnp.int32)
+            taps = []
+            for k in (0, 1):
+                index = low + k
+                weight = frac if k else 1 - frac
+                if zeros:
+                    weight = jnp.where((index >= 0) & (index < size), weight, jnp.zeros((), dtype))
+                taps.append((jnp.clip(index, 0, size - 1) * stride, weight))
+            axis_taps.append(taps)
+            stride = stride * size
+        for combo in _product(axis_taps):
+            index, weight = offset, level_weight
+            for axis_index, axis_weight in combo:
+                index = index + axis_index
+                weight = weight * axis_weight
+            indices.append(index)
+            weights.append(weight)
+    return indices, weights
+
+
+def _product(axis_taps):
+    combos = [()]
+    for taps in axis_taps:
+        combos = [(*combo, tap) for combo in combos for tap in taps]
+    return combos
+
+
 def sample(
     image: jax.Array,
     grid: jax.Array,
@@ -148,10 +225,9 @@ def sample(
 ) -> jax.Array:
     """Antialiased linear sampling of ``image`` (*spatial, C) at ``grid`` (*out, n) in ``dtype``.
 
-    ``plain`` is the plain sampler's output at ``grid``, returned where the grid does not shrink.
-    The levels are read by ``reference.linear`` (one trilinear read per probe: position and
-    level) on every platform: the CPU kernels' windows do not suit reads that jump between
-    levels (measured slower under ``vmap``).
+    ``plain`` is the plain sampler's output at ``grid``, returned where the biased footprint
+    is at most one pixel. The pyramid is read by ``probes * 2**(n+1)`` taps per point (plain
+    ``jnp``, differentiated by JAX) on every platform.
     """
     sizes = image.shape[:-1][::-1]
     coords, finite = reference.pixel_coordinates(grid, sizes, padding=None, align_corners=align_corners)
@@ -165,20 +241,30 @@ def sample(
         rho_other = jnp.where(longer, rho_major, jnp.maximum(rho_other, lengths[k]))
         direction = jnp.where(longer[..., None], columns[..., k, :], direction)
         rho_major = jnp.where(longer, lengths[k], rho_major)
+    bias = 2.0**LEVEL_BIAS
+    rho_major, rho_other = bias * rho_major, bias * rho_other
     width = jnp.maximum(jnp.maximum(rho_other, rho_major / probes), 1)
 
-    stack = levels(image.astype(dtype), padding=padding, align_corners=align_corners)
-    level = jnp.clip(jnp.log2(width), 0, stack.shape[0] - 1)
+    shapes = level_shapes(image.shape[:-1])
+    flat = pyramid(image.astype(dtype), padding=padding, align_corners=align_corners)
+    level = jnp.minimum(jnp.log2(width), len(shapes) - 1)
     spread = jnp.maximum(1 - width / rho_major, 0)  # of the major column left to the probes
-    reads = []
+    reads = _levels_read(level, shapes, dtype)
+    indices, weights = [], []
     for k in range(probes):
         # Probes of width `width` spaced evenly so that together they span the major column.
         at = coords + direction * (spread * (k / max(probes - 1, 1) - 0.5 * (probes > 1)))[..., None]
         at = [at[..., d] for d in range(len(sizes))]
-        at = [reference.pad_coordinate(c, size, padding, align_corners) for c, size in zip(at, sizes)]
-        reads.append(reference.linear(stack, [*at, level], finite, dtype))
-    while len(reads) > 1:  # pairwise, so equal reads average exactly
-        reads = [reads[i] + reads[i + 1] if i + 1 < len(reads) else reads[i] for i in range(0, len(reads), 2)]
-    out = reads[0] / probes
+        if padding != "zeros":
+            at = [reference.pad_coordinate(c, size, padding, align_corners) for c, size in zip(at, sizes)]
+        probe_indices, probe_weights = _taps(at, reads, padding == "zeros", dtype)
+        indices += probe_indices
+        weights += probe_weights
+    # One gather per tap, accumulated: on XLA CPU several times faster than one gather of all
+    # taps (whose index array has the taps on a short last axis) and a contraction.
+    scale = finite.astype(dtype) / probes
+    out = jnp.zeros((*grid.shape[:-1], image.shape[-1]), dtype)
+    for index, weight in zip(indices, weights):
+        out = out + (weight * scale)[..., None] * flat.at[index].get(mode="promise_in_bounds")
     shrinks = rho_major > ONE_PIXEL
     return jnp.where(shrinks[..., None], out, plain.astype(dtype))

@@ -2,6 +2,7 @@
 of the docstring (unchanged where the grid does not shrink, every dimension, jit/vmap/grad,
 bfloat16, non-finite points), and the modules' option."""
 
+import functools
 import zlib
 
 import jax
@@ -19,6 +20,9 @@ from stn_jax.nnx import SpatialTransformer as NNXST
 
 # Jitted: one compilation per shape instead of one per operation (most of the time op by op).
 sample = jax.jit(stn_jax.sample, static_argnames=("method", "padding", "align_corners", "antialias", "implementation"))
+mip_sample = jax.jit(
+    functools.partial(antialias.sample, dtype=jnp.float32), static_argnames=("padding", "align_corners", "probes")
+)
 
 
 def _rng(*key) -> np.random.Generator:
@@ -54,36 +58,114 @@ def _psnr(a, b, peak: float) -> float:
 # -- the filter -----------------------------------------------------------------------
 
 
-def _interpolant_average(row: np.ndarray, width: int, mode: str) -> np.ndarray:
-    """Average over [i - width/2, i + width/2] of the piecewise-linear interpolant of the padded
-    ``row`` (numpy's pad modes), by the midpoint rule on 64 points per pixel (exact up to the
-    rule's error for a piecewise-linear function)."""
-    pad = width + 2
-    padded = np.pad(row, pad, mode=mode)
-    steps = 64 * width
-    t = (np.arange(steps) + 0.5) / steps * width - width / 2
-    out = []
-    for i in range(len(row)):
-        out.append(np.interp(i + pad + t, np.arange(len(padded)), padded).mean())
-    return np.array(out)
+def _block_average(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` (*spatial, C) zero-padded at the high end to a multiple of ``factor`` per axis and
+    averaged over ``factor``-pixel blocks along every spatial axis (an independent reference for
+    the zero-padded pyramid: halving ``l`` times with zero padding is one block of ``2**l``)."""
+    spatial = image.ndim - 1
+    shape = [-(-n // factor) for n in image.shape[:-1]]
+    padded = np.pad(image, [(0, factor * n - m) for n, m in zip(shape, image.shape[:-1])] + [(0, 0)])
+    blocks = padded.reshape([d for n in shape for d in (n, factor)] + [image.shape[-1]])
+    return blocks.mean(axis=tuple(range(1, 2 * spatial, 2)))
+
+
+def _numpy_halvings(image: np.ndarray, count: int, mode: str) -> list[np.ndarray]:
+    """Levels by repeated 2x2 averages in NumPy, odd sides padded by one with numpy's ``mode``."""
+    out = [image]
+    for _ in range(count - 1):
+        level = out[-1]
+        pad = [(0, n % 2) for n in level.shape[:-1]] + [(0, 0)]
+        level = np.pad(level, pad, mode=mode if min(level.shape[:-1]) > 1 or mode != "reflect" else "edge")
+        out.append(_block_average(level, 2))
+    return out
+
+
+def _unpack(flat: np.ndarray, shape) -> list[np.ndarray]:
+    shapes = antialias.level_shapes(shape)
+    offsets = antialias.level_offsets(shapes)
+    return [flat[o : o + int(np.prod(s))].reshape(*s, -1) for o, s in zip(offsets, shapes)]
+
+
+def test_pyramid_is_2x2_block_averages_packed_in_4_thirds_of_the_image():
+    rng = _rng("pyramid")
+    image = rng.normal(size=(5, 13, 2)).astype(np.float32)
+    assert antialias.level_shapes((5, 13)) == [(5, 13), (3, 7), (2, 4), (1, 2), (1, 1)]
+    flat = np.asarray(antialias.pyramid(jnp.asarray(image), padding="zeros", align_corners=False))
+    assert flat.shape == (65 + 21 + 8 + 2 + 1, 2)
+    levels = _unpack(flat, (5, 13))
+    for level, got in enumerate(levels):
+        np.testing.assert_allclose(got, _block_average(image, 2**level), atol=1e-6, err_msg=f"level {level}")
+    # Memory: 1 + 1/4 + 1/16 + ... of the image in 2-D, 1 + 1/8 + ... in 3-D, 1 + 1/2 + ... in 1-D
+    # (the sum down to the 1-pixel level is that ratio of the image less one pixel).
+    for shape, channels, ratio in [((64, 64), 3, 4 / 3), ((16, 16, 16), 1, 8 / 7), ((256,), 2, 2)]:
+        size = antialias.pyramid(jnp.zeros((*shape, channels)), padding="zeros", align_corners=False).size
+        assert size == sum(int(np.prod(s)) for s in antialias.level_shapes(shape)) * channels
+        assert np.prod(shape) * channels * ratio - channels <= size <= np.prod(shape) * channels * ratio
 
 
 @pytest.mark.parametrize(
     "padding,align_corners,mode",
-    [("zeros", False, "constant"), ("border", False, "edge"), ("reflection", False, "symmetric"),
-     ("reflection", True, "reflect")],
+    [("border", False, "edge"), ("reflection", False, "symmetric"), ("reflection", True, "reflect")],
 )  # fmt: skip
-def test_levels_average_the_bilinear_image_over_their_width(padding, align_corners, mode):
-    rng = _rng("levels", padding, align_corners)
-    image = rng.normal(size=(5, 13, 1)).astype(np.float32)
-    stack = np.asarray(antialias.levels(jnp.asarray(image), padding=padding, align_corners=align_corners))
-    assert stack.shape == (4, 5, 13, 1)  # widths 1, 2, 4, 8 for a largest side of 13
-    np.testing.assert_array_equal(stack[0], image)
-    for level in range(1, 4):
-        width = 2**level
-        rows = np.stack([_interpolant_average(r, width, mode) for r in image[..., 0]])
-        expected = np.stack([_interpolant_average(c, width, mode) for c in rows.T]).T
-        np.testing.assert_allclose(stack[level, ..., 0], expected, atol=2e-5, err_msg=f"level {level}")
+def test_pyramid_pads_odd_sides_as_padding_says(padding, align_corners, mode):
+    rng = _rng("pyramid", padding, align_corners)
+    image = rng.normal(size=(3, 11, 1)).astype(np.float32)
+    flat = np.asarray(antialias.pyramid(jnp.asarray(image), padding=padding, align_corners=align_corners))
+    expected = _numpy_halvings(image, antialias.level_count((3, 11)), mode)
+    for level, (got, want) in enumerate(zip(_unpack(flat, (3, 11)), expected)):
+        np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"level {level}")
+
+
+def _numpy_mip_read(levels, x: np.ndarray, y: np.ndarray, level: np.ndarray, padding: str) -> np.ndarray:
+    """One trilinear read per point, written out point by point: bilinear in levels floor(level)
+    and floor(level) + 1 (floor at most L - 2) at ``(x + 1/2) / 2**l - 1/2``, blended linearly.
+    Taps outside a level read 0 (zeros) or the nearest edge pixel (border)."""
+    out = []
+    for xi, yi, li in zip(x.ravel(), y.ravel(), level.ravel()):
+        lower = min(int(np.floor(li)), len(levels) - 2)
+        value = np.zeros(levels[0].shape[-1])
+        for lv, blend in ((lower, 1 - (li - lower)), (lower + 1, li - lower)):
+            data = levels[lv]
+            u, v = (xi + 0.5) / 2**lv - 0.5, (yi + 0.5) / 2**lv - 0.5
+            u0, v0 = int(np.floor(u)), int(np.floor(v))
+            for du, wu in ((0, 1 - (u - u0)), (1, u - u0)):
+                for dv, wv in ((0, 1 - (v - v0)), (1, v - v0)):
+                    iu, iv = u0 + du, v0 + dv
+                    inside = 0 <= iu < data.shape[1] and 0 <= iv < data.shape[0]
+                    if padding == "zeros" and not inside:
+                        continue
+                    iu, iv = min(max(iu, 0), data.shape[1] - 1), min(max(iv, 0), data.shape[0] - 1)
+                    value = value + blend * wu * wv * data[iv, iu]
+        out.append(value)
+    return np.array(out).reshape(*x.shape, -1)
+
+
+@pytest.mark.parametrize("padding,align_corners", [("zeros", False), ("border", True), ("zeros", True)])
+def test_isotropic_read_is_a_trilinear_read_at_the_biased_level(padding, align_corners):
+    # A rotated zoom-out by 3 (partly off the image): a similarity, so every point's footprint
+    # is about 3 pixels along both output axes and its level log2(3 * 2**LEVEL_BIAS) ~ 1.1, a
+    # blend of levels 1 and 2, against a NumPy read written out point by point.
+    rng = _rng("trilinear", padding, align_corners)
+    image = rng.normal(size=(30, 36, 2)).astype(np.float32)
+    out = (12, 10)
+    theta = np.array([[np.cos(0.4), -np.sin(0.4), 0.1], [np.sin(0.4), np.cos(0.4), -0.05]])
+    theta[:, :2] *= np.array([[3 * out[1] / 36, 3 * out[0] / 30]])
+    grid = stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), out)
+    plain = sample(image, grid, padding=padding, align_corners=align_corners)
+    got = mip_sample(jnp.asarray(image), grid, plain, padding=padding, align_corners=align_corners, probes=1)
+    # Pixel coordinates and the (exact) footprint of the affine map, in NumPy.
+    g = np.asarray(grid, np.float64)
+    size = np.array([36, 30])
+    pixels = (g + 1) * (size - 1) / 2 if align_corners else (g + 1) * size / 2 - 0.5
+    columns = [theta[:, k] * (2 / out[1 - k]) * ((size - 1) / 2 if align_corners else size / 2) for k in (0, 1)]
+    rho = max(np.linalg.norm(c) for c in columns)
+    assert 2.8 < rho < 3.2
+    level = np.full(out, np.log2(rho * 2**antialias.LEVEL_BIAS))
+    x, y = pixels[..., 0], pixels[..., 1]
+    if padding == "border":
+        x, y = np.clip(x, 0, 35), np.clip(y, 0, 29)
+    levels = _unpack(np.asarray(antialias.pyramid(jnp.asarray(image), padding=padding, align_corners=False)), (30, 36))
+    np.testing.assert_allclose(got, _numpy_mip_read(levels, x, y, level, padding), atol=2e-5)
 
 
 def test_footprint_of_an_affine_grid_is_its_matrix_in_pixels():
@@ -129,8 +211,7 @@ def test_anisotropic_shrink_beats_plain_bilinear():
     ours = _psnr(sample(image, grid, antialias=True), reference, 2.0)
     assert ours >= plain + 10, (plain, ours)
     # The probes along the long side are what does it: one isotropic read blurs the short side too.
-    isotropic = antialias.sample(image, grid, sample(image, grid), padding="zeros", align_corners=False,
-                                 dtype=jnp.float32, probes=1)  # fmt: skip
+    isotropic = mip_sample(image, grid, sample(image, grid), padding="zeros", align_corners=False, probes=1)
     assert ours >= _psnr(isotropic, reference, 2.0) + 3, (ours, _psnr(isotropic, reference, 2.0))
 
 
@@ -149,22 +230,56 @@ def test_identity_and_upsampling_grids_are_unchanged_bit_for_bit(padding, implem
         np.testing.assert_array_equal(sample(image, grid, antialias=True, **kw), sample(image, grid, **kw))
 
 
-@pytest.mark.parametrize("ndim", [1, 3])
-def test_other_dimensions(ndim):
+def test_level_zero_is_plain_sampling_bit_for_bit():
+    # Footprints of 1.3 pixels: above one pixel, but the level bias (2**-0.5) brings them below,
+    # so no minification, and every padding returns the plain sampler's value exactly.
+    rng = _rng("level zero")
+    image = jnp.asarray(rng.normal(size=(26, 26, 2)), jnp.float32)
+    grid = stn_jax.affine_grid(jnp.asarray(_rotation_zoom(1.3, 15, (0.05, 0.1)), jnp.float32), (26, 26))
+    for padding in ("zeros", "border", "reflection"):
+        np.testing.assert_array_equal(
+            sample(image, grid, antialias=True, padding=padding), sample(image, grid, padding=padding)
+        )
+    # Just above the level-0 bound (1.5 pixels: biased 1.06) the filter is on.
+    grid = stn_jax.affine_grid(jnp.asarray(_rotation_zoom(1.5, 15), jnp.float32), (26, 26))
+    assert np.abs(np.asarray(sample(image, grid, antialias=True) - sample(image, grid))).max() > 1e-3
+
+
+def test_zoom_out_by_2_is_no_worse_than_plain():
+    image = _zone_plate(128)
+    for degrees in (0, 30):
+        theta = _rotation_zoom(1.0, degrees)
+        grid = stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), (64, 64))
+        reference = _box_average(image, theta, (64, 64), per_pixel=8)
+        plain = _psnr(sample(image, grid), reference, 2.0)
+        assert _psnr(sample(image, grid, antialias=True), reference, 2.0) >= plain - 1e-6, degrees
+
+
+def test_footprints_beyond_the_pyramid_read_its_top_level():
+    # An 8x8 image onto 2x2 points 32 pixels apart: the level would be log2(32 / sqrt(2)) = 4.5,
+    # beyond the top (3, one pixel: the image's mean), which is what every point reads.
+    rng = _rng("top")
+    image = jnp.asarray(rng.normal(size=(8, 8, 1)), jnp.float32)
+    grid = stn_jax.affine_grid(jnp.asarray(_rotation_zoom(8.0, 0), jnp.float32), (2, 2))
+    got = np.asarray(sample(image, grid, antialias=True, padding="border"))
+    np.testing.assert_allclose(got, np.full((2, 2, 1), float(image.mean())), atol=1e-6)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_axis_aligned_shrink_by_4_is_the_4_pixel_block_average(ndim):
     rng = _rng("dims", ndim)
-    size = 32 if ndim == 1 else 12
+    size = {1: 32, 2: 16, 3: 12}[ndim]
     image = jnp.asarray(rng.normal(size=(size,) * ndim + (2,)), jnp.float32)
     theta = np.eye(ndim, ndim + 1)
     identity = stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), (size,) * ndim)
     np.testing.assert_array_equal(sample(image, identity, antialias=True), sample(image, identity))
-    # Shrinking by 4 along every axis: each output reads the 4-pixel average (level 2) at
-    # the centre of its 4-pixel cell, i.e. the box average of the bilinear image over the cell.
+    # Shrinking by 4 along every axis: output i sits at pixel 4i + 1.5, i.e. at pixel i + 1/4 of
+    # level 2 and on the line between pixels 2i and 2i + 1 of level 1, each the 4-pixel block's
+    # average: whatever the blend, the output is the block average (biased level 1.5).
     out = (size // 4,) * ndim
     shrunk = stn_jax.affine_grid(jnp.asarray(theta, jnp.float32), out)
     got = np.asarray(sample(image, shrunk, antialias=True, padding="border"))
-    stack = np.asarray(antialias.levels(image, padding="border", align_corners=False))
-    centres = np.asarray(sample(jnp.asarray(stack[2]), shrunk, padding="border"))
-    np.testing.assert_allclose(got, centres, atol=1e-5)
+    np.testing.assert_allclose(got, _block_average(np.asarray(image), 4), atol=1e-5)
     assert not np.allclose(got, np.asarray(sample(image, shrunk, padding="border")), atol=1e-3)
 
 

@@ -385,8 +385,12 @@ _read_p.def_abstract_eval(_read_aval)
 _read_taps_p.def_abstract_eval(_read_taps_aval)
 _add_p.def_abstract_eval(lambda windows, starts, *, shape: jax.core.ShapedArray(shape, windows.dtype))
 _add_taps_p.def_abstract_eval(lambda *args, shape: jax.core.ShapedArray(shape, args[0].dtype))
-for _prim, _impl in ((_read_p, _read_impl), (_add_p, _add_impl), (_read_taps_p, _read_taps_impl),
-                     (_add_taps_p, _add_taps_impl)):  # fmt: skip
+for _prim, _impl in (
+    (_read_p, _read_impl),
+    (_add_p, _add_impl),
+    (_read_taps_p, _read_taps_impl),
+    (_add_taps_p, _add_taps_impl),
+):
     _prim.def_impl(_impl)
     mlir.register_lowering(_prim, mlir.lower_fun(_impl, multiple_results=_prim.multiple_results))
 

@@ -533,9 +533,15 @@ def _svhn_st_cnn_multi(input_shape, num_classes, *, rngs, **kw):
 def _colour_cnn(input_shape, num_classes, *, rngs, dropout=0.5):
     convs = ((16, 5), (32, 5))
     return Classifier(
-        input_shape, num_classes, convs=convs, hidden=(1024,), padding="VALID", dropout=dropout,
-        conv_dropout_layers=(1,), rngs=rngs,
-    )  # fmt: skip
+        input_shape,
+        num_classes,
+        convs=convs,
+        hidden=(1024,),
+        padding="VALID",
+        dropout=dropout,
+        conv_dropout_layers=(1,),
+        rngs=rngs,
+    )
 
 
 def _colour_stn(input_shape, num_classes, *, rngs, transform="affine", dropout=0.5):

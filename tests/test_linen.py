@@ -56,8 +56,9 @@ def test_module_computes_grid_and_sample_of_its_regressed_theta(transform, input
 
 def test_gradients_through_the_module_match_finite_differences(x64):
     x = images((2, 5, 6, 2), seed=5).astype(jnp.float64)
-    st = stn_linen.SpatialTransformer(out_shape=(4, 5), transform="tps", num_control_points=9, hidden=(4,),
-                                      theta_init="random")  # fmt: skip
+    st = stn_linen.SpatialTransformer(
+        out_shape=(4, 5), transform="tps", num_control_points=9, hidden=(4,), theta_init="random"
+    )
     params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), st.init(jax.random.key(6), x)["params"])
     check_grads(jax.jit(lambda p, x: st.apply({"params": p}, x)), (params, x), order=1, modes=("rev",), eps=1e-6)
 

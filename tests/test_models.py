@@ -192,8 +192,11 @@ def test_colour_stn_counts_follow_from_its_layers():
     side = pooled(pooled(32, 5), 5)  # 32 → 28 → 14 → 10 → 5
     classifier = conv(5, 3, 16) + conv(5, 16, 32) + dense(side * side * 32, 1024) + dense(1024, 10)
     table = models.param_count_table(["colour_stn"], input_shape=(32, 32, 3))
-    assert table["colour_stn"] == {"total": localisation + classifier, "localisation": localisation,
-                                   "classifier": classifier}  # fmt: skip
+    assert table["colour_stn"] == {
+        "total": localisation + classifier,
+        "localisation": localisation,
+        "classifier": classifier,
+    }
 
 
 @pytest.mark.parametrize(
@@ -263,9 +266,14 @@ def test_parameter_paths_are_stable_and_every_mlp_is_the_one_nnx_mlp():
     st_cnn = build("st_cnn_affine", (28, 28, 1))
     loc = "transformers/0/localisation"
     assert _param_paths(st_cnn) == layer(
-        "classifier/features/conv_0", "classifier/features/conv_1", "classifier/head/out",
-        f"{loc}/features/conv_0", f"{loc}/features/conv_1", f"{loc}/mlp/dense_0", "transformers/0/localisation_head",
-    )  # fmt: skip
+        "classifier/features/conv_0",
+        "classifier/features/conv_1",
+        "classifier/head/out",
+        f"{loc}/features/conv_0",
+        f"{loc}/features/conv_1",
+        f"{loc}/mlp/dense_0",
+        "transformers/0/localisation_head",
+    )
     svhn = build("svhn_st_cnn_multi", (32, 32, 3))
     assert {p for p in _param_paths(svhn) if "mlp" in p or "st_0/" in p} == layer(
         "mlp/dense_0", "mlp/dense_1", "st_0/localisation/dense_0", "st_0/localisation/dense_1", "st_0/localisation_head"

@@ -49,8 +49,15 @@ def test_module_computes_grid_and_sample_of_its_regressed_theta(transform, input
     """A random regression layer: the output and θ equal the functions' (helpers.transformer_reference)."""
     seed = seed_of("nnx", transform, input_shape, options)
     x = images((3, *input_shape), seed=seed % 1000)
-    st = SpatialTransformer(input_shape, out_shape=out_shape, transform=transform, hidden=(8,), return_theta=True,
-                            rngs=nnx.Rngs(seed % 1000), **options)  # fmt: skip
+    st = SpatialTransformer(
+        input_shape,
+        out_shape=out_shape,
+        transform=transform,
+        hidden=(8,),
+        return_theta=True,
+        rngs=nnx.Rngs(seed % 1000),
+        **options,
+    )
     state = nnx.state(st, nnx.Param)
     params = randomize_head(nnx.to_pure_dict(state), seed)
     nnx.replace_by_pure_dict(state, params)
@@ -65,8 +72,9 @@ def test_module_computes_grid_and_sample_of_its_regressed_theta(transform, input
 
 
 def test_gradients_through_the_module_match_finite_differences(x64):
-    st = SpatialTransformer((5, 6, 2), out_shape=(4, 5), transform="projective", hidden=(4,), theta_init="random",
-                            rngs=nnx.Rngs(3))  # fmt: skip
+    st = SpatialTransformer(
+        (5, 6, 2), out_shape=(4, 5), transform="projective", hidden=(4,), theta_init="random", rngs=nnx.Rngs(3)
+    )
     graphdef, params = nnx.split(st, nnx.Param)
     params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
     x = images((2, 5, 6, 2), seed=4).astype(jnp.float64)

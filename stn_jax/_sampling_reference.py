@@ -10,18 +10,24 @@ kernels (linear with floor and fractional part, so the grid gradient is non-zero
 integer coordinates; nearest rounding half to even; bicubic with A = -0.75, each of its
 taps padded on its own).
 
-Every method reads its taps with one flat gather (``gather``): the per-axis tap indices
-(clamped into the image) make one row index into the image's ``(pixels, C)`` view, so a
-point's 2**n (linear), 1 (nearest) or 16 (bicubic) taps come in one read and its image
-gradient is one scatter-add. A tap outside the image, and every tap of a point with a
-non-finite coordinate, reads 0 (a ``where`` on the values read, not a zero weight, so that
-a non-finite pixel on the edge does not reach the points outside it, as in PyTorch).
+Every method reads its taps with one flat gather (``gather``): each tap's per-axis indices
+(clamped into the image) make one row index into the image's ``(pixels, C)`` view, the
+``K`` taps of every point (2**n linear, 1 nearest, 16 bicubic) are stacked on a leading
+axis and read at once, so the image gradient is one scatter-add. A tap outside the image,
+and every tap of a point with a non-finite coordinate, reads 0 (a ``where`` on the value
+read, not a zero weight, so that a non-finite pixel on the edge does not reach the points
+beyond it, as in PyTorch). On XLA CPU this layout (taps stacked first, sums written as
+additions) made one gather faster than one gather per tap in the backward passes, though
+slower forward with one channel (BENCHMARKS.md).
 
 Coordinates are lists in grid order ``(x, y, z)``; image axes are ``(z, y, x, C)``.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import operator
 from typing import cast
 
 import jax
@@ -102,69 +108,69 @@ def take(rows: jax.Array, index: jax.Array) -> jax.Array:
     return rows.at[index].get(mode="promise_in_bounds")
 
 
-def gather(image: jax.Array, taps, finite: jax.Array, take=take) -> jax.Array:
-    """The pixels at the taps of every point, read with one flat gather; 0 outside the image.
+def gather(image: jax.Array, taps, finite: jax.Array, take=take) -> tuple[jax.Array, jax.Array]:
+    """The pixels at every tap of every point, read with one flat gather, and where they are inside.
 
-    ``taps`` holds per axis, in grid order (x, y, z), a ``(*P, k)`` array of integer-valued
-    pixel indices. They are clamped into the image for the read, and the taps that were
-    outside it (every tap of a point that is not ``finite``) read 0. Returns
-    ``(*P, k_z, k_y, k_x, C)``: the taps of each axis on an axis of their own, x last.
+    ``taps`` holds per axis, in grid order (x, y, z), a list of ``k`` arrays of integer-valued
+    pixel indices ``(*P)``; the point's taps are all their combinations, ``K = k_x·k_y·k_z``,
+    x fastest. The indices are clamped into the image for the read. Returns the values
+    ``(K, *P, C)`` and whether each tap is inside the image (and its point ``finite``),
+    ``(K, *P)``. The tap axis leads: XLA CPU slices taps out of the gather far faster then.
     """
     sizes = image.shape[:-1][::-1]
-    n = len(taps)
-    flat, keep = 0, finite.reshape(finite.shape + (1,) * n)
-    for d in reversed(range(n)):  # z, y, x: the row of (x, y, z) is x + W·(y + H·z)
-        index = taps[d]
-        shape = index.shape[:-1] + (1,) * (n - 1 - d) + index.shape[-1:] + (1,) * d
-        keep = keep & ((index >= 0) & (index <= sizes[d] - 1)).reshape(shape)
-        flat = flat * sizes[d] + jnp.clip(index, 0, sizes[d] - 1).astype(jnp.int32).reshape(shape)
-    flat = cast(jax.Array, flat)
-    points, counts = flat.shape[:-n], flat.shape[-n:]
-    rows = take(image.reshape(-1, image.shape[-1]), flat.reshape(*points, -1))
-    rows = rows.reshape(*points, *counts, image.shape[-1])
-    return jnp.where(keep[..., None], rows, jnp.zeros((), image.dtype))
+    rows, keeps = [], []
+    for corner in itertools.product(*reversed(taps)):  # z slowest, x fastest
+        flat, keep, stride = 0, finite, 1
+        for index, size in zip(reversed(corner), sizes):  # the row of (x, y, z): x + W·(y + H·z)
+            keep = keep & (index >= 0) & (index <= size - 1)
+            flat = flat + stride * jnp.clip(index, 0, size - 1).astype(jnp.int32)
+            stride *= size
+        rows.append(flat)
+        keeps.append(keep)
+    return take(image.reshape(-1, image.shape[-1]), jnp.stack(rows)), jnp.stack(keeps)
 
 
-def contract(values: jax.Array, weights) -> jax.Array:
-    """Σ over the taps of ``gather``'s values: x first, then y, then z (as PyTorch's bicubic).
+def contract(values: jax.Array, keep: jax.Array, weights, dtype) -> jax.Array:
+    """Σ over the taps of ``gather``'s values inside the image, each weighted by the product
+    of its axes' weights (``weights``: per axis, in grid order, a list of ``k`` arrays ``(*P)``).
 
-    ``weights`` holds per axis, in grid order, the ``(*P, k)`` weights of its taps."""
-    for d, weight in enumerate(weights):
-        n_left = len(weights) - 1 - d  # tap axes not yet contracted, before this one
-        weight = weight.reshape(weight.shape[:-1] + (1,) * n_left + weight.shape[-1:] + (1,))
-        values = jnp.sum(values * weight, axis=-2)
-    return values
+    A ``where`` on each value (not a zero weight) leaves out the taps outside the image, so
+    a non-finite pixel on the edge does not reach points beyond it (0 × inf), as in PyTorch.
+    The sum is written as additions, not ``jnp.sum``: XLA CPU runs a reduction over a tap
+    axis several times slower (it hands reductions to YNNPACK, BENCHMARKS.md)."""
+    out = 0
+    for k, corner in enumerate(itertools.product(*reversed(weights))):
+        weight = functools.reduce(operator.mul, corner)
+        value = jnp.where(keep[k][..., None], values[k].astype(dtype), jnp.zeros((), dtype))
+        out = out + value * weight[..., None]
+    return cast(jax.Array, out)
 
 
 def linear(image: jax.Array, coords, finite: jax.Array, dtype, take=take) -> jax.Array:
     """Linear, bilinear or trilinear interpolation: the 2**n corners of the cell around each
     point, weighted by ``1 - frac`` and ``frac`` along each axis."""
-    taps, weights = [], []
-    for coord in coords:
-        low = jnp.floor(coord)[..., None]
-        index = low + jnp.arange(2, dtype=low.dtype)
-        frac = (coord[..., None] - low).astype(dtype)
-        taps.append(index)
-        weights.append(jnp.where(index == low, 1 - frac, frac))
-    return contract(gather(image, taps, finite, take).astype(dtype), weights)
+    lows = [jnp.floor(c) for c in coords]
+    fracs = [(c - low).astype(dtype) for c, low in zip(coords, lows)]
+    values, keep = gather(image, [[low, low + 1] for low in lows], finite, take)
+    return contract(values, keep, [[1 - frac, frac] for frac in fracs], dtype)
 
 
 def nearest(image: jax.Array, coords, finite: jax.Array, take=take) -> jax.Array:
     """The pixel nearest to each point (ties to even, as PyTorch), in ``image``'s dtype."""
-    taps = [jnp.round(c)[..., None] for c in coords]
-    return gather(image, taps, finite, take).reshape(*finite.shape, image.shape[-1])
+    values, keep = gather(image, [[jnp.round(c)] for c in coords], finite, take)
+    return jnp.where(keep[0][..., None], values[0], jnp.zeros((), image.dtype))
 
 
 def bicubic(image: jax.Array, coords, finite: jax.Array, padding: str, align_corners: bool, dtype, take=take):
-    """Bicubic convolution over the 4×4 taps around each (unpadded) point; each tap is padded
-    on its own and the rows are combined in x, then in y, as PyTorch does."""
+    """Bicubic convolution over the 4×4 taps around each (unpadded) point, each tap padded on
+    its own (as PyTorch; the sum is over the 16 taps with product weights)."""
     sizes = image.shape[:-1][::-1]
-    taps, weights = [], []
-    for coord, size in zip(coords, sizes):
-        low = jnp.floor(coord)
-        taps.append(pad_coordinate(low[..., None] + jnp.arange(-1, 3, dtype=low.dtype), size, padding, align_corners))
-        weights.append(jnp.stack(cubic_weights(coord - low), axis=-1).astype(dtype))
-    return contract(gather(image, taps, finite, take).astype(dtype), weights)
+    lows = [jnp.floor(c) for c in coords]
+    taps = [
+        [pad_coordinate(low + k - 1, size, padding, align_corners) for k in range(4)] for low, size in zip(lows, sizes)
+    ]
+    weights = [[w.astype(dtype) for w in cubic_weights(c - low)] for c, low in zip(coords, lows)]
+    return contract(*gather(image, taps, finite, take), weights, dtype)
 
 
 def sample(

@@ -176,9 +176,11 @@ def _levels_read(level: jax.Array, shapes, dtype):
 
 
 def _taps(at, reads, zeros: bool, dtype):
-    """Flat indices and weights (lists of ``2**(n+1)`` arrays (*out,)) of a trilinear read at
-    pixel coordinates ``at`` (x, y, z) from the two levels of ``reads`` (:func:`_levels_read`)."""
-    indices, weights = [], []
+    """Flat indices, weights and in-level masks (lists of ``2**(n+1)`` arrays (*out,)) of a trilinear read
+    at pixel coordinates ``at`` (x, y, z) from the two levels of ``reads`` (:func:`_levels_read`). A tap
+    outside its level (zero padding) has weight 0 and is masked: its clamped read must not count, even
+    where it is not finite (0 × inf is NaN)."""
+    indices, weights, inside = [], [], []
     for offset, sizes, scale, level_weight in reads:
         axis_taps = []
         stride = jnp.ones_like(offset)
@@ -191,19 +193,21 @@ def _taps(at, reads, zeros: bool, dtype):
             for k in (0, 1):
                 index = low + k
                 weight = frac if k else 1 - frac
-                if zeros:
-                    weight = jnp.where((index >= 0) & (index < size), weight, jnp.zeros((), dtype))
-                taps.append((jnp.clip(index, 0, size - 1) * stride, weight))
+                valid = (index >= 0) & (index < size) if zeros else jnp.ones(index.shape, bool)
+                weight = jnp.where(valid, weight, jnp.zeros((), dtype))
+                taps.append((jnp.clip(index, 0, size - 1) * stride, weight, valid))
             axis_taps.append(taps)
             stride = stride * size
         for combo in _product(axis_taps):
-            index, weight = offset, level_weight
-            for axis_index, axis_weight in combo:
+            index, weight, valid = offset, level_weight, True
+            for axis_index, axis_weight, axis_valid in combo:
                 index = index + axis_index
                 weight = weight * axis_weight
+                valid = valid & axis_valid
             indices.append(index)
             weights.append(weight)
-    return indices, weights
+            inside.append(valid)
+    return indices, weights, inside
 
 
 def _product(axis_taps):
@@ -250,21 +254,22 @@ def sample(
     level = jnp.minimum(jnp.log2(width), len(shapes) - 1)
     spread = jnp.maximum(1 - width / rho_major, 0)  # of the major column left to the probes
     reads = _levels_read(level, shapes, dtype)
-    indices, weights = [], []
+    indices, weights, inside = [], [], []
     for k in range(probes):
         # Probes of width `width` spaced evenly so that together they span the major column.
         at = coords + direction * (spread * (k / max(probes - 1, 1) - 0.5 * (probes > 1)))[..., None]
         at = [at[..., d] for d in range(len(sizes))]
         if padding != "zeros":
             at = [reference.pad_coordinate(c, size, padding, align_corners) for c, size in zip(at, sizes)]
-        probe_indices, probe_weights = _taps(at, reads, padding == "zeros", dtype)
+        probe_indices, probe_weights, probe_inside = _taps(at, reads, padding == "zeros", dtype)
         indices += probe_indices
         weights += probe_weights
+        inside += probe_inside
     # One gather per tap, accumulated: on XLA CPU several times faster than one gather of all
     # taps (whose index array has the taps on a short last axis) and a contraction.
-    scale = finite.astype(dtype) / probes
     out = jnp.zeros((*grid.shape[:-1], image.shape[-1]), dtype)
-    for index, weight in zip(indices, weights):
-        out = out + (weight * scale)[..., None] * flat.at[index].get(mode="promise_in_bounds")
+    for index, weight, valid in zip(indices, weights, inside):
+        value = flat.at[index].get(mode="promise_in_bounds")
+        out = out + (weight / probes)[..., None] * jnp.where((valid & finite)[..., None], value, 0)
     shrinks = rho_major > ONE_PIXEL
     return jnp.where(shrinks[..., None], out, plain.astype(dtype))

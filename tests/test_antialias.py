@@ -368,3 +368,17 @@ def test_modules_pass_antialias_to_the_sampler():
     out, theta = jax.jit(linen_st.apply)(params, images)
     expected = jax.vmap(lambda i, t: sample(i, stn_jax.affine_grid(t, (8, 8)), antialias=True))(images, theta)
     np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+def test_a_non_finite_pixel_reaches_only_the_points_a_huge_finite_one_reaches(padding):
+    """A tap outside its level weighs 0 and must not count even when the pixel it is clamped to is inf
+    (0 × inf would be NaN): inf exactly where 1e30 shows, every other value as with 1e30."""
+    grid = stn_jax.affine_grid(jnp.array([[4.0, 0.3, 0.1], [-0.2, 4.0, 0.0]]), (8, 8))
+    ones = jnp.ones((32, 32, 1))
+    inf = np.asarray(stn_jax.sample(ones.at[0, 0, 0].set(jnp.inf), grid, padding=padding, antialias=True))
+    big = np.asarray(stn_jax.sample(ones.at[0, 0, 0].set(1e30), grid, padding=padding, antialias=True))
+    reached = big > 1e20
+    assert reached.any() and not np.isnan(inf).any()
+    np.testing.assert_array_equal(np.isinf(inf), reached)
+    np.testing.assert_array_equal(inf[~reached], big[~reached])

@@ -174,7 +174,7 @@ def sample(
         the image do not alias; ``method="bilinear"`` only. Where the grid does not shrink
         (identity, upsampling) the output equals ``antialias=False`` bit for bit. The
         filter, its cost and its gradient: ``stn_jax/_sampling_antialias.py``; the
-        antialiased reads use the reference implementation on every platform.
+        antialiased reads are that module's plain ``jnp`` gathers on every platform.
       implementation: ``None`` (the platform's default, chosen when lowering: see
         :func:`~stn_jax.sampling.default_implementation`) or one of :data:`IMPLEMENTATIONS`:
         ``"reference"`` (plain ``jnp``, every option), ``"cpu"`` (kernels tuned for XLA

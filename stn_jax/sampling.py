@@ -208,7 +208,7 @@ def sample(
     if antialias and implementation == "deterministic":
         raise ValueError(
             "implementation='deterministic' cannot be combined with antialias=True: the antialiased "
-            "reads use the reference sampler, whose image gradient is a scatter-add"
+            "reads' image gradient is a scatter-add"
         )
     image, grid = _check_inputs(image, grid, method)
     if implementation is not None:

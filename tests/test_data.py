@@ -57,7 +57,9 @@ def test_load_split_defaults_to_this_process(prepared):
 
 def test_per_host_shards_are_disjoint_and_cover_the_split(prepared):
     data_dir, *_ = prepared
-    everything = fx.as_multiset(*input_pipeline.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1))
+    everything = fx.as_multiset(
+        *input_pipeline.load_split("mnist", "test", data_dir=data_dir, shard_index=0, shard_count=1)
+    )
     for drop_remainder, sizes in ((True, [5, 5, 5, 5]), (False, [6, 5, 5, 5])):
         shards = [
             input_pipeline.load_split(
@@ -88,7 +90,9 @@ def test_dataset_facts_are_those_of_tfds_and_of_the_prepared_datasets(prepared):
         assert info.features["label"].num_classes == dataset.num_classes
         assert set(info.splits) <= set(dataset.splits) and {"train", "test"} <= set(info.splits)
         assert prepare.dataset_path(dataset.name, data_dir) == data_dir / dataset.tfds_name / dataset.tfds_version
-        assert input_pipeline.TFDS_NAMES[dataset.name] == input_pipeline.TFDS_NAMES[dataset.tfds_name] == dataset.tfds_name
+        assert (
+            input_pipeline.TFDS_NAMES[dataset.name] == input_pipeline.TFDS_NAMES[dataset.tfds_name] == dataset.tfds_name
+        )
     assert datasets.MNIST.splits == mnist_files.SPLITS and set(datasets.SVHN.splits) == set(prepare.SVHN_FILES)
     assert datasets.SVHN.input_spec("none") == ((32, 32, 3), 10)
     assert datasets.MNIST.input_spec("addition") == ((42, 42, 2), 19)
@@ -103,11 +107,17 @@ def test_missing_dataset_says_how_to_prepare(tmp_path):
 
 def test_decoded_cache_round_trip(prepared, tmp_path):
     data_dir, _, _ = prepared
-    first = input_pipeline.load_split("mnist", "train", data_dir=data_dir, shard_index=1, shard_count=2, cache_dir=tmp_path)
+    first = input_pipeline.load_split(
+        "mnist", "train", data_dir=data_dir, shard_index=1, shard_count=2, cache_dir=tmp_path
+    )
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 2 and all(name.endswith(".npy") for name in files)
-    second = input_pipeline.load_split("mnist", "train", data_dir=data_dir, shard_index=1, shard_count=2, cache_dir=tmp_path)
-    other_shard = input_pipeline.load_split("mnist", "train", data_dir=data_dir, shard_index=0, shard_count=2, cache_dir=tmp_path)
+    second = input_pipeline.load_split(
+        "mnist", "train", data_dir=data_dir, shard_index=1, shard_count=2, cache_dir=tmp_path
+    )
+    other_shard = input_pipeline.load_split(
+        "mnist", "train", data_dir=data_dir, shard_index=0, shard_count=2, cache_dir=tmp_path
+    )
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
     assert not np.array_equal(first[0], other_shard[0]) and len(list(tmp_path.iterdir())) == 4
 

@@ -149,9 +149,14 @@ def quality(images: dict, n: int, quick: bool = False):
             outputs.update({v: sample_variant(image, grid, p) for v, p in VARIANTS.items()})
             if aligned is not None:
                 outputs["scale_and_translate"] = jax.image.scale_and_translate(
-                    jnp.asarray(image), (*out, image.shape[-1]), (0, 1), jnp.asarray(aligned, jnp.float32),
-                    jnp.zeros(2), method="linear", antialias=True,
-                )  # fmt: skip
+                    jnp.asarray(image),
+                    (*out, image.shape[-1]),
+                    (0, 1),
+                    jnp.asarray(aligned, jnp.float32),
+                    jnp.zeros(2),
+                    method="linear",
+                    antialias=True,
+                )
             rows.append((image_name, name, {k: psnr(v, ref, peak) for k, v in outputs.items()}))
             if name == "zoom-out 4x, 30°":
                 picture[image_name] = {"reference": ref, **{k: np.asarray(v) for k, v in outputs.items()}}

@@ -106,7 +106,7 @@ def test_pyramid_is_2x2_block_averages_packed_in_4_thirds_of_the_image():
 @pytest.mark.parametrize(
     "padding,align_corners,mode",
     [("border", False, "edge"), ("reflection", False, "symmetric"), ("reflection", True, "reflect")],
-)  # fmt: skip
+)
 def test_pyramid_pads_odd_sides_as_padding_says(padding, align_corners, mode):
     rng = _rng("pyramid", padding, align_corners)
     image = rng.normal(size=(3, 11, 1)).astype(np.float32)

@@ -237,7 +237,8 @@ def test_core_runs_without_the_flax_extra(wheel, tmp_path):
     info = json.loads(probe.stdout.strip().splitlines()[-1])
     assert Path(info["stn_jax"]).resolve().is_relative_to(env_dir.resolve()), info["stn_jax"]
     assert info["absent"] == ["flax", "optax"], info  # the core install brought neither
-    assert info["grid"] == [4, 7, 2] and info["sample"] == {k: [4, 7, 3] for k in ("reference", "cpu", "dense")}
+    every = ("reference", "cpu", "dense", "deterministic", "pallas")  # each runs in the core install
+    assert info["grid"] == [4, 7, 2] and info["sample"] == {k: [4, 7, 3] for k in every}
     assert info["agree"] and info["grad_finite_nonzero"] and info["tps_identity"] and info["round_trip"], info
     assert info["gallery"] == ["identity", "affine", "attention", "similarity", "projective", "tps"], info
     for name, message in info["errors"].items():

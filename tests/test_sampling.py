@@ -430,6 +430,12 @@ def _compute_ops(exported) -> dict[str, int]:
     return dict(collections.Counter(op for op in ops if op not in ("case", "return", "constant", "broadcast_in_dim")))
 
 
+def _compiled_ops(fn, args) -> dict[str, int]:
+    """How many of each HLO instruction the program XLA compiles for this machine holds."""
+    text = fn.lower(*args).compile().as_text()
+    return dict(collections.Counter(re.findall(r"= \w+\[[^\]]*\][^ ]* (\w+)\(", text)))
+
+
 def test_default_implementation_is_chosen_per_platform_when_lowering():
     from jax import export
 
@@ -444,7 +450,10 @@ def test_default_implementation_is_chosen_per_platform_when_lowering():
     assert ops["reference", "cpu"] != ops["cpu", "cpu"]
     for platform in ("cuda", "tpu"):
         assert ops[None, platform] == ops["reference", platform], platform
-    assert ops[None, "cpu"] == ops["cpu", "cpu"]
+    # On CPU, the program XLA compiles: the lowered text also holds helpers outlined for the branch not
+    # taken (a convert and a select of the reference's), which the compiler drops.
+    compiled = {impl: _compiled_ops(_gradient_of_sample(impl), args) for impl in (None, "cpu", "reference")}
+    assert compiled[None] == compiled["cpu"] != compiled["reference"]
     assert sampling.default_implementation("cpu") == "cpu"
     assert sampling.default_implementation("cuda") == sampling.default_implementation("tpu") == "reference"
     # One module for several platforms holds both paths and runs the CPU one here.

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from train import __main__ as cli
-from train import checkpoints, configs, digests, errors, evaluation, input_pipeline, prepare
+from train import checkpoints, configs, digests, errors, evaluation, input_pipeline, prepare, storage
 from train import train as train_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +42,22 @@ ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
 
 
 # -- small checkpoints written by train.checkpoints ------------------------------------------------
+
+
+def test_a_file_renamed_between_listing_and_stat_is_left_out_of_the_listing(tmp_path, monkeypatch):
+    """Process 0 lists a step while process 1 renames its digest's temporary file into place (seen in CI)."""
+    (tmp_path / "data").write_text("xyz")
+    (tmp_path / "digest.process_1.json.123.tmp").write_text("{}")
+    directory = storage.path(tmp_path)
+    real_stat = type(directory).stat
+
+    def stat(self):
+        if self.name.endswith(".tmp"):
+            raise FileNotFoundError(self)
+        return real_stat(self)
+
+    monkeypatch.setattr(type(directory), "stat", stat)
+    assert storage.files(directory) == {"data": 3}
 
 
 def state(step: int) -> dict:

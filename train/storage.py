@@ -84,7 +84,10 @@ def _files(directory: epath.Path) -> list[tuple[str, int]]:
         if entry.is_dir():
             found.extend((f"{entry.name}/{rel}", size) for rel, size in _files(entry))
         else:
-            found.append((entry.name, entry.stat().length))
+            try:
+                found.append((entry.name, entry.stat().length))
+            except FileNotFoundError:  # renamed since the listing: another process's temporary file
+                continue
     return found
 
 

@@ -16,7 +16,7 @@ import tempfile
 import jax
 from etils import epath
 
-from train import storage
+from train import hosts, storage
 
 
 class StepTrace:
@@ -25,7 +25,7 @@ class StepTrace:
     def __init__(self, steps: tuple[int, ...], workdir: epath.Path, *, start: int):
         self.first, self.last = tuple(steps) if steps else (0, -1)
         self.target = workdir / "profile"
-        self.active = bool(steps) and jax.process_index() == 0 and start < self.first
+        self.active = bool(steps) and hosts.is_lead() and start < self.first
         self._local: str | None = None
         if self.active and start == self.first - 1:
             self._start()

@@ -16,6 +16,7 @@ from cells import (
     ADDITION_CELLS,
     DEFAULT_ORDER,
     DISTORTIONS,
+    EXPERIMENTS,
     GENERALISATION_ANGLES,
     LABELS,
     PAPER,
@@ -357,6 +358,74 @@ def _antialias_lines(records: list[dict]) -> list[str]:
     return lines
 
 
+def _experiment_lines(records: list[dict]) -> list[str]:
+    """Each of :data:`EXPERIMENTS` at its budget: every row per seed beside its reference, then each row
+    against the baseline seed by seed, with the binomial standard error of each difference."""
+    at = {(r["cell"], r["steps"], r["batch_size"]): r for r in sorted(records, key=lambda r: r.get("finished", ""))}
+    lines = []
+    for experiment in EXPERIMENTS.values():
+        steps, batch = experiment.budget
+        seeds = range(experiment.seeds)
+        labels = {cell: label for cell, label, _ in experiment.rows}
+
+        def run(cell: str, seed: int, steps=steps, batch=batch) -> dict | None:
+            return at.get((cell if seed == 0 else f"{cell}+seed_{seed}", steps, batch))
+
+        def figure(r: dict, accuracy=experiment.accuracy) -> float:
+            return 100 - r["test_error_pct"] if accuracy else r["test_error_pct"]
+
+        kind = "accuracy" if experiment.accuracy else "error"
+        lines += [
+            "",
+            f"## {experiment.title}",
+            "",
+            f"{experiment.intro} Every run: {steps} steps × {batch}; seed n is `+seed_<n>` (initialisation and "
+            "data order). Rerun the missing ones: `PYTHONPATH=. python benchmarks/reproduce.py --experiments`.",
+            "",
+            f"| model | reference {kind} % | " + " | ".join(f"seed {s} {kind} %" for s in seeds) + " | mean |",
+            "| --- | ---: |" + " ---: |" * (experiment.seeds + 1),
+        ]
+        for cell, label, reference in experiment.rows:
+            runs = [run(cell, s) for s in seeds]
+            done = [figure(r) for r in runs if r]
+            mean = f"{statistics.fmean(done):.2f}" if len(done) == experiment.seeds else "—"
+            figures = " | ".join(f"**{figure(r):.2f}**" if r else "—" for r in runs)
+            lines.append(f"| {label} | {reference} | {figures} | {mean} |")
+        lines += [
+            "",
+            f"Each row against {labels[experiment.baseline]}, seed by seed: the gain in {kind} points (positive: "
+            "the row is better), ± the binomial standard error of the difference on the test set; **> 2σ** where "
+            "the gain is more than twice that. Last column: mean ± standard deviation of the gain over the seeds.",
+            "",
+            "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | over seeds |",
+            "| --- |" + " ---: |" * (experiment.seeds + 1),
+        ]
+        for cell, label, _ in experiment.rows:
+            if cell == experiment.baseline:
+                continue
+            entries, gains = [], []
+            for s in seeds:
+                row, base = run(cell, s), run(experiment.baseline, s)
+                if row is None or base is None:
+                    entries.append("—")
+                    continue
+                gain = 100 * (base["test_error"] - row["test_error"])
+                sigma = 100 * _difference_sigma(row, base)
+                entries.append(f"{gain:+.2f} ± {sigma:.2f}" + (" **> 2σ**" if gain > 2 * sigma else ""))
+                gains.append(gain)
+            spread = f"{statistics.fmean(gains):+.2f} ± {statistics.stdev(gains):.2f}" if len(gains) > 1 else "—"
+            lines.append(f"| {label} | " + " | ".join(entries) + f" | {spread} |")
+        if experiment.findings:
+            lines += ["", *(f"- {finding}" for finding in experiment.findings)]
+        commands = [run(cell, s) for s in seeds for cell, _, _ in experiment.rows]
+        commands = [r["command"] for r in commands if r and r.get("command")]
+        if commands:
+            lines += ["", "<details><summary>Commands</summary>", ""]
+            lines += [f"    {command}" for command in commands]
+            lines += ["", "</details>"]
+    return lines
+
+
 def _ours(record: dict | None) -> str:
     if record is None:
         return "—"
@@ -452,6 +521,7 @@ def render_results(
     lines += _gap_lines(records)
     lines += _search_lines(records)
     lines += _antialias_lines(records)
+    lines += _experiment_lines(records)
     lines += [
         "",
         "## Runs",

@@ -54,6 +54,7 @@ from pathlib import Path
 import report
 from cells import (
     DEFAULT_ORDER,
+    EXPERIMENTS,
     ROOT,
     RUNS_DIR,
     SEARCH_BUDGET,
@@ -331,6 +332,14 @@ def _config(cell: str, steps: int, batch: int) -> dict:
 # -- command line ------------------------------------------------------------------------------------
 
 
+def experiment_runs(names: list[str]) -> list[tuple[str, int, int]]:
+    """The runs of the named :data:`EXPERIMENTS`, in order, each once (experiments share runs)."""
+    unknown = [name for name in names if name not in EXPERIMENTS]
+    if unknown:
+        raise SystemExit(f"unknown experiments {unknown}: choose from {', '.join(EXPERIMENTS)}")
+    return list(dict.fromkeys(run for name in names for run in EXPERIMENTS[name].runs()))
+
+
 def plan(cells: list[str], steps: int | None, batch: int | None) -> list[tuple[str, int, int]]:
     """(cell, steps, batch) per cell; a cell may carry its own budget as ``cell:steps:batch``."""
     out = []
@@ -359,6 +368,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"the recipe search: {', '.join(SEARCH_CELLS)} at {SEARCH_BUDGET}, one variant at a time",
     )
+    parser.add_argument(
+        "--experiments",
+        nargs="?",
+        const=",".join(EXPERIMENTS),
+        default=None,
+        help=f"the runs of these smaller experiments at their budgets, comma-separated (default when given: "
+        f"{','.join(EXPERIMENTS)})",
+    )
     parser.add_argument("--steps", type=int, default=None, help="training steps of every chosen cell")
     parser.add_argument("--batch", type=int, default=None, help="batch size of every chosen cell")
     parser.add_argument("--data_dir", default=str(ROOT / "out" / "data"))
@@ -380,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         write_results(results_dir)
         print(f"wrote {RESULTS_MD}")
         return 0
-    if args.table1 and args.search:
-        parser.error("--table1 and --search are two plans: choose one")
+    if sum(map(bool, (args.table1, args.search, args.experiments))) > 1:
+        parser.error("--table1, --search and --experiments are three plans: choose one")
     cells = [c for c in args.cells.split(",") if c]
     if args.table1:
         cells = [f"{with_recipe(c)}:{TABLE1_BUDGET[0]}:{TABLE1_BUDGET[1]}" for c in TABLE1_CELLS]
@@ -389,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         # The CNN runs each variant less its transformer-only parts: a run another variant may share, planned once.
         runs = [with_recipe(c, variant_for(c, v)) for v in ("", *SEARCH_VARIANTS) for c in SEARCH_CELLS]
         cells = [f"{c}:{SEARCH_BUDGET[0]}:{SEARCH_BUDGET[1]}" for c in dict.fromkeys(runs)]
+    if args.experiments:
+        cells = [f"{c}:{s}:{b}" for c, s, b in experiment_runs(args.experiments.split(","))]
     todo = plan(cells, args.steps, args.batch)
     left = set(pending(todo, results_dir))
     if args.list or args.dry_run:

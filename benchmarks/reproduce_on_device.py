@@ -36,9 +36,9 @@ import threading
 import time
 from pathlib import Path
 
-from cells import TABLE1_BUDGET, TABLE1_CELLS, config_name, run_stem, with_recipe
+from cells import EXPERIMENTS, TABLE1_BUDGET, TABLE1_CELLS, config_name, run_stem, with_recipe
 from records import RESULTS_DIR, record_path, write_results
-from reproduce import TEST_EXAMPLES, git_commit, pending, plan, run_cell
+from reproduce import TEST_EXAMPLES, experiment_runs, git_commit, pending, plan, run_cell
 from train import configs, packed
 
 # --table1's order on the device: the CNN family first (the CPU's slowest cells, its second seed included), then
@@ -154,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--cells", default="", help="comma-separated cell[:steps[:batch]] (default: --table1's)")
     r.add_argument("--table1", action="store_true", help=f"Table 1's cells at {TABLE1_BUDGET} and its recipe")
+    r.add_argument(
+        "--experiments",
+        default="",
+        help=f"the runs of these smaller experiments not yet in benchmarks/results, comma-separated "
+        f"({','.join(EXPERIMENTS)})",
+    )
     r.add_argument("--workers", type=int, default=4)
     r.add_argument(
         "--seconds",
@@ -172,17 +178,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept the existing {path.name}: the imported run of the same name is left out", flush=True)
         return 0
     if args.what == "pack":
-        print(json.dumps(pack(args.data_dir, args.out, list(TABLE1_CELLS))), flush=True)
+        cells = [*TABLE1_CELLS, *(cell for cell, _, _ in experiment_runs(list(EXPERIMENTS)))]
+        print(json.dumps(pack(args.data_dir, args.out, cells)), flush=True)
         return 0
     if args.workers < 1 or args.seconds <= 0:
         parser.error("--workers must be at least 1 and --seconds positive")
-    if args.table1 == bool(args.cells):
-        parser.error("give either --cells or --table1")
+    if sum(map(bool, (args.table1, args.cells, args.experiments))) != 1:
+        parser.error("give one of --cells, --table1 and --experiments")
     if args.table1 and test_examples(args.pack) != TEST_EXAMPLES:  # Table 1 compares with the paper: the whole split
         parser.error(f"{args.pack} holds {test_examples(args.pack)} test examples, not {TEST_EXAMPLES}")
     steps, batch = TABLE1_BUDGET
     if args.table1:  # those without a record yet (benchmarks/results: what the CPU has already trained)
         specs = pending(plan([with_recipe(c) for c in DEVICE_ORDER], steps, batch), RESULTS_DIR)
+    elif args.experiments:  # those without a record yet, as for --table1
+        specs = pending(experiment_runs(args.experiments.split(",")), RESULTS_DIR)
     else:
         specs = plan(args.cells.split(","), None, None)
     recorded = run(specs, args.pack, args.out, workers=args.workers, seconds=args.seconds)

@@ -373,3 +373,59 @@ def test_gap_section_lists_each_cells_standard_runs_by_budget_and_counts_those_s
         "Of the 3 cells trained at two budgets or more, 2 had a lower error at the largest than at the one before"
         in section
     )
+
+
+def test_experiments_compare_each_row_with_the_baseline_seed_by_seed_at_one_budget(monkeypatch):
+    tc = cells.Experiment(
+        "TC test",
+        "intro.",
+        (100, 8),
+        (("tc_cnn", "CNN", "3.5"), ("tc_st_cnn_affine", "ST-CNN Aff", "1.7")),
+        baseline="tc_cnn",
+        findings=("a measured reason",),
+    )
+    addition = cells.Experiment(
+        "Addition test",
+        "intro.",
+        (100, 8),
+        (("addition_cnn", "CNN", "85.30"), ("addition_2st_fcn", "2×ST-FCN", "93.47")),
+        baseline="addition_cnn",
+        accuracy=True,
+    )
+    monkeypatch.setattr(records, "EXPERIMENTS", {"tc": tc, "addition": addition})
+    errors = {
+        "tc_cnn": 0.0200,
+        "tc_cnn+seed_1": 0.0180,
+        "tc_st_cnn_affine": 0.0120,
+        "tc_st_cnn_affine+seed_1": 0.0170,
+        "addition_cnn": 0.2000,
+        "addition_2st_fcn": 0.0700,
+        "addition_2st_fcn+seed_1": 0.0800,
+    }
+    runs = [_record(cell, error) for cell, error in errors.items()]
+    runs.append(_record("tc_st_cnn_affine+seed_1", 0.5, steps=50))  # another budget: left out
+    text = records.render_results(runs)
+    section = text.split("## TC test")[1].split("\n## ")[0]
+    assert "| CNN | 3.5 | **2.00** | **1.80** | 1.90 |" in section
+    assert "| ST-CNN Aff | 1.7 | **1.20** | **1.70** | 1.45 |" in section
+    # Gains: 2.00 − 1.20 = +0.80 (σ = sqrt(.02·.98 + .012·.988)/100 = 0.18%: > 2σ); 1.80 − 1.70 = +0.10 (σ 0.19).
+    assert "| ST-CNN Aff | +0.80 ± 0.18 **> 2σ** | +0.10 ± 0.19 | +0.45 ± 0.49 |" in section
+    assert "- a measured reason" in section
+    assert "python -m train --config mnist_tc_st_cnn_affine" in section
+    addition_section = text.split("## Addition test")[1].split("\n## ")[0]
+    # Accuracy: 100 − error; the CNN's seed 1 is missing, so no mean and no gain for that seed.
+    assert "| CNN | 85.30 | **80.00** | — | — |" in addition_section
+    assert "| 2×ST-FCN | 93.47 | **93.00** | **92.00** | 92.50 |" in addition_section
+    assert "| 2×ST-FCN | +13.00 ± 0.47 **> 2σ** | — | — |" in addition_section
+
+
+def test_experiment_runs_are_planned_once_each_at_their_budget():
+    runs = reproduce.experiment_runs(["addition", "init"])
+    assert len(runs) == len(set(runs))
+    budget = cells.EXPERIMENTS["addition"].budget
+    assert ("addition_2st_fcn", *budget) in runs and ("addition_2st_fcn+seed_1", *budget) in runs
+    assert ("addition_2st_fcn_random_init+seed_1", *budget) in runs
+    for cell, _, _ in runs:
+        cells.parse_cell(cells.split_variant(cell)[0])
+    todo = reproduce.plan([f"{c}:{s}:{b}" for c, s, b in runs], None, None)
+    assert todo == runs

@@ -380,7 +380,9 @@ def _experiment_lines(records: list[dict]) -> list[str]:
             f"## {experiment.title}",
             "",
             f"{experiment.intro} Every run: {steps} steps × {batch}; seed n is `+seed_<n>` (initialisation and "
-            "data order). Rerun the missing ones: `PYTHONPATH=. python benchmarks/reproduce.py --experiments`.",
+            "data order). The runs not recorded yet: `PYTHONPATH=. python benchmarks/reproduce.py --experiments` "
+            "here, or on a lent accelerator `benchmarks/reproduce_on_device.py run --pack P --experiments "
+            f"{','.join(EXPERIMENTS)} --workers 6 --out OUT` (then `import OUT/records.json` here).",
             "",
             f"| model | reference {kind} % | " + " | ".join(f"seed {s} {kind} %" for s in seeds) + " | mean |",
             "| --- | ---: |" + " ---: |" * (experiment.seeds + 1),

@@ -809,6 +809,23 @@ def test_device_driver_trains_cells_with_the_training_command_on_a_pack_and_reco
     assert not list((late / "results").iterdir())
 
 
+def test_device_driver_runs_the_experiments_not_yet_recorded(tmp_path, monkeypatch):
+    device = _device_driver()
+    results = tmp_path / "results"
+    results.mkdir()
+    first = device.EXPERIMENTS["tc"].runs()[0]
+    (results / f"{device.run_stem(*first)}.json").write_text("{}")  # recorded already: left out
+    monkeypatch.setattr(device, "RESULTS_DIR", results)
+    planned = []
+    monkeypatch.setattr(device, "run", lambda specs, *args, **kwargs: planned.extend(specs) or 0)
+    argv = ["run", "--pack", str(tmp_path / "pack.npz"), "--out", str(tmp_path / "out"), "--experiments", "tc,init"]
+    assert device.main(argv) == 0
+    expected = list(dict.fromkeys([*device.EXPERIMENTS["tc"].runs(), *device.EXPERIMENTS["init"].runs()]))
+    assert planned == expected[1:] and first not in planned
+    with pytest.raises(SystemExit):
+        device.main([*argv, "--table1"])  # one plan at a time
+
+
 def _imported_in_a_fresh_process(imports: str, absent: tuple[str, ...], extra: str = "") -> list[str]:
     """What ``import <imports>`` pulls in of the packages ``absent`` (then ``extra``'s output), in a new process."""
     code = f"import sys, {imports}; {extra}print(sorted(m for m in sys.modules if m.split('.')[0] in {absent!r}))"

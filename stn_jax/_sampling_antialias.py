@@ -31,6 +31,9 @@ detail folds into false patterns. Here each point reads a low-passed image inste
   taps into the flat pyramid, gathered one tap at a time for all points and accumulated
   (on XLA CPU the forward pass measured several times faster this way than as one gather
   of all taps and a contraction, whose index array has the taps on a short last axis).
+  ``stn_jax.sampling`` passes the CPU kernels' ``read_rows`` where linear sampling runs
+  them: under ``vmap`` it folds the batch into the rows, and its gradient adds every tap
+  into one buffer (XLA CPU's own batched scatters cost about a third more here).
   Taps outside a level read 0 with ``padding="zeros"``; with ``"border"`` and
   ``"reflection"`` the probe's position is padded first, as the plain sampler pads, and
   the taps of coarser levels are clamped to the level's edge.
@@ -55,6 +58,7 @@ the widest term only; the integer level has none.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -99,8 +103,10 @@ def _halve(level: jax.Array, shape, mode: str) -> jax.Array:
         if mode == "reflect" and min(m for (_, after), m in zip(pad, level.shape[:-1]) if after) < 2:
             mode = "edge"
         level = jnp.pad(level, [*pad, (0, 0)], mode=mode)
-    blocks = level.reshape([d for n in shape for d in (n, 2)] + [level.shape[-1]])
-    return blocks.mean(axis=tuple(range(1, 2 * len(shape), 2)))
+    # A sum of the 2**n strided slices, not a mean over reshaped blocks: XLA CPU hands that
+    # reduction to a library fusion several times slower than this elementwise sum.
+    parts = [level[tuple(slice(c, None, 2) for c in corner)] for corner in itertools.product((0, 1), repeat=len(shape))]
+    return sum(parts[1:], parts[0]) * (0.5 ** len(shape))
 
 
 def pyramid(image: jax.Array, *, padding: str, align_corners: bool) -> jax.Array:
@@ -153,7 +159,9 @@ def footprint(coords: jax.Array, finite: jax.Array) -> jax.Array:
 
 
 def _lengths(columns: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.sum(columns * columns, axis=-1) + _TINY)
+    # Written out: XLA CPU hands a reduce over the short last axis to a slower library fusion.
+    squares = sum(columns[..., d] * columns[..., d] for d in range(columns.shape[-1]))
+    return jnp.sqrt(squares + _TINY)
 
 
 def _levels_read(level: jax.Array, shapes, dtype):
@@ -217,6 +225,11 @@ def _product(axis_taps):
     return combos
 
 
+def read_rows(flat: jax.Array, indices: list[jax.Array]) -> list[jax.Array]:
+    """Rows ``indices[k]`` (*out) of ``flat`` (N, C), one gather per tap: the portable read."""
+    return [flat.at[index].get(mode="promise_in_bounds") for index in indices]
+
+
 def sample(
     image: jax.Array,
     grid: jax.Array,
@@ -226,13 +239,16 @@ def sample(
     align_corners: bool,
     dtype,
     probes: int = PROBES,
+    read=None,
 ) -> jax.Array:
     """Antialiased linear sampling of ``image`` (*spatial, C) at ``grid`` (*out, n) in ``dtype``.
 
     ``plain`` is the plain sampler's output at ``grid``, returned where the biased footprint
-    is at most one pixel. The pyramid is read by ``probes * 2**(n+1)`` taps per point (plain
-    ``jnp``, differentiated by JAX) on every platform.
+    is at most one pixel. The pyramid is read by ``probes * 2**(n+1)`` taps per point:
+    ``read(flat, indices)`` returns the rows ``indices[k]`` of the flat pyramid, by default
+    :func:`read_rows` (plain ``jnp``, differentiated by JAX).
     """
+    read = read_rows if read is None else read
     sizes = image.shape[:-1][::-1]
     coords, finite = reference.pixel_coordinates(grid, sizes, padding=None, align_corners=align_corners)
     coords = jnp.stack(coords, axis=-1)
@@ -266,10 +282,11 @@ def sample(
         weights += probe_weights
         inside += probe_inside
     # One gather per tap, accumulated: on XLA CPU several times faster than one gather of all
-    # taps (whose index array has the taps on a short last axis) and a contraction.
+    # taps (whose index array has the taps on a short last axis) and a contraction. XLA CPU
+    # takes the CPU kernels' read (stn_jax.sampling passes it), whose gradient adds every tap
+    # into one buffer with the batch folded into the rows.
     out = jnp.zeros((*grid.shape[:-1], image.shape[-1]), dtype)
-    for index, weight, valid in zip(indices, weights, inside):
-        value = flat.at[index].get(mode="promise_in_bounds")
+    for value, weight, valid in zip(read(flat, indices), weights, inside):
         out = out + (weight / probes)[..., None] * jnp.where((valid & finite)[..., None], value, 0)
     shrinks = rho_major > ONE_PIXEL
     return jnp.where(shrinks[..., None], out, plain.astype(dtype))

@@ -268,6 +268,9 @@ _add_p = jex_core.Primitive("stn_window_add")
 _read_taps_p = jex_core.Primitive("stn_taps_read")
 _read_taps_p.multiple_results = True
 _add_taps_p = jex_core.Primitive("stn_taps_add")
+_read_rows_p = jex_core.Primitive("stn_rows_read")
+_read_rows_p.multiple_results = True
+_add_rows_p = jex_core.Primitive("stn_rows_add")
 
 
 def read_windows(array: jax.Array, starts: jax.Array, *, merged: bool = False) -> jax.Array:
@@ -298,6 +301,18 @@ def read_taps(array: jax.Array, first: jax.Array) -> list[jax.Array]:
 def add_taps(taps: list[jax.Array], first: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Zeros of ``shape`` with each point's taps added around ``first`` (the transpose of ``read_taps``)."""
     return _add_taps_p.bind(*map(jnp.asarray, taps), jnp.asarray(first), shape=tuple(shape))
+
+
+def read_rows(array: jax.Array, rows: list[jax.Array]) -> list[jax.Array]:
+    """Rows ``rows[k]`` (*P) int32 of ``array`` (N, C), each (*P, C): gathers at unrelated rows (the
+    antialiased sampler's taps into its pyramid), with ``read_taps``' batching (the batch folded into
+    the rows) and a transpose that adds every tap into one buffer (:func:`add_rows`)."""
+    return _read_rows_p.bind(jnp.asarray(array), *map(jnp.asarray, rows))
+
+
+def add_rows(values: list[jax.Array], rows: list[jax.Array], shape: tuple[int, ...]) -> jax.Array:
+    """Zeros of ``shape`` (N, C) with ``values[k]`` (*P, C) added at rows ``rows[k]`` (the transpose of ``read_rows``)."""
+    return _add_rows_p.bind(*map(jnp.asarray, values), *map(jnp.asarray, rows), shape=tuple(shape))
 
 
 # -- implementations -------------------------------------------------------------------------
@@ -368,6 +383,32 @@ def _add_taps_impl(*args, shape):
     return rows.reshape(shape)
 
 
+def _row_dims(index_ndim):
+    return (
+        jax.lax.GatherDimensionNumbers(offset_dims=(index_ndim,), collapsed_slice_dims=(0,), start_index_map=(0,)),
+        jax.lax.ScatterDimensionNumbers(
+            update_window_dims=(index_ndim,), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0,)
+        ),
+    )
+
+
+def _read_rows_impl(array, *rows):
+    gather_dims, _ = _row_dims(rows[0].ndim)
+    slice_sizes = (1, array.shape[1])
+    return [jax.lax.gather(array, r[..., None], gather_dims, slice_sizes=slice_sizes, mode=_PROMISE) for r in rows]
+
+
+def _add_rows_impl(*args, shape):
+    # One buffer the taps are added into one after the other: separate scatters summed
+    # afterwards are merged by XLA CPU into one over concatenated operands, which costs more.
+    values, rows = args[: len(args) // 2], args[len(args) // 2 :]
+    _, scatter_dims = _row_dims(rows[0].ndim)
+    out = jnp.zeros(shape, values[0].dtype)
+    for value, r in zip(values, rows):
+        out = jax.lax.scatter_add(out, r[..., None], value, scatter_dims, mode=_PROMISE)
+    return out
+
+
 # -- abstract evaluation, lowering, differentiation --------------------------------------------
 
 
@@ -385,11 +426,17 @@ _read_p.def_abstract_eval(_read_aval)
 _read_taps_p.def_abstract_eval(_read_taps_aval)
 _add_p.def_abstract_eval(lambda windows, starts, *, shape: jax.core.ShapedArray(shape, windows.dtype))
 _add_taps_p.def_abstract_eval(lambda *args, shape: jax.core.ShapedArray(shape, args[0].dtype))
+_read_rows_p.def_abstract_eval(
+    lambda array, *rows: [jax.core.ShapedArray((*r.shape, array.shape[-1]), array.dtype) for r in rows]
+)
+_add_rows_p.def_abstract_eval(lambda *args, shape: jax.core.ShapedArray(shape, args[0].dtype))
 for _prim, _impl in (
     (_read_p, _read_impl),
     (_add_p, _add_impl),
     (_read_taps_p, _read_taps_impl),
     (_add_taps_p, _add_taps_impl),
+    (_read_rows_p, _read_rows_impl),
+    (_add_rows_p, _add_rows_impl),
 ):
     _prim.def_impl(_impl)
     mlir.register_lowering(_prim, mlir.lower_fun(_impl, multiple_results=_prim.multiple_results))
@@ -438,6 +485,39 @@ def _add_taps_transpose(ct, *args, shape):
     return [*read_taps(ct, first), None]
 
 
+def _read_rows_jvp(primals, tangents):
+    array, *rows = primals
+    out = read_rows(array, rows)
+    if type(tangents[0]) is ad.Zero:
+        return out, [ad.Zero.from_primal_value(o) for o in out]
+    return out, read_rows(tangents[0], rows)
+
+
+def _add_rows_jvp(primals, tangents, *, shape):
+    half = len(primals) // 2
+    out = add_rows(primals[:half], primals[half:], shape)
+    if all(type(t) is ad.Zero for t in tangents[:half]):
+        return out, ad.Zero.from_primal_value(out)
+    return out, add_rows([ad.instantiate_zeros(t) for t in tangents[:half]], primals[half:], shape)
+
+
+def _read_rows_transpose(cts, array, *rows):
+    if all(type(ct) is ad.Zero for ct in cts):
+        return [ad.Zero(array.aval)] + [None] * len(rows)
+    return [add_rows([ad.instantiate_zeros(ct) for ct in cts], rows, array.aval.shape)] + [None] * len(rows)
+
+
+def _add_rows_transpose(ct, *args, shape):
+    half = len(args) // 2
+    if type(ct) is ad.Zero:
+        return [ad.Zero(v.aval) for v in args[:half]] + [None] * half
+    return [*read_rows(ct, args[half:])] + [None] * half
+
+
+ad.primitive_jvps[_read_rows_p] = _read_rows_jvp
+ad.primitive_jvps[_add_rows_p] = _add_rows_jvp
+ad.primitive_transposes[_read_rows_p] = _read_rows_transpose
+ad.primitive_transposes[_add_rows_p] = _add_rows_transpose
 for _prim in (_read_p, _add_p, _read_taps_p, _add_taps_p):
     ad.primitive_jvps[_prim] = _linear_jvp(_prim)
 ad.primitive_transposes[_read_p] = _read_transpose
@@ -513,6 +593,30 @@ def _batched_add_taps(args, dims, *, shape):
     return out.reshape(size, *shape), 0
 
 
+def _batched_read_rows(args, dims):
+    array, *rows = args
+    array_dim, *row_dims = dims
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    if array_dim is None:
+        out = read_rows(array, [_batch_first(r, d, size) for r, d in zip(rows, row_dims)])
+    else:
+        array = jnp.moveaxis(array, array_dim, 0)
+        folded = array.reshape(size * array.shape[1], array.shape[2])
+        out = read_rows(folded, [_fold_first(r, d, size, array.shape[1]) for r, d in zip(rows, row_dims)])
+    return out, [0] * len(out)
+
+
+def _batched_add_rows(args, dims, *, shape):
+    half = len(args) // 2
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    values = [_batch_first(v, d, size) for v, d in zip(args[:half], dims[:half])]
+    rows = [_fold_first(r, d, size, shape[0]) for r, d in zip(args[half:], dims[half:])]
+    out = add_rows(values, rows, (size * shape[0], shape[1]))
+    return out.reshape(size, *shape), 0
+
+
+batching.primitive_batchers[_read_rows_p] = _batched_read_rows
+batching.primitive_batchers[_add_rows_p] = _batched_add_rows
 batching.primitive_batchers[_read_p] = _batched_read
 batching.primitive_batchers[_add_p] = _batched_add
 batching.primitive_batchers[_read_taps_p] = _batched_read_taps

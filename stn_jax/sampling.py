@@ -173,8 +173,8 @@ def sample(
         far apart neighbouring grid points land in the input), so that grids that shrink
         the image do not alias; ``method="bilinear"`` only. Where the grid does not shrink
         (identity, upsampling) the output equals ``antialias=False`` bit for bit. The
-        filter, its cost and its gradient: ``stn_jax/_sampling_antialias.py``; the
-        antialiased reads are that module's plain ``jnp`` gathers on every platform.
+        filter, its cost and its gradient: ``stn_jax/_sampling_antialias.py``; its reads
+        are plain ``jnp`` gathers, or the CPU kernels' where ``implementation`` runs them.
       implementation: ``None`` (the platform's default, chosen when lowering: see
         :func:`~stn_jax.sampling.default_implementation`) or one of :data:`IMPLEMENTATIONS`:
         ``"reference"`` (plain ``jnp``, every option), ``"cpu"`` (kernels tuned for XLA
@@ -222,8 +222,24 @@ def sample(
     grid = grid.astype(dtype)
     out = _run(image, grid, options, implementation)
     if antialias:
-        out = antialiased.sample(image, grid, out, padding=padding, align_corners=align_corners, dtype=dtype)
+        read = _antialias_read(implementation)
+        out = antialiased.sample(image, grid, out, padding=padding, align_corners=align_corners, dtype=dtype, read=read)
     return out.astype(image.dtype)
+
+
+def _antialias_read(implementation: str | None):
+    """How the antialiased sampler reads its pyramid: with the CPU kernels where linear sampling
+    runs them (``None`` on a CPU, ``"cpu"``), else with the portable gathers."""
+    kernels = cpu_kernels
+    if kernels is None or implementation not in (None, "cpu"):
+        return antialiased.read_rows
+    if implementation == "cpu":
+        return kernels.read_rows
+
+    def by_platform(flat, indices):
+        return jax.lax.platform_dependent(flat, indices, cpu=kernels.read_rows, default=antialiased.read_rows)
+
+    return by_platform
 
 
 def _run(image: jax.Array, grid: jax.Array, options: dict, implementation: str | None) -> jax.Array:

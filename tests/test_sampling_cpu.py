@@ -153,3 +153,68 @@ def test_gradient_of_a_batched_read_is_a_batched_add(taps):
     grad = jax.grad(lambda x: jnp.sum(read(x, starts) * cotangent))(padded)
     for b in range(4):
         np.testing.assert_allclose(grad[b], _add_loop(cotangent[b], starts[b], shape), rtol=1e-6, atol=1e-6)
+
+
+# -- rows: the antialiased sampler's taps at unrelated rows -----------------------------------------
+
+
+def _rows_case(rng, examples=None, rows=11, channels=2, taps=3, points=(4, 3)):
+    lead = () if examples is None else (examples,)
+    array = rng.normal(size=(*lead, rows, channels)).astype(np.float32)
+    index = rng.integers(0, rows, size=(*lead, taps, *points)).astype(np.int32)
+    index[..., 0, 0, 0] = index[..., 1, 0, 0]  # repeats within and across taps: the adds must add
+    values = rng.normal(size=(*lead, taps, *points, channels)).astype(np.float32)
+    return array, index, values
+
+
+def _rows_add_loop(values, index, rows):
+    out = np.zeros((rows, values.shape[-1]), values.dtype)
+    for k in range(index.shape[0]):
+        for point in np.ndindex(index.shape[1:]):
+            out[index[(k, *point)]] += values[(k, *point)]
+    return out
+
+
+def test_rows_read_and_add_equal_numpy_loops_and_are_transposes():
+    array, index, values = _rows_case(np.random.default_rng(6))
+    taps = list(index)
+    read = kernels.read_rows(array, taps)
+    for k in range(len(taps)):
+        np.testing.assert_array_equal(read[k], array[index[k]])
+    added = kernels.add_rows(list(values), taps, array.shape)
+    np.testing.assert_allclose(added, _rows_add_loop(values, index, array.shape[0]), rtol=1e-6, atol=1e-6)
+    # <read(x), v> = <x, add(v)>, and JAX's transposes of each are the other.
+    lhs = sum(jnp.vdot(r, v) for r, v in zip(read, values))
+    np.testing.assert_allclose(lhs, jnp.vdot(array, added), rtol=1e-5)
+    grad = jax.grad(lambda x: sum(jnp.vdot(r, v) for r, v in zip(kernels.read_rows(x, taps), values)))(array)
+    np.testing.assert_allclose(grad, added, rtol=1e-6, atol=1e-6)
+    # Forward mode: both are linear, so a tangent goes through as the operation itself.
+    _, tangent = jax.jvp(lambda x: kernels.read_rows(x, taps), (array,), (array,))
+    np.testing.assert_array_equal(tangent[2], array[index[2]])
+    _, tangent = jax.jvp(lambda v: kernels.add_rows(list(v), taps, array.shape), (values,), (2 * values,))
+    np.testing.assert_allclose(tangent, 2 * added, rtol=1e-6, atol=1e-6)
+    (back,) = jax.linear_transpose(lambda v: kernels.add_rows(list(v), taps, array.shape), values)(array)
+    np.testing.assert_array_equal(back, np.stack([array[index[k]] for k in range(len(taps))]))
+
+
+@pytest.mark.parametrize("batch_array, batch_index", [(True, True), (True, False), (False, True)])
+def test_rows_under_vmap_and_their_gradient_equal_a_loop(batch_array, batch_index):
+    array, index, values = _rows_case(np.random.default_rng(7), examples=3)
+    array_axis, index_axis = (0 if batch_array else None), (0 if batch_index else None)
+    pick_array = (lambda b: array[b]) if batch_array else (lambda b: array[0])
+    pick_index = (lambda b: index[b]) if batch_index else (lambda b: index[0])
+    read = jax.jit(jax.vmap(lambda x, i: kernels.read_rows(x, list(i)), in_axes=(array_axis, index_axis)))
+    batched_index = index if batch_index else index[0]
+    reads = read(array if batch_array else array[0], batched_index)
+    added = jax.jit(
+        jax.vmap(lambda v, i: kernels.add_rows(list(v), list(i), array.shape[1:]), in_axes=(0, index_axis))
+    )(values, batched_index)
+    for b in range(3):
+        for k in range(index.shape[1]):
+            np.testing.assert_array_equal(reads[k][b], pick_array(b)[pick_index(b)[k]])
+        expected = _rows_add_loop(values[b], pick_index(b), array.shape[1])
+        np.testing.assert_allclose(added[b], expected, rtol=1e-6, atol=1e-6)
+    if batch_array:  # the gradient of a batched read is the batched add of the cotangents
+        g = jax.grad(lambda x: sum(jnp.vdot(r, values[:, k]) for k, r in enumerate(read(x, batched_index))))(array)
+        for b in range(3):
+            np.testing.assert_allclose(g[b], _rows_add_loop(values[b], pick_index(b), array.shape[1]), atol=1e-6)

@@ -179,6 +179,18 @@ EXPERIMENTS = {
         ),
         baseline="tc_cnn",
     ),
+    "tc_fixed": Experiment(
+        "TC on one fixed cluttered training set, at the same budget",
+        "As above, but trained on one cluttered copy of the training split made once (`+fixed_train`, the same "
+        "60×60 images every epoch), as a dataset generated in advance would be; the test set is the same.",
+        (5000, 128),
+        (
+            ("tc_cnn+fixed_train", "CNN `+fixed_train`", "3.5"),
+            ("tc_st_cnn_affine+fixed_train", "ST-CNN Aff `+fixed_train`", "1.7"),
+            ("tc_st_cnn_affine+fixed_train+loc_lr_1", "ST-CNN Aff `+fixed_train+loc_lr_1`", "1.7"),
+        ),
+        baseline="tc_cnn+fixed_train",
+    ),
     "addition": Experiment(
         "MNIST addition at one budget",
         "Two RTS digits as the two channels of a 42×42 image, label their sum (19 classes); percent test "

@@ -4,7 +4,7 @@ The earlier ``stn_jax/_sampling_antialias.py`` are read from git (the level stac
 mip pyramid of 0318cc4 by default) and run with today's plain sampler; the workloads are
 ``benchmarks/antialias.py``'s speed workloads, two probes, ``padding="zeros"``. Prints a Markdown table.
 
-    PYTHONPATH=. python benchmarks/antialias_versions.py [--commits 59917c8,0318cc4] [--repeats 5]
+    PYTHONPATH=. python benchmarks/antialias_versions.py [--commits 59917c8,0318cc4] [--repeats 5] [--quick]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import stn_jax
-from antialias import SPEED_WORKLOADS, speed_inputs
+from antialias import QUICK_SPEED, SPEED_WORKLOADS, speed_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--commits", default="59917c8,0318cc4")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a tiny workload, one round (a smoke run)")
     args = parser.parse_args(argv)
+    workloads, repeats = (QUICK_SPEED, 1) if args.quick else (SPEED_WORKLOADS, args.repeats)
     print(f"1-minute load at the start: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as folder:
         older = {c: module_at(c, Path(folder)) for c in args.commits.split(",")}
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
         variants["now"] = lambda i, g: stn_jax.sample(i, g, antialias=True)
         print("| workload | pass | " + " | ".join(variants) + " |")
         print("| --- | --- |" + " ---: |" * len(variants))
-        for name, batch, in_shape, out_shape in SPEED_WORKLOADS:
+        for name, batch, in_shape, out_shape in workloads:
             image, grid, cot = speed_inputs(batch, in_shape, out_shape)
             fns = {}
             for label, one in variants.items():
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
                 fns[label, "fwd"] = (jax.jit(batched), (image, grid))
                 backward = jax.jit(lambda i, g, c, f=batched: jax.vjp(f, i, g)[1](c))
                 fns[label, "fwd+bwd"] = (backward, (image, grid, cot))
-            ms = median_ms(fns, args.repeats)
+            ms = median_ms(fns, repeats)
             for which in ("fwd", "fwd+bwd"):
                 cells = [
                     f"{ms[label, which]:.2f} ms ({ms['now', which] / ms[label, which]:.2f}×)" for label in variants

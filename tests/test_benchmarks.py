@@ -387,3 +387,20 @@ def test_benchmarks_import_no_circle_no_cli_internals_and_leave_sys_path_alone()
     for name in sorted(scripts):
         visit(name, ())
     assert siblings["reproduce"] >= {"cells", "records"} and "reproduce" not in siblings["generalisation"]
+
+
+def test_antialias_versions_times_the_sampler_against_its_earlier_implementations_read_from_git():
+    # HEAD: a commit every clone has, even a shallow one (BENCHMARKS.md's figures name older ones).
+    result = subprocess.run(
+        [sys.executable, "benchmarks/antialias_versions.py", "--quick", "--commits", "HEAD"],
+        cwd=ROOT,
+        env=_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny |")]
+    assert [row.split(" | ")[1] for row in rows] == ["fwd", "fwd+bwd"]
+    assert "| workload | pass | plain | HEAD | now |" in result.stdout
+    assert all(row.endswith("(1.00×) |") for row in rows)  # the last column is now against itself

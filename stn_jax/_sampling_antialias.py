@@ -282,9 +282,7 @@ def sample(
         weights += probe_weights
         inside += probe_inside
     # One gather per tap, accumulated: on XLA CPU several times faster than one gather of all
-    # taps (whose index array has the taps on a short last axis) and a contraction. XLA CPU
-    # takes the CPU kernels' read (stn_jax.sampling passes it), whose gradient adds every tap
-    # into one buffer with the batch folded into the rows.
+    # taps (whose index array has the taps on a short last axis) and a contraction.
     out = jnp.zeros((*grid.shape[:-1], image.shape[-1]), dtype)
     for value, weight, valid in zip(read(flat, indices), weights, inside):
         out = out + (weight / probes)[..., None] * jnp.where((valid & finite)[..., None], value, 0)

@@ -442,19 +442,21 @@ for _prim, _impl in (
     mlir.register_lowering(_prim, mlir.lower_fun(_impl, multiple_results=_prim.multiple_results))
 
 
-def _linear_jvp(prim):
-    """JVP of a primitive linear in every operand but the last (the integer starts)."""
+def _linear_jvp(prim, linear_count=lambda operands: operands - 1):
+    """JVP of a primitive linear in its first ``linear_count(operands)`` operands; the rest are integer
+    indices (the starts, or the rows)."""
 
     def jvp(primals, tangents, **params):
-        *linear, starts = primals
-        out = prim.bind(*linear, starts, **params)
-        if all(type(t) is ad.Zero for t in tangents[:-1]):
+        count = linear_count(len(primals))
+        indices = primals[count:]
+        out = prim.bind(*primals, **params)
+        if all(type(t) is ad.Zero for t in tangents[:count]):
             zero = (
                 [ad.Zero.from_primal_value(o) for o in out] if prim.multiple_results else ad.Zero.from_primal_value(out)
             )
             return out, zero
-        linear_tangents = [ad.instantiate_zeros(t) for t in tangents[:-1]]
-        return out, prim.bind(*linear_tangents, starts, **params)
+        linear_tangents = [ad.instantiate_zeros(t) for t in tangents[:count]]
+        return out, prim.bind(*linear_tangents, *indices, **params)
 
     return jvp
 
@@ -485,22 +487,6 @@ def _add_taps_transpose(ct, *args, shape):
     return [*read_taps(ct, first), None]
 
 
-def _read_rows_jvp(primals, tangents):
-    array, *rows = primals
-    out = read_rows(array, rows)
-    if type(tangents[0]) is ad.Zero:
-        return out, [ad.Zero.from_primal_value(o) for o in out]
-    return out, read_rows(tangents[0], rows)
-
-
-def _add_rows_jvp(primals, tangents, *, shape):
-    half = len(primals) // 2
-    out = add_rows(primals[:half], primals[half:], shape)
-    if all(type(t) is ad.Zero for t in tangents[:half]):
-        return out, ad.Zero.from_primal_value(out)
-    return out, add_rows([ad.instantiate_zeros(t) for t in tangents[:half]], primals[half:], shape)
-
-
 def _read_rows_transpose(cts, array, *rows):
     if all(type(ct) is ad.Zero for ct in cts):
         return [ad.Zero(array.aval)] + [None] * len(rows)
@@ -514,8 +500,8 @@ def _add_rows_transpose(ct, *args, shape):
     return [*read_rows(ct, args[half:])] + [None] * half
 
 
-ad.primitive_jvps[_read_rows_p] = _read_rows_jvp
-ad.primitive_jvps[_add_rows_p] = _add_rows_jvp
+ad.primitive_jvps[_read_rows_p] = _linear_jvp(_read_rows_p, lambda operands: 1)  # the array, then its rows
+ad.primitive_jvps[_add_rows_p] = _linear_jvp(_add_rows_p, lambda operands: operands // 2)  # values, then rows
 ad.primitive_transposes[_read_rows_p] = _read_rows_transpose
 ad.primitive_transposes[_add_rows_p] = _add_rows_transpose
 for _prim in (_read_p, _add_p, _read_taps_p, _add_taps_p):

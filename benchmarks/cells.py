@@ -195,6 +195,15 @@ EXPERIMENTS = {
             "the standard 60×60 output pooled by 2, so a smaller output does not make zooming pay at this budget.",
             "The transformer does zoom onto the digit and cut most clutter away in every TC run (the samples "
             "pictures in the runs table), so the sampler and the model are not the cause.",
+            "Our clutter against DeepMind's public generator (`google-deepmind/mnist-cluttered`, 2014, written "
+            "for the recurrent attention model's cluttered MNIST): there each distractor is cut anywhere in a "
+            "random training digit (8×8 by default, so many crops are mostly background), added onto the canvas "
+            "and clipped at 1, and a new example, clutter and position are drawn at every call; ours are 6 "
+            "patches of 6×6 cut from a digit's central 20×20 (where the strokes are) and pasted by maximum. So "
+            "ours is the denser clutter, which would make the task harder for the CNN, not explain its lower "
+            "error (not measured); and that "
+            "generator draws afresh too, so whether the paper's training set was fixed is not settled by its "
+            "code: the evidence for it is the CNN's 3.56% on the fixed set against 1.81% on fresh clutter.",
         ),
     ),
     "tc_fixed": Experiment(

@@ -131,6 +131,12 @@ ADDITION_CELLS = {
     "addition_2st_fcn_random_init": AdditionCell(
         "mnist_addition_2st_fcn", "2×ST-FCN, random init", {"model_kwargs.theta_init": "random"}, reported_init=69
     ),
+    "addition_2st_fcn_random_zero_bias": AdditionCell(
+        "mnist_addition_2st_fcn",
+        "2×ST-FCN, random init with zero bias",
+        {"model_kwargs.theta_init": "random_zero_bias"},
+        reported_init=69,
+    ),
     "addition_cnn": AdditionCell(
         "mnist_addition_cnn", "CNN", reported_two_channels=85.30, reported_init=85, paper_error=14.7
     ),
@@ -253,7 +259,8 @@ EXPERIMENTS = {
     "init": Experiment(
         "Initialisation of the regression layer (MNIST addition, 2×ST-FCN) at one budget",
         "The localisation nets' regression layer initialised to the identity transform (zero kernel, "
-        "identity bias) or at random (`theta_init=random`: LeCun-normal kernel, identity bias), with the "
+        "identity bias) or at random (`theta_init=random`: LeCun-normal kernel, identity bias; "
+        "`theta_init=random_zero_bias`: LeCun-normal kernel, zero bias, as a plain dense layer starts), with the "
         "localisation nets at 0.1× the learning rate (our standard) or at the full rate (`+loc_lr_1`); the "
         "addition task and budget above. References: the source documents' accuracies, identity 90%, random "
         '69%, and 92% for a variant they call "LR" (which we take to be the localisation nets\' lower '
@@ -261,6 +268,7 @@ EXPERIMENTS = {
         (60000, 128),
         (
             ("addition_2st_fcn_random_init", "random init", "69"),
+            ("addition_2st_fcn_random_zero_bias", "random init, zero bias (θ starts around 0)", "69"),
             ("addition_2st_fcn+loc_lr_1", "identity init, localisation at 1× the learning rate", "90"),
             ("addition_2st_fcn", 'identity init, localisation at 0.1× ("LR"?)', "92"),
         ),

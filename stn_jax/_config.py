@@ -25,7 +25,7 @@ import numpy as np
 
 from stn_jax import _checks, _theta, _tps, grids, sampling
 
-INITS = ("identity", "random")
+INITS = ("identity", "random", "random_zero_bias")
 COMBINES = ("concat", "list", "stack")
 
 #: ``check(name, value, config)``: the checked (normalised) value of one option, or an error that
@@ -142,7 +142,8 @@ class TransformerConfig:
         "identity",
         '``"identity"`` (zero kernel, identity bias: the untrained transformer is the identity) or '
         '``"random"`` (LeCun-normal kernel, identity bias: a random input-dependent transform around '
-        "the identity).",
+        'the identity) or ``"random_zero_bias"`` (LeCun-normal kernel, zero bias, as a plain dense layer '
+        "starts: a random transform around θ = 0, which shrinks the whole output onto the input's centre).",
         check=_one_of(INITS),
     )
     num_transformers: int = _option(

@@ -129,20 +129,23 @@ def num_outputs(config: TransformerConfig, ndim: int) -> int:
 
 
 def kernel_init(config: TransformerConfig) -> Callable[..., jax.Array]:
-    """Initialiser of the regression kernel: zeros, or LeCun normal for ``theta_init="random"``."""
+    """Initialiser of the regression kernel: zeros for ``theta_init="identity"``, else LeCun normal."""
     if config.theta_init == "identity":
         return jax.nn.initializers.zeros
     return jax.nn.initializers.lecun_normal()
 
 
 def bias_init(config: TransformerConfig, ndim: int) -> Callable[..., jax.Array]:
-    """Initialiser of the regression bias: the identity transform's free entries, tiled."""
+    """Initialiser of the regression bias: the identity transform's free entries, tiled (zeros for
+    ``theta_init="random_zero_bias"``)."""
     free, _ = template(config, ndim)
     with jax.ensure_compile_time_eval():  # concrete even when called under jit
         identity = np.asarray(
             grids.identity_params(config.transform, ndim=ndim, num_control_points=config.num_control_points)
         )
     values = np.tile(identity[free], config.num_transformers)
+    if config.theta_init == "random_zero_bias":
+        values = np.zeros_like(values)
 
     def init(key: jax.Array, shape: Sequence[int], dtype: DTypeLike = jnp.float32) -> jax.Array:
         del key

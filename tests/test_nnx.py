@@ -100,6 +100,25 @@ def test_random_init_is_not_identity_and_depends_on_input():
     assert np.all(np.isfinite(out))
 
 
+@pytest.mark.parametrize("transform", ["affine", "projective"])
+def test_random_zero_bias_init_is_random_init_less_the_identity(transform):
+    # The same key draws the same kernel; only the bias differs: zero instead of the identity's free entries.
+    x = images((3, 6, 6, 1))
+    build = lambda init: SpatialTransformer(
+        (6, 6, 1), transform=transform, theta_init=init, return_theta=True, rngs=nnx.Rngs(0)
+    )
+    zero_bias, around_identity = build("random_zero_bias"), build("random")
+    np.testing.assert_array_equal(zero_bias.localisation_head.bias[...], 0.0)
+    _, theta = zero_bias(x)
+    _, theta_identity = around_identity(x)
+    identity = np.eye(3)[:2] if transform == "affine" else np.eye(3)
+    free = np.ones(identity.shape, bool)
+    free[-1, -1] = transform == "affine"  # the projective h_22 is fixed at 1, not regressed
+    np.testing.assert_allclose(np.asarray(theta)[:, free], (theta_identity - identity)[:, free], atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(theta)[:, ~free], 1.0)
+    assert np.std(theta[:, 0, 0]) > 1e-3  # still input-dependent
+
+
 @pytest.mark.parametrize("combine", ["concat", "list", "stack"])
 def test_parallel_transformers(combine):
     x = images((2, 6, 6, 3))

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import cells
@@ -429,3 +431,21 @@ def test_experiment_runs_are_planned_once_each_at_their_budget():
         cells.parse_cell(cells.split_variant(cell)[0])
     todo = reproduce.plan([f"{c}:{s}:{b}" for c, s, b in runs], None, None)
     assert todo == runs
+
+
+def test_paper_sgd_variant_trains_with_the_papers_optimiser():
+    from train import configs, optimizer
+
+    cell = "addition_2st_fcn_random_init+paper_sgd+seed_1"
+    config = configs.get_config(cells.config_name(cell), reproduce.train_sets(cell, 60000, 128))
+    recipe = configs.unpack(config, optimizer.Recipe)
+    paper = configs.unpack(configs.get_config("mnist_rts_st_cnn_affine_paper"), optimizer.Recipe)
+    assert (recipe.optimizer, recipe.momentum, recipe.weight_decay, recipe.localisation_lr) == (
+        paper.optimizer,
+        paper.momentum,
+        paper.weight_decay,
+        paper.localisation_lr,
+    )
+    lr = optimizer.schedule(recipe)
+    np.testing.assert_allclose([lr(0), lr(29999), lr(30000), lr(45000)], [0.01, 0.01, 0.001, 0.0001], rtol=1e-6)
+    assert (config.model_kwargs.theta_init, config.seed) == ("random", 1)

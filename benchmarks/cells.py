@@ -293,7 +293,7 @@ EXPERIMENTS = {
             "The CNN (parameters matched, `+fc_128`) is not run at this budget yet. It trains at about 600 images/s on the 2 CPU cores (its two "
             "convolutions: a forward+backward of them alone is 260 ms a batch of 128), 3.5 h a seed; bfloat16 "
             "convolutions are no way out on this CPU (1.1–1.2× slower than float32, measured on the same "
-            "convolutions). It is queued last on the CPU (resumable across sessions) and is one command on a "
+            "convolutions). It is first in the CPU queue (resumable across sessions) and is one command on a "
             "lent accelerator (`reproduce_on_device.py run --experiments addition`).",
         ),
     ),

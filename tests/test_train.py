@@ -107,7 +107,7 @@ def assert_same_params(a: list[np.ndarray], b: list[np.ndarray], **tol) -> None:
 # -- every config ---------------------------------------------------------------------------------
 
 
-# One tiny training run per model and per distortion (13 of the 46 configs): the other configs pair the
+# One tiny training run per model and per distortion (13 of the 47 configs): the other configs pair the
 # same models and distortions differently, which adds no code path to the loop; each of them is still
 # validated and built (shapes only) below.
 TRAINED = [

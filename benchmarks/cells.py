@@ -281,21 +281,22 @@ EXPERIMENTS = {
             "is not measured). An independent reproduction, tensorpack's `examples/SpatialTransformer` "
             "(TensorFlow; two affine transformers with convolutional localisation nets whose gradient is scaled "
             "by 0.1, 28×28 outputs, an FC 256-128 classifier, Adam), reports 8.8% error after about 300 of its "
-            "epochs (in the version read, an epoch is 5 passes over MNIST: about 90M pairs, 12× our 7.68M). That agrees with the paper's 9.0% "
-            "and with ours, not with the source documents' 93.47%.",
+            "epochs (in the version read, an epoch is 5 passes over MNIST: about 90M pairs, 12× our 7.68M). "
+            "That agrees with the paper's 9.0% and with ours, not with the source documents' 93.47%.",
             "The 2×ST-FCN TPS, the paper's best (94.2%): 92.05 / 90.02%, against the affine model of the same "
             "seed +0.50 ± 0.39 and −1.90 ± 0.41 points (mean −0.70): so the paper's ordering (TPS 3.2 points "
             "ahead of affine) is not reproduced at this budget; in neither seed has it levelled off (validation "
             "error 11.1 / 15.0% at 30000 steps, 8.25 / 10.4% at 60000), and seed 1 was the slower of the two "
-            "from the start (training loss 1.45 against 0.76 at step 10000, 0.72 against 0.49 at 20000). The Proj rows and the single-transformer ST-FCN are still to run (queued behind the CNN, resumable).",
+            "from the start (training loss 1.45 against 0.76 at step 10000, 0.72 against 0.49 at 20000). The "
+            "Proj rows and the single-transformer ST-FCN are still to run (queued behind the CNN, resumable).",
             "The FCN is at 37.96 / 40.11% against the paper's 52.3%, and it underfits: its training accuracy over "
             "the last 2000 steps (37.4 / 39.1%) is its test accuracy, and its validation error still fell from "
             "67.2 / 65.3% at 30000 steps to 62.6 / 60.9% at 60000. So the gap is the budget's or the width's "
             "(ours: 2 hidden layers of 128, the 2×ST-FCN matched to its parameter count; the paper gives no widths "
             "for this experiment).",
-            "The CNN (parameters matched, `+fc_128`) is not run at this budget yet. It trains at about 600 images/s on the 2 CPU cores (its two "
-            "convolutions: a forward+backward of them alone is 260 ms a batch of 128), 3.5 h a seed; bfloat16 "
-            "convolutions are no way out on this CPU (1.1–1.2× slower than float32, measured on the same "
+            "The CNN (parameters matched, `+fc_128`) is not run at this budget yet. It trains at about 600 "
+            "images/s on the 2 CPU cores (its two convolutions: a forward+backward of them alone is 260 ms a "
+            "batch of 128), 3.5 h a seed; bfloat16 convolutions are no way out on this CPU (1.1–1.2× slower than float32, measured on the same "
             "convolutions). It is first in the CPU queue (resumable across sessions) and is one command on a "
             "lent accelerator (`reproduce_on_device.py run --experiments addition`).",
         ),
